@@ -1,0 +1,288 @@
+"""Adapters and the positions they sit at.
+
+An adapter is a small bottleneck `s * up(act(down(x)))`. A *position* is a sub-layer of
+the backbone (a ViT block's attention or MLP, its qkv projection for LoRA, or a whole
+CNN block) that `attach` wraps in a `PearSlot`. A slot calls its own adapter until
+pruning; afterwards it may call another position's adapter (the very same module, so
+gradients from every position that uses it add up) and, with the `frozen` knowledge
+checkpoint, a frozen copy of its old adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import PearConfig
+
+_ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "identity": nn.Identity}
+
+
+class Bottleneck(nn.Module):
+    """`scale * up(act(down(x)))` on the last dimension (tokens)."""
+
+    def __init__(self, in_dim: int, out_dim: int, rank: int, scale: float, act: str = "relu",
+                 zero_init: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        self.down = nn.Linear(in_dim, rank, bias=bias)
+        self.act = _ACTS[act]()
+        self.up = nn.Linear(rank, out_dim, bias=bias)
+        self.scale = scale
+        _init_pair(self.down, self.up, zero_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x))) * self.scale
+
+
+class ConvBottleneck(nn.Module):
+    """The same bottleneck for feature maps: 1x1 convolutions; `down` carries the
+    block's stride so the adapter's output matches the block's output shape."""
+
+    def __init__(self, in_ch: int, out_ch: int, rank: int, scale: float, stride: int = 1,
+                 act: str = "relu", zero_init: bool = True) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(in_ch, rank, kernel_size=1, stride=stride)
+        self.act = _ACTS[act]()
+        self.up = nn.Conv2d(rank, out_ch, kernel_size=1)
+        self.scale = scale
+        _init_pair(self.down, self.up, zero_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x))) * self.scale
+
+
+def _init_pair(down: nn.Module, up: nn.Module, zero_init: bool) -> None:
+    nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+    if down.bias is not None:
+        nn.init.zeros_(down.bias)
+    if zero_init:
+        nn.init.zeros_(up.weight)
+    else:
+        nn.init.kaiming_uniform_(up.weight, a=math.sqrt(5))
+    if up.bias is not None:
+        nn.init.zeros_(up.bias)
+
+
+class PearSlot(nn.Module):
+    """Wraps one backbone sub-layer: `base(x)` plus whatever adapters the slot holds.
+
+    `mode` 'parallel' feeds the adapter the sub-layer's input, 'sequential' its output.
+    `adapter` is None after plain pruning; `frozen` is the pruned adapter kept as a
+    frozen residual (knowledge checkpoint 'frozen').
+    """
+
+    def __init__(self, base: nn.Module, adapter: nn.Module, mode: str, info: "SlotInfo") -> None:
+        super().__init__()
+        self.base = base
+        self.adapter: nn.Module | None = adapter
+        self.frozen: nn.Module | None = None
+        self.mode = mode
+        self.info = info
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base(x, *args, **kwargs)
+        src = x if self.mode == "parallel" else y
+        if self.adapter is not None:
+            y = y + self.adapter(src)
+        if self.frozen is not None:
+            y = y + self.frozen(src)
+        return y
+
+    def extra_repr(self) -> str:
+        i = self.info
+        state = "pruned" if i.pruned else "kept"
+        share = f", shares={i.source}" if i.source != i.name else ""
+        return f"position={i.name}, mode={self.mode}, {state}{share}"
+
+
+@dataclass
+class SlotInfo:
+    """What Pear knows about a position (kept on the slot, saved in the checkpoint)."""
+
+    name: str
+    kind: str  # 'attn', 'mlp', 'qkv' or 'block'
+    depth: int  # block index, for the 'nearest' share policy and plots
+    signature: tuple  # adapters of equal signature are interchangeable (shareable)
+    source: str = ""  # position whose adapter this slot runs; itself unless shared
+    pruned: bool = False
+    importance: float | None = None
+
+    def __post_init__(self) -> None:
+        self.source = self.source or self.name
+
+
+@dataclass
+class PearState:
+    """Pear's bookkeeping on an attached model (`model.pear_state`)."""
+
+    config: PearConfig
+    positions: list[str]
+    unpruned_adapter_params: int
+    pruned: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile / DDP wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def pear_state(model: nn.Module) -> PearState:
+    state = getattr(unwrap(model), "pear_state", None)
+    if state is None:
+        raise ValueError("model has no Pear adapters: call pear.attach(model, config) first")
+    return state
+
+
+def slots(model: nn.Module) -> dict[str, PearSlot]:
+    """Position name -> slot, in model order."""
+    return {m.info.name: m for m in unwrap(model).modules() if isinstance(m, PearSlot)}
+
+
+def positions(model: nn.Module) -> list[str]:
+    """Names of the adapted positions of an attached model, in model order."""
+    return list(slots(model))
+
+
+def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Each unique trainable adapter once, keyed by the position that owns it."""
+    out: dict[str, nn.Module] = {}
+    for name, slot in slots(model).items():
+        if slot.adapter is not None and slot.info.source == name:
+            out[name] = slot.adapter
+    return out
+
+
+def _blocks(model: nn.Module) -> nn.Module:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) == 0:
+        raise ValueError(
+            f"pear.attach supports timm VisionTransformer-style models (model.blocks[i].attn/.mlp) and "
+            f"EfficientNet/MobileNet-style CNNs (model.blocks[stage][i]); {type(model).__name__} has no 'blocks'"
+        )
+    return blocks
+
+
+def is_transformer(model: nn.Module) -> bool:
+    first = _blocks(unwrap(model))[0]
+    return hasattr(first, "attn") and hasattr(first, "mlp")
+
+
+def _candidates(model: nn.Module, cfg: PearConfig) -> list[tuple[str, nn.Module, str, int]]:
+    """(name, parent, attribute, depth) of every position the model offers for cfg.adapter."""
+    blocks = _blocks(model)
+    out = []
+    if is_transformer(model):
+        for i, block in enumerate(blocks):
+            if cfg.adapter == "lora":
+                out.append((f"blocks.{i}.attn.qkv", block.attn, "qkv", i))
+            else:
+                for kind in cfg.sublayers:
+                    out.append((f"blocks.{i}.{kind}", block, kind, i))
+    else:
+        if cfg.adapter != "parallel":
+            raise ValueError(f"PearConfig.adapter={cfg.adapter!r} is for ViTs; CNN backbones take 'parallel'")
+        depth = 0
+        for s, stage in enumerate(blocks):
+            for j, _ in enumerate(stage):
+                out.append((f"blocks.{s}.{j}", stage, str(j), depth))
+                depth += 1
+    return out
+
+
+def _probe_shapes(model: nn.Module, modules: list[nn.Module]) -> list[tuple[torch.Size, torch.Size]]:
+    """Input/output shapes of CNN blocks from one small dummy forward pass."""
+    shapes: dict[int, tuple] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, (i[0].shape, o.shape)))
+             for k, m in enumerate(modules)]
+    p = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return [shapes[k] for k in range(len(modules))]
+
+
+def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
+    """Insert adapters at the configured positions, freeze the backbone, keep the head
+    trainable. Returns the same model (modified in place)."""
+    config = config or PearConfig()
+    model = unwrap(model)
+    if getattr(model, "pear_state", None) is not None:
+        raise ValueError("model already has Pear adapters attached")
+    cands = _candidates(model, config)
+    if config.blocks is not None:
+        lo, hi = config.blocks
+        cands = [c for c in cands if lo <= c[3] < hi]
+    if config.target is not None:
+        cands = [c for c in cands if re.search(config.target, c[0])]
+    if not cands:
+        raise ValueError(
+            f"PearConfig selects no positions (adapter={config.adapter!r}, sublayers={config.sublayers!r}, "
+            f"blocks={config.blocks!r}, target={config.target!r}) in {type(model).__name__}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    bases = [getattr(parent, attr) for _, parent, attr, _ in cands]
+    if is_transformer(model):
+        dims = []
+        for base in bases:
+            if config.adapter == "lora":
+                dims.append((base.in_features, base.out_features, 1))
+            else:
+                d = model.embed_dim if hasattr(model, "embed_dim") else base.fc1.in_features
+                dims.append((d, d, 1))
+    else:
+        dims = []
+        for shp_in, shp_out in _probe_shapes(model, bases):
+            stride = max(1, round(shp_in[-1] / shp_out[-1]))
+            dims.append((shp_in[1], shp_out[1], stride))
+
+    p = next(model.parameters())
+    zero = config.init == "zero"
+    mode = "sequential" if config.adapter == "sequential" else "parallel"
+    for (name, parent, attr, depth), base, (din, dout, stride) in zip(cands, bases, dims):
+        if is_transformer(model):
+            lora = config.adapter == "lora"
+            adapter = Bottleneck(din, dout, config.rank, config.scale, act="identity" if lora else config.act,
+                                 zero_init=zero, bias=not lora)
+            kind = "qkv" if lora else attr
+            sig = ("linear", din, dout)
+        else:
+            adapter = ConvBottleneck(din, dout, config.rank, config.scale, stride=stride, act=config.act,
+                                     zero_init=zero)
+            kind = "block"
+            sig = ("conv", din, dout, stride)
+        adapter.to(device=p.device, dtype=p.dtype)
+        setattr(parent, attr, PearSlot(base, adapter, mode, SlotInfo(name, kind, depth, sig)))
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Module):
+        for q in head.parameters():
+            q.requires_grad_(True)
+    model.pear_state = PearState(
+        config=config,
+        positions=[c[0] for c in cands],
+        unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
+    )
+    return model
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

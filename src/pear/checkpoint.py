@@ -1,0 +1,402 @@
+"""Compact task checkpoints: `adapters.safetensors` + `pear_config.json`.
+
+The safetensors file holds each unique adapter once, the head, and any frozen
+knowledge checkpoints; the JSON holds everything needed to rebuild the structure
+(Pear config, positions, share map, classes, backbone name and weight fingerprint, a
+SHA-256 of the tensor file). Loading validates all of it before touching the model,
+rebuilds adapters and sharing first, then fills the tensors. Writes go to a temporary
+folder that is renamed into place, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
+from .config import PearConfig
+from .errors import PearError
+
+FORMAT = "pear-task"
+FORMAT_VERSION = 1
+TENSORS_FILE = "adapters.safetensors"
+CONFIG_FILE = "pear_config.json"
+MAX_CONFIG_BYTES = 16 * 2**20
+MAX_TENSOR_FILE_BYTES = 8 * 2**30
+
+
+# ---------------------------------------------------------------- fingerprints
+
+def _backbone_name(name: str) -> str:
+    """A backbone tensor's name as in the plain timm model (without Pear's/peft's wrappers)."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base.", ".").replace(".base_layer.", ".")
+
+
+def head_name(model: nn.Module) -> str | None:
+    """Dotted name of the classification head module, or None."""
+    model = unwrap(model)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return None
+    return next((n for n, m in model.named_modules() if m is head), None)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the frozen backbone's tensors (names, shapes, bytes), head and
+    adapters excluded, so a task checkpoint can refuse a different backbone."""
+    model = unwrap(model)
+    skip = set()
+    for m in model.modules():
+        if isinstance(m, PearSlot):
+            for sub in (m.adapter, m.frozen):
+                if sub is not None:
+                    skip.update(id(t) for t in sub.parameters())
+    head = head_name(model)
+    h = hashlib.sha256()
+    items = list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers())
+    for name, t in sorted(((_backbone_name(n), t) for n, t in items), key=lambda x: x[0]):
+        if id(t) in skip or "lora_" in name or (head and (name == head or name.startswith(head + "."))):
+            continue
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def atomic_dir_write(dest: Path, write) -> None:
+    """Call `write(tmp_dir)`, then move tmp_dir to `dest`, replacing an older `dest`.
+    The old checkpoint stays intact until the new one is complete."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- save
+
+def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a Pear task stores: unique adapters, frozen checkpoints, head."""
+    model = unwrap(model)
+    out = {}
+    for pos, a in adapter_modules(model).items():
+        out.update({f"adapters.{pos}.{n}": t for n, t in a.state_dict().items()})
+    for pos, s in slots(model).items():
+        if s.frozen is not None:
+            out.update({f"frozen.{pos}.{n}": t for n, t in s.frozen.state_dict().items()})
+    head = head_name(model)
+    if head:
+        out.update({f"head.{n}": t for n, t in model.get_submodule(head).state_dict().items()})
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None,
+         class_names: list[str] | None = None, fingerprint_value: str | None = None,
+         meta: dict | None = None) -> Path:
+    """Write the task checkpoint of a Pear model to `directory` (atomically)."""
+    state = pear_state(model)
+    base = unwrap(model)
+    tensors = task_tensors(base)
+    head = head_name(base)
+    num_classes = None
+    if head:
+        w = base.get_submodule(head).state_dict().get("weight")
+        num_classes = int(w.shape[0]) if w is not None else None
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pear_config": state.config.to_dict(),
+        "pruned": state.pruned,
+        "unpruned_adapter_params": state.unpruned_adapter_params,
+        "positions": [
+            {"name": n, "kind": s.info.kind, "depth": s.info.depth, "signature": list(s.info.signature),
+             "pruned": s.info.pruned, "source": s.info.source if s.adapter is not None else None,
+             "frozen": s.frozen is not None, "importance": s.info.importance}
+            for n, s in slots(base).items()
+        ],
+        "share_map": {n: s.info.source for n, s in slots(base).items()
+                      if s.adapter is not None and s.info.source != n},
+        "head": head,
+        "num_classes": num_classes,
+        "class_names": list(class_names) if class_names else None,
+        "backbone": {"name": backbone, "fingerprint": fingerprint_value or fingerprint(base)},
+        "meta": meta or {},
+    }
+
+    write_tensor_dir(directory, tensors, info)
+    return Path(directory)
+
+
+def write_tensor_dir(directory: str | Path, tensors: dict[str, torch.Tensor], info: dict,
+                     tensors_file: str = TENSORS_FILE, info_file: str = CONFIG_FILE) -> None:
+    """Atomically write `tensors` (safetensors) and `info` (JSON, with the tensors'
+    names, shapes and file hash added) as one folder."""
+    info = dict(info)
+    info["tensors"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                       for k, v in tensors.items()}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / tensors_file), metadata={"format": str(info.get("format"))})
+        info["tensors_sha256"] = _sha256_file(tmp / tensors_file)
+        (tmp / info_file).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+    atomic_dir_write(Path(directory), write)
+
+
+# ---------------------------------------------------------------- load
+
+@dataclass
+class TaskCheckpoint:
+    """A validated checkpoint in memory: JSON info + tensors, nothing applied yet."""
+
+    path: Path
+    info: dict
+    config: PearConfig
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.info.get("class_names")
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.info.get("num_classes")
+
+
+def _bad(path: Path, what: str) -> PearError:
+    return PearError(f"{path}: {what}")
+
+
+def read_tensor_dir(directory: str | Path, fmt: str, tensors_file: str = TENSORS_FILE,
+                    info_file: str = CONFIG_FILE) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a folder written by `write_tensor_dir`, checking format, version, file hash
+    and every tensor's name and shape; PearError says exactly what is wrong."""
+    d = Path(directory)
+    cfg_path, t_path = d / info_file, d / tensors_file
+    if not d.is_dir():
+        raise PearError(f"checkpoint folder {d} does not exist")
+    for f in (cfg_path, t_path):
+        if not f.is_file():
+            raise PearError(f"checkpoint folder {d} has no {f.name}; is it a Pear checkpoint?")
+    if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise _bad(cfg_path, f"is larger than {MAX_CONFIG_BYTES} bytes; not a Pear config")
+    try:
+        info = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _bad(cfg_path, f"is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise _bad(cfg_path, f"field 'format' must be {fmt!r}; this is not that kind of Pear checkpoint")
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _bad(cfg_path, f"format_version {version!r} is not supported (this Pear reads version {FORMAT_VERSION})")
+    declared, expected_sha = info.get("tensors"), info.get("tensors_sha256")
+    if not isinstance(declared, dict) or not isinstance(expected_sha, str) or not all(
+            isinstance(v, dict) for v in declared.values()):
+        raise _bad(cfg_path, "is malformed: 'tensors' must be an object of {shape, dtype} entries and "
+                             "'tensors_sha256' a string")
+    size = t_path.stat().st_size
+    if size > MAX_TENSOR_FILE_BYTES:
+        raise _bad(t_path, f"is {size} bytes, larger than any Pear checkpoint should be")
+    if _sha256_file(t_path) != expected_sha:
+        raise _bad(t_path, f"does not match the SHA-256 recorded in {info_file}: the file is truncated, "
+                           "edited or from another checkpoint")
+    try:
+        tensors = load_file(str(t_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _bad(t_path, f"is not a readable safetensors file ({exc})") from None
+    if set(tensors) != set(declared):
+        missing = sorted(set(declared) - set(tensors))[:5]
+        unexpected = sorted(set(tensors) - set(declared))[:5]
+        raise _bad(t_path, f"tensors do not match {info_file}: missing {missing}, unexpected {unexpected}")
+    for k, v in tensors.items():
+        if list(v.shape) != declared[k].get("shape"):
+            raise _bad(t_path, f"tensor {k!r} has shape {list(v.shape)}, {info_file} says {declared[k].get('shape')}")
+    return info, tensors
+
+
+def read_checkpoint(directory: str | Path) -> TaskCheckpoint:
+    """Read and validate a Pear task checkpoint folder (nothing is applied yet)."""
+    info, tensors = read_tensor_dir(directory, FORMAT)
+    cfg_path = Path(directory) / CONFIG_FILE
+    try:
+        config = PearConfig.from_dict(info["pear_config"])
+        positions = info["positions"]
+        if not isinstance(positions, list):
+            raise TypeError("positions must be a list")
+        names = {p["name"] for p in positions}
+        for p in positions:
+            if not isinstance(p["name"], str) or not isinstance(p["pruned"], bool):
+                raise TypeError(f"position entry {p!r} is malformed")
+            if p["source"] is not None and p["source"] not in names:
+                raise ValueError(f"position {p['name']!r} shares unknown position {p['source']!r}")
+            if p["source"] == p["name"] and not any(k.startswith(f"adapters.{p['name']}.") for k in tensors):
+                raise ValueError(f"position {p['name']!r} owns an adapter but no tensors are stored for it")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad(cfg_path, f"is malformed: {exc}") from None
+    return TaskCheckpoint(Path(directory), info, config, tensors)
+
+
+def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str | None = None) -> None:
+    want = ckpt.info.get("backbone") or {}
+    if backbone_name and want.get("name") and backbone_name != want["name"]:
+        raise PearError(f"{ckpt.path} was trained on backbone {want['name']!r}, not {backbone_name!r}")
+    got = fingerprint(backbone)
+    if want.get("fingerprint") and got != want["fingerprint"]:
+        raise PearError(
+            f"{ckpt.path} was trained on a backbone with weight fingerprint {want['fingerprint']}, but the "
+            f"given backbone{' ' + repr(backbone_name) if backbone_name else ''} has {got}: other weights "
+            f"(pass the same --weights file used for training)"
+        )
+
+
+def _submodule_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def build_task(ckpt: TaskCheckpoint, model: nn.Module) -> "TaskModules":
+    """Fresh adapter / frozen / head modules for one task, filled with its tensors.
+    `model` must already carry slots at the checkpoint's positions."""
+    sl = slots(model)
+    missing = [p["name"] for p in ckpt.info["positions"] if p["name"] not in sl]
+    if missing:
+        raise PearError(f"{ckpt.path}: positions {missing[:3]} do not exist in this backbone")
+    template = {n: s.adapter for n, s in sl.items()}
+    owned, frozen = {}, {}
+    try:
+        for p in ckpt.info["positions"]:
+            n = p["name"]
+            if p["source"] == n:
+                owned[n] = _filled(template[n], _submodule_state(ckpt.tensors, f"adapters.{n}."))
+            if p["frozen"]:
+                frozen[n] = _filled(template[n], _submodule_state(ckpt.tensors, f"frozen.{n}."))
+                frozen[n].requires_grad_(False)
+        head = None
+        if ckpt.info.get("head"):
+            head = _filled(_head_template(model, ckpt), _submodule_state(ckpt.tensors, "head."))
+    except (RuntimeError, KeyError, AttributeError) as exc:
+        raise PearError(f"{ckpt.path}: tensors do not fit this backbone ({exc})") from None
+    layout = {p["name"]: (p["source"], p["pruned"]) for p in ckpt.info["positions"]}
+    return TaskModules(owned, frozen, head, layout)
+
+
+def _head_template(model: nn.Module, ckpt: TaskCheckpoint) -> nn.Module:
+    """The model's head module, resized to the checkpoint's class count if it is linear."""
+    head = unwrap(model).get_submodule(ckpt.info["head"])
+    w = ckpt.tensors.get("head.weight")
+    if isinstance(head, nn.Linear) and w is not None and tuple(w.shape) != tuple(head.weight.shape):
+        return nn.Linear(w.shape[1], w.shape[0], bias="head.bias" in ckpt.tensors).to(head.weight.device)
+    return head
+
+
+def _filled(template: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    module = copy.deepcopy(template)
+    ref = next(iter(module.parameters()), None)
+    module.load_state_dict({k: v.to(ref.device if ref is not None else "cpu") for k, v in state.items()},
+                           strict=True)
+    return module
+
+
+@dataclass
+class TaskModules:
+    """One task's trainable parts, ready to be installed into slots."""
+
+    adapters: dict[str, nn.Module]
+    frozen: dict[str, nn.Module]
+    head: nn.Module | None
+    layout: dict[str, tuple[str | None, bool]]  # position -> (source position or None, pruned)
+
+
+def install(model: nn.Module, task: TaskModules, head: str | None,
+            slot_map: dict[str, PearSlot] | None = None) -> None:
+    """Point every slot at this task's adapters (pointer swaps only) and set its head."""
+    base = unwrap(model)
+    for n, s in (slot_map or slots(base)).items():
+        src, pruned = task.layout.get(n, (None, True))
+        s.adapter = task.adapters[src] if src is not None else None
+        s.frozen = task.frozen.get(n)
+        s.info.source = src or n
+        s.info.pruned = pruned
+    if head and task.head is not None:
+        parent, _, attr = head.rpartition(".")
+        setattr(base.get_submodule(parent) if parent else base, attr, task.head)
+
+
+def skeleton_config(ckpt: TaskCheckpoint) -> PearConfig:
+    """The checkpoint's config, restricted to exactly its positions."""
+    d = ckpt.config.to_dict()
+    d["target"] = "^(" + "|".join(re.escape(p["name"]) for p in ckpt.info["positions"]) + ")$"
+    d["blocks"] = None
+    return PearConfig.from_dict(d)
+
+
+def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | None = None) -> nn.Module:
+    """Rebuild a Pear task on `backbone` (a plain timm model with the same weights it
+    was trained on). Validates everything first; the backbone is modified only once
+    the whole checkpoint is known to fit."""
+    ckpt = read_checkpoint(directory)
+    check_backbone(ckpt, backbone, backbone_name)
+    base = unwrap(backbone)
+    n_cls = ckpt.num_classes
+    if n_cls is not None and hasattr(base, "reset_classifier") and base.get_classifier().weight.shape[0] != n_cls:
+        base.reset_classifier(n_cls)
+    trial = copy.deepcopy(base)  # build on a copy first: nothing half-loaded if the tensors do not fit
+    attach(trial, skeleton_config(ckpt))
+    task = build_task(ckpt, trial)
+    install(trial, task, ckpt.info.get("head"))
+    state = pear_state(trial)
+    state.pruned = bool(ckpt.info.get("pruned"))
+    state.unpruned_adapter_params = int(ckpt.info.get("unpruned_adapter_params", state.unpruned_adapter_params))
+    for p in ckpt.info["positions"]:
+        slots(trial)[p["name"]].info.importance = p.get("importance")
+    trial.pear_checkpoint = ckpt.info
+    return trial

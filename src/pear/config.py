@@ -1,0 +1,133 @@
+"""`PearConfig`: every option of the method, validated up front.
+
+Defaults follow `docs/method.md`: parallel (AdaptFormer-style) adapters of rank 8 and
+scale 0.1 on the attention and MLP sub-layer of every ViT block, first-order Taylor
+importance, half of the adapter parameters pruned, rank-matched sharing, and the
+`merge` knowledge checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+ADAPTER_KINDS = ("parallel", "sequential", "lora")
+SUBLAYERS = ("attn", "mlp")
+IMPORTANCE_METHODS = ("taylor", "magnitude", "gradient", "output", "random")
+SHARE_POLICIES = ("rank", "nearest", "top1", "none")
+KNOWLEDGE_MODES = ("none", "merge", "frozen")
+ACTIVATIONS = ("relu", "gelu", "identity")
+
+
+@dataclass
+class PearConfig:
+    """Configuration of adapters, importance scoring and prune-and-share."""
+
+    adapter: str = field(
+        default="parallel",
+        metadata={"help": "Adapter kind: 'parallel' (AdaptFormer, beside the sub-layer), "
+                  "'sequential' (Houlsby, after the sub-layer) or 'lora' (low-rank update of attn.qkv)."},
+    )
+    rank: int = field(default=8, metadata={"help": "Bottleneck width r of every adapter."})
+    scale: float = field(default=0.1, metadata={"help": "Output scale s: out = sublayer(x) + s * up(act(down(x)))."})
+    act: str = field(default="relu", metadata={"help": "Bottleneck activation: relu, gelu or identity."})
+    init: str = field(
+        default="zero",
+        metadata={"help": "'zero' initialises the up projection to zero so the adapted model starts "
+                  "exactly as the backbone; 'random' initialises it like the down projection."},
+    )
+    sublayers: tuple[str, ...] = field(
+        default=SUBLAYERS,
+        metadata={"help": "ViT sub-layers that get an adapter: any of 'attn', 'mlp' "
+                  "(ignored for CNNs and for 'lora', which always targets attn.qkv)."},
+    )
+    blocks: tuple[int, int] | None = field(
+        default=None,
+        metadata={"help": "Half-open range [start, stop) of block indices to adapt; None = all blocks."},
+    )
+    target: str | None = field(
+        default=None,
+        metadata={"help": "Optional regex; only positions whose name matches it (re.search) are adapted."},
+    )
+    importance: str = field(
+        default="taylor",
+        metadata={"help": "Importance scorer: taylor (sum |theta * grad|), magnitude (sum |theta|), "
+                  "gradient (gradient L2 norm), output (mean ||s * adapter(x)||), random (seeded control)."},
+    )
+    prune_ratio: float = field(
+        default=0.5, metadata={"help": "Share of adapter parameters to prune, in [0, 1)."}
+    )
+    share: str = field(
+        default="rank",
+        metadata={"help": "Share policy for pruned positions: rank (i-th most important kept adapter to "
+                  "the i-th least important pruned position), nearest (closest kept position by depth, "
+                  "same sub-layer kind), top1 (the single most important adapter), none (plain pruning)."},
+    )
+    knowledge: str = field(
+        default="merge",
+        metadata={"help": "Knowledge checkpoint: none (discard pruned weights), merge (importance-weighted "
+                  "average into the shared adapter, storage-free), frozen (keep pruned adapter as a "
+                  "frozen residual; costs storage)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the 'random' importance control."})
+
+    def __post_init__(self) -> None:
+        try:
+            self.sublayers = tuple(self.sublayers)
+            if self.blocks is not None:
+                self.blocks = tuple(self.blocks)
+        except TypeError:
+            name = "sublayers" if not isinstance(self.sublayers, tuple) else "blocks"
+            raise ValueError(f"PearConfig.{name} must be a sequence, got {getattr(self, name)!r}") from None
+        self._check_choice("adapter", ADAPTER_KINDS)
+        self._check_choice("act", ACTIVATIONS)
+        self._check_choice("init", ("zero", "random"))
+        self._check_choice("importance", IMPORTANCE_METHODS)
+        self._check_choice("share", SHARE_POLICIES)
+        self._check_choice("knowledge", KNOWLEDGE_MODES)
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"PearConfig.rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
+            raise ValueError(f"PearConfig.scale must be a finite number, got {self.scale!r}")
+        if not isinstance(self.prune_ratio, (int, float)) or not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"PearConfig.prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
+        if not self.sublayers or any(s not in SUBLAYERS for s in self.sublayers):
+            raise ValueError(
+                f"PearConfig.sublayers must be a non-empty subset of {SUBLAYERS}, got {self.sublayers!r}"
+            )
+        if self.blocks is not None:
+            if len(self.blocks) != 2 or not all(isinstance(b, int) for b in self.blocks) or not (
+                0 <= self.blocks[0] < self.blocks[1]
+            ):
+                raise ValueError(
+                    f"PearConfig.blocks must be a range (start, stop) with 0 <= start < stop, got {self.blocks!r}"
+                )
+        if self.target is not None:
+            try:
+                re.compile(self.target)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"PearConfig.target is not a valid regex: {self.target!r} ({exc})") from None
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"PearConfig.{name} must be one of {', '.join(choices)}; got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sublayers"] = list(self.sublayers)
+        d["blocks"] = list(self.blocks) if self.blocks is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PearConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"PearConfig must be built from a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"PearConfig has no field(s) {', '.join(map(repr, unknown))}")
+        return cls(**d)

