@@ -451,7 +451,8 @@ def evaluate(fwd, split: Split, cfg: TrainConfig, device, amp: bool, ctx) -> flo
 
 
 def _save_checkpoint(model, directory: Path, cfg: TrainConfig, info, fp: str) -> None:
-    meta = {"method": cfg.method, "task": info.name, "img_size": cfg.img_size, "model_kwargs": cfg.model_kwargs}
+    meta = {"method": cfg.method, "task": info.name, "img_size": cfg.img_size, "model_kwargs": cfg.model_kwargs,
+            "seed": cfg.seed, "rank": cfg.rank}
     if cfg.method in PEAR_METHODS:
         save_task(model, directory, backbone=cfg.backbone, class_names=info.class_names, fingerprint_value=fp,
                   meta=meta)

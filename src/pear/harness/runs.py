@@ -1,0 +1,123 @@
+"""Rebuilding a trained model from what a run saved (for eval, predict, inspect)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from ..checkpoint import CONFIG_FILE, load as load_task
+from ..errors import PearError
+from .backbones import create_backbone
+from .methods import prepare
+from .state import PLAIN_FILES, load_plain, read_plain
+
+
+def checkpoint_kind(ckpt: Path) -> str:
+    """'pear' for a Pear task checkpoint, 'plain' for a linear / full / lora run's."""
+    ckpt = Path(ckpt)
+    if (ckpt / CONFIG_FILE).is_file():
+        return "pear"
+    if (ckpt / PLAIN_FILES[1]).is_file():
+        return "plain"
+    if not ckpt.exists():
+        raise PearError(f"checkpoint folder {ckpt} does not exist")
+    raise PearError(f"{ckpt} is not a checkpoint folder: expected {CONFIG_FILE} (Pear task) or "
+                    f"{PLAIN_FILES[1]} (plain run) in it")
+
+
+def read_info(ckpt: Path) -> dict:
+    """The checkpoint's JSON description (validated when the tensors are loaded)."""
+    path = Path(ckpt) / (CONFIG_FILE if checkpoint_kind(ckpt) == "pear" else PLAIN_FILES[1])
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PearError(f"cannot read {path}: {exc}") from None
+    if not isinstance(info, dict):
+        raise PearError(f"{path} must hold a JSON object")
+    return info
+
+
+def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | None = None,
+            device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
+    """(model in eval mode, checkpoint info, data config) from a checkpoint folder.
+    The backbone defaults to the one recorded in the checkpoint; `weights` must be the
+    file used in training (the checkpoint's fingerprint check enforces it)."""
+    ckpt = Path(ckpt)
+    kind = checkpoint_kind(ckpt)
+    info = read_info(ckpt)
+    meta = info.get("meta") or {}
+    name = backbone or (info.get("backbone") or {}).get("name")
+    if not name:
+        raise PearError(f"{ckpt}: no backbone recorded; pass --backbone")
+    img_size = meta.get("img_size")
+    kwargs = meta.get("model_kwargs") or {}
+    takes_size = name.split(".")[0].startswith(("vit", "deit", "eva", "beit"))
+    # A randomly initialised backbone (tests, no --weights) is defined by the run's seed.
+    torch.manual_seed(int(meta.get("seed", 0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init warning: the fingerprint check decides
+        model, data_cfg = create_backbone(name, info.get("num_classes"), weights,
+                                          img_size=img_size if takes_size else None, model_kwargs=kwargs)
+    if kind == "pear":
+        model = load_task(ckpt, model, backbone_name=name)
+    else:
+        _check_plain_backbone(ckpt, info, model)
+        model = prepare(model, info.get("method", "linear"), _plain_pear_config(info))
+        load_plain(ckpt, model)
+    return model.to(device).eval(), info, data_cfg
+
+
+def _plain_pear_config(info: dict):
+    from ..config import PearConfig
+
+    return PearConfig(rank=(info.get("meta") or {}).get("rank", 8))
+
+
+def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
+    from ..checkpoint import fingerprint
+
+    want = (info.get("backbone") or {}).get("fingerprint")
+    if info.get("method") != "full" and want and fingerprint(model) != want:
+        raise PearError(f"{ckpt} was trained on other backbone weights (fingerprint {want}); "
+                        f"pass the same --weights file used for training")
+    read_plain(ckpt)  # validate hash and tensors before anything is applied
+
+
+def load_run_config(run: Path) -> dict:
+    path = Path(run) / "args.yaml"
+    if not path.is_file():
+        raise PearError(f"{run} is not a run folder: it has no args.yaml")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PearError(f"cannot read {path}: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise PearError(f"{path} must hold a mapping")
+    return cfg
+
+
+def evaluate_run(run: str | Path, device: str = "auto") -> dict:
+    """Recompute a run's test accuracy from its saved checkpoint and compare it with
+    the accuracy recorded in metrics.json."""
+    from .data import VtabDataset, build_transform
+    from .train import TrainConfig, Split, evaluate, resolve_device
+    from .distributed import Context
+
+    run = Path(run)
+    cfg = TrainConfig.from_dict({**load_run_config(run), "resume": False, "overwrite": False})
+    dev = resolve_device(device)
+    model, info, data_cfg = rebuild(run / "checkpoint", weights=cfg.weights, device=dev)
+    transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
+    split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
+    amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
+    acc = evaluate(model, split, cfg, dev, amp, Context())
+    recorded = None
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        recorded = json.loads(metrics.read_text(encoding="utf-8")).get("test_acc")
+    return {"run": str(run), "task": cfg.task, "method": cfg.method, "test_acc": acc, "recorded_test_acc": recorded}
