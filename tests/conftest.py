@@ -7,6 +7,8 @@ cost. All of them are created under a fixed seed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from torch import nn
@@ -30,12 +32,14 @@ def _cnn(name: str = "mobilenetv3_small_050", seed: int = 0) -> nn.Module:
 
 
 def make_model(kind: str, depth: int = 3, seed: int = 0) -> nn.Module:
-    """'vit' / 'deit' (3 blocks of width 48 at 32 px unless `depth` says otherwise),
+    """'vit' / 'deit' / 'deit_distilled' (3 blocks of width 48 at 32 px unless `depth` says otherwise),
     'cnn' (mobilenetv3_small_050), 'lite0' (tf_efficientnet_lite0; slower, use sparingly)."""
     if kind == "vit":
         return _vit("vit_tiny_patch16_224", depth, seed)
     if kind == "deit":
         return _vit("deit_tiny_patch16_224", depth, seed)
+    if kind == "deit_distilled":
+        return _vit("deit_tiny_distilled_patch16_224", depth, seed)
     if kind == "cnn":
         return _cnn("mobilenetv3_small_050", seed)
     if kind == "lite0":
@@ -68,6 +72,22 @@ def run_steps(model: nn.Module, batch, steps: int, tracker=None, optimizer=None,
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """The models here are far too small to gain from intra-op threads, and on a busy
+    machine OpenMP threads spinning against other processes slow a test 10-100x. Only
+    for the tests in this folder (sub-folders keep their own settings); restored after."""
+    if request.node.path.parent != Path(__file__).parent:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -112,3 +132,61 @@ def batch_factory():
 def train_steps():
     """run_steps(model, batch, steps, tracker=None, optimizer=None, lr=1e-2) -> losses."""
     return run_steps
+
+
+# ---------------------------------------------------------------- tiny VTAB-format data
+
+# A 2-block ViT of width 32 at 32 px: a whole `pear train` run of a few epochs on the
+# datasets below takes about a second of compute.
+TINY_VIT_ARGS = ["--backbone", "vit_tiny_patch16_224", "--img-size", "32",
+                 "--model-kwargs", '{"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}']
+
+
+def write_vtab_task(root, name: str = "toy", train: int = 30, val: int = 10, test: int = 40,
+                    classes: int = 3, seed: int = 0):
+    """A VTAB-1k folder `root/name` of 16 px PNGs: each class tints one colour channel
+    under noise strong enough that a few epochs do not reach 100% test accuracy."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    task = Path(root) / name
+    rng = np.random.default_rng(seed)
+    lines: dict[str, list[str]] = {}
+    for split, n in (("train800", train), ("val200", val), ("test", test)):
+        lines[split] = []
+        for i in range(n):
+            label = i % classes
+            img = rng.integers(0, 200, (16, 16, 3)).astype(np.int32)
+            img[..., label % 3] += 40 + 15 * (label // 3)
+            img = np.clip(img, 0, 255).astype(np.uint8)
+            rel = f"images/{split}/{i:06d}.png"
+            (task / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(task / rel)
+            lines[split].append(f"{rel} {label}\n")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, entries in lines.items():
+        (task / f"{split}.txt").write_text("".join(entries))
+    return task
+
+
+@pytest.fixture(scope="session")
+def tiny_vtab(tmp_path_factory):
+    """Data root holding task 'toy': 30 train800 + 10 val200 (40 train800val200), 40
+    test, 3 classes. Shared by the whole session: copy it before changing anything."""
+    root = tmp_path_factory.mktemp("vtab")
+    write_vtab_task(root)
+    return root
+
+
+@pytest.fixture
+def vtab_factory():
+    """write_vtab_task(root, name='toy', train=30, val=10, test=40, classes=3, seed=0) -> task folder."""
+    return write_vtab_task
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_args():
+    """`pear train` flags for the tiny ViT: backbone, --img-size and --model-kwargs."""
+    return tuple(TINY_VIT_ARGS)

@@ -15,7 +15,8 @@ def _trainable_names(model):
 
 @pytest.mark.parametrize(
     "kind, adapter",
-    [("vit", "parallel"), ("vit", "sequential"), ("vit", "lora"), ("deit", "parallel"), ("cnn", "parallel")],
+    [("vit", "parallel"), ("vit", "sequential"), ("vit", "lora"), ("deit", "parallel"),
+     ("deit_distilled", "parallel"), ("cnn", "parallel")],
 )
 def test_zero_init_leaves_output_bit_identical(model_factory, batch_factory, kind, adapter):
     model = model_factory(kind).eval()
@@ -107,14 +108,17 @@ def test_selecting_nothing_raises(tiny_vit, cfg):
     assert all(p.requires_grad for p in tiny_vit.parameters())  # failed attach freezes nothing
 
 
-@pytest.mark.parametrize("kind, head", [("vit", "head"), ("deit", "head"), ("cnn", "classifier")])
-def test_only_adapters_and_head_train(model_factory, kind, head):
+@pytest.mark.parametrize(
+    "kind, heads",
+    [("vit", ["head"]), ("deit", ["head"]), ("deit_distilled", ["head", "head_dist"]), ("cnn", ["classifier"])],
+)
+def test_only_adapters_and_head_train(model_factory, kind, heads):
     model = pear.attach(model_factory(kind))
     adapters = {id(p) for a in adapter_modules(model).values() for p in a.parameters()}
-    head_params = {id(p) for p in getattr(model, head).parameters()}
+    head_params = {id(p) for h in heads for p in getattr(model, h).parameters()}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == adapters | head_params
-    assert all(n.startswith(head + ".") or ".adapter." in n for n in _trainable_names(model))
+    assert all(n.split(".")[0] in heads or ".adapter." in n for n in _trainable_names(model))
 
 
 @pytest.mark.parametrize("kind", ["vit", "cnn"])

@@ -46,9 +46,8 @@ def _close(a, b, rtol=1e-5):
         assert a[k] == pytest.approx(b[k], rel=rtol, abs=1e-12), k
 
 
-@pytest.mark.parametrize(
-    "kind, method", [("vit", "taylor"), ("vit", "magnitude"), ("vit", "gradient"), ("cnn", "taylor"), ("cnn", "gradient")]
-)
+@pytest.mark.parametrize("kind", ["vit", "cnn"])
+@pytest.mark.parametrize("method", ["taylor", "magnitude", "gradient"])
 def test_score_is_the_mean_of_the_hand_computed_per_step_scores(model_factory, batch_factory, kind, method):
     model = _attached(model_factory, kind, importance=method)
     batch = batch_factory(kind)
@@ -71,19 +70,11 @@ def test_positions_without_gradient_score_zero_for_that_step(tiny_vit, vit_batch
     tracker = ImportanceTracker(model, method=method)
     x, y = vit_batch
     nn.functional.cross_entropy(model(x), y).backward()
-    silent = "blocks.1.attn"
+    hand = _hand(model, method)
+    silent = "blocks.1.attn"  # e.g. a position whose adapter got no gradient this step
     for p in adapter_modules(model)[silent].parameters():
         p.grad = None
-    hand = {}
-    for name, a in adapter_modules(model).items():
-        if name == silent:
-            hand[name] = 0.0
-            continue
-        ps = list(a.parameters())
-        if method == "taylor":
-            hand[name] = sum((p.double() * p.grad.double()).abs().sum().item() for p in ps)
-        else:
-            hand[name] = sum((p.grad.double() ** 2).sum().item() for p in ps) ** 0.5
+    hand[silent] = 0.0
     tracker.update()
     _close(tracker.scores(), hand)
 
@@ -99,7 +90,7 @@ def test_zero_init_gives_zero_taylor_scores_on_the_first_step(tiny_vit, vit_batc
     assert set(tracker.scores().values()) == {0.0}
 
 
-def _output_hand(model, batch, steps, optimizer):
+def _output_hand(model, batch, steps, optimizer, tracker):
     """Mean over training forwards of mean_token ||s * adapter(x)|| (features of a token,
     channels of a feature-map pixel), recomputed from each adapter's captured input."""
     ads = adapter_modules(model)
@@ -126,7 +117,7 @@ def _output_hand(model, batch, steps, optimizer):
                     z = torch.relu(h @ down.T + a.down.bias.double())
                     o = (z @ up.T + a.up.bias.double()) * a.scale
                     sums[n] += o.norm(dim=-1).mean().item()
-        optimizer.tracker.update()
+        tracker.update()
         optimizer.step()
     for h in hooks:
         h.remove()
@@ -139,8 +130,7 @@ def test_output_score_is_the_mean_adapter_output_norm(model_factory, batch_facto
     batch = batch_factory(kind)
     tracker = ImportanceTracker(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    opt.tracker = tracker
-    hand = _output_hand(model, batch, 2, opt)
+    hand = _output_hand(model, batch, 2, opt, tracker)
     assert all(v > 0 for v in hand.values())
     _close(tracker.scores(), hand, rtol=1e-4)
 

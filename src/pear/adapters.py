@@ -272,8 +272,8 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
         adapter.to(device=p.device, dtype=p.dtype)
         setattr(parent, attr, PearSlot(base, adapter, mode, SlotInfo(name, kind, depth, sig)))
 
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Module):
+    head = classifier(model)
+    if head is not None:
         for q in head.parameters():
             q.requires_grad_(True)
     model.pear_state = PearState(
@@ -282,6 +282,16 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
         unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
     )
     return model
+
+
+def classifier(model: nn.Module) -> nn.Module | None:
+    """The task head that trains beside the adapters: timm's `get_classifier()`, which
+    is a (head, head_dist) pair on distilled DeiTs."""
+    head = unwrap(model).get_classifier() if hasattr(unwrap(model), "get_classifier") else None
+    if isinstance(head, (tuple, list)):
+        heads = [h for h in head if isinstance(h, nn.Module)]
+        return nn.ModuleList(heads) if heads else None
+    return head if isinstance(head, nn.Module) else None
 
 
 def count_params(module: nn.Module) -> int:

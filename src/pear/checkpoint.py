@@ -11,6 +11,8 @@ folder that is renamed into place, so a crash never leaves a half-written checkp
 from __future__ import annotations
 
 import copy
+import ctypes
+import glob
 import hashlib
 import json
 import os
@@ -71,7 +73,7 @@ def fingerprint(model: nn.Module) -> str:
         if id(t) in skip or "lora_" in name or (head and (name == head or name.startswith(head + "."))):
             continue
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
 
 
@@ -79,25 +81,58 @@ def fingerprint(model: nn.Module) -> str:
 
 def atomic_dir_write(dest: Path, write) -> None:
     """Call `write(tmp_dir)`, then move tmp_dir to `dest`, replacing an older `dest`.
-    The old checkpoint stays intact until the new one is complete."""
+    The old checkpoint stays intact until the new one is complete. One writer per
+    `dest` at a time (leftovers of an earlier, crashed writer are cleaned up)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    old = None
     try:
         write(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if dest.exists() and _exchange(tmp, dest):
+            old = tmp  # now holds the previous version
+        else:
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+                os.replace(dest, old)
+            os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dest.exists():
+            os.replace(old, dest)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE), so readers
+    never find `dest` missing, as they could between two plain renames. False where
+    the OS or file system cannot; the caller then falls back to two renames."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def recover_dir(dest: Path) -> None:
+    """Undo what a writer killed inside `atomic_dir_write` left behind: between its two
+    renames `dest` is missing and the previous complete version sits in
+    `.<name>.old-<pid>`, which is moved back; half-written temporary folders and
+    superseded old versions are removed."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return
+    olds = sorted(dest.parent.glob(f".{glob.escape(dest.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not dest.exists():
+        os.replace(olds.pop(), dest)
+    for leftover in [*olds, *dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -270,20 +305,66 @@ def read_checkpoint(directory: str | Path) -> TaskCheckpoint:
     cfg_path = Path(directory) / CONFIG_FILE
     try:
         config = PearConfig.from_dict(info["pear_config"])
-        positions = info["positions"]
-        if not isinstance(positions, list):
-            raise TypeError("positions must be a list")
-        names = {p["name"] for p in positions}
-        for p in positions:
-            if not isinstance(p["name"], str) or not isinstance(p["pruned"], bool):
-                raise TypeError(f"position entry {p!r} is malformed")
-            if p["source"] is not None and p["source"] not in names:
-                raise ValueError(f"position {p['name']!r} shares unknown position {p['source']!r}")
-            if p["source"] == p["name"] and not any(k.startswith(f"adapters.{p['name']}.") for k in tensors):
-                raise ValueError(f"position {p['name']!r} owns an adapter but no tensors are stored for it")
+        _check_info(info, tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad(cfg_path, f"is malformed: {exc}") from None
     return TaskCheckpoint(Path(directory), info, config, tensors)
+
+
+_POSITION_FIELDS = {"name": str, "kind": str, "depth": int, "signature": list, "pruned": bool, "frozen": bool,
+                    "source": (str, type(None)), "importance": (int, float, type(None))}
+
+
+def _expect(d: dict, key: str, types, where: str, required: bool = True) -> None:
+    if key not in d:
+        if required:
+            raise KeyError(f"{where} has no {key!r}")
+        return
+    v = d[key]
+    # bool is an int subclass; a flag is never a count and a count never a flag.
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in (types if isinstance(types, tuple)
+                                                                         else (types,))):
+        raise TypeError(f"{where}[{key!r}] is {v!r}")
+
+
+def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Every field that loading, `pear inspect` and `pear predict` use: types, and
+    agreement with each other and with the stored tensors."""
+    if not isinstance(info.get("positions"), list) or not all(isinstance(p, dict) for p in info["positions"]):
+        raise TypeError("'positions' must be a list of objects")
+    positions = {}
+    for p in info["positions"]:
+        for key, types in _POSITION_FIELDS.items():
+            _expect(p, key, types, "a position", required=key != "importance")
+        if p["name"] in positions:
+            raise ValueError(f"position {p['name']!r} is listed twice")
+        positions[p["name"]] = p
+    for name, p in positions.items():
+        src = p["source"]
+        if src is not None and src not in positions:
+            raise ValueError(f"position {name!r} shares unknown position {src!r}")
+        if src is not None and positions[src]["source"] != src:
+            raise ValueError(f"position {name!r} shares {src!r}, which does not own an adapter")
+        if src == name and not any(k.startswith(f"adapters.{name}.") for k in tensors):
+            raise ValueError(f"position {name!r} owns an adapter but no tensors are stored for it")
+        if p["frozen"] and not any(k.startswith(f"frozen.{name}.") for k in tensors):
+            raise ValueError(f"position {name!r} keeps a frozen knowledge checkpoint but no tensors are stored for it")
+    _expect(info, "pruned", bool, "the checkpoint", required=False)
+    _expect(info, "unpruned_adapter_params", int, "the checkpoint", required=False)
+    _expect(info, "head", (str, type(None)), "the checkpoint", required=False)
+    _expect(info, "num_classes", (int, type(None)), "the checkpoint", required=False)
+    _expect(info, "class_names", (list, type(None)), "the checkpoint", required=False)
+    _expect(info, "backbone", (dict, type(None)), "the checkpoint", required=False)
+    _expect(info, "meta", (dict, type(None)), "the checkpoint", required=False)
+    for key in ("name", "fingerprint"):
+        _expect(info.get("backbone") or {}, key, (str, type(None)), "'backbone'", required=False)
+    n, head = info.get("num_classes"), tensors.get("head.weight")
+    if n is not None and (n < 1 or (head is not None and (head.ndim == 0 or head.shape[0] != n))):
+        raise ValueError(f"num_classes {n} does not match the stored head "
+                         f"{list(head.shape) if head is not None else '(none)'}")
+    names = info.get("class_names")
+    if names is not None and (not all(isinstance(c, str) for c in names) or (n is not None and len(names) != n)):
+        raise ValueError(f"class_names must be {n if n is not None else 'the'} class name strings")
 
 
 def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str | None = None) -> None:
@@ -324,7 +405,7 @@ def build_task(ckpt: TaskCheckpoint, model: nn.Module) -> "TaskModules":
         if ckpt.info.get("head"):
             head = _filled(_head_template(model, ckpt), _submodule_state(ckpt.tensors, "head."))
     except (RuntimeError, KeyError, AttributeError) as exc:
-        raise PearError(f"{ckpt.path}: tensors do not fit this backbone ({exc})") from None
+        raise PearError(f"{ckpt.path}: tensors do not fit this backbone ({' '.join(str(exc).split())})") from None
     layout = {p["name"]: (p["source"], p["pruned"]) for p in ckpt.info["positions"]}
     return TaskModules(owned, frozen, head, layout)
 
@@ -386,11 +467,14 @@ def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | Non
     ckpt = read_checkpoint(directory)
     check_backbone(ckpt, backbone, backbone_name)
     base = unwrap(backbone)
-    n_cls = ckpt.num_classes
-    if n_cls is not None and hasattr(base, "reset_classifier") and base.get_classifier().weight.shape[0] != n_cls:
-        base.reset_classifier(n_cls)
     trial = copy.deepcopy(base)  # build on a copy first: nothing half-loaded if the tensors do not fit
-    attach(trial, skeleton_config(ckpt))
+    n_cls = ckpt.num_classes
+    if n_cls is not None and hasattr(trial, "reset_classifier") and trial.get_classifier().weight.shape[0] != n_cls:
+        trial.reset_classifier(n_cls)
+    try:
+        attach(trial, skeleton_config(ckpt))
+    except ValueError as exc:
+        raise PearError(f"{ckpt.path}: its adapters do not fit this backbone ({exc})") from None
     task = build_task(ckpt, trial)
     install(trial, task, ckpt.info.get("head"))
     state = pear_state(trial)

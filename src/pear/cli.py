@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import warnings
 from dataclasses import fields
@@ -30,6 +31,7 @@ _TRAIN_FLAGS = {
     "out": (str, "run folder to create"),
     "backbone": (str, "timm model name (default tf_efficientnet_lite0 with built-in ImageNet weights)"),
     "weights": (str, "local pretrained weights: .safetensors, .pth or Google .npz"),
+    "model_kwargs": (str, "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'"),
     "method": (str, "linear | full | adapter | pear | prune | lora"),
     "img_size": (int, "input resolution (default 224)"),
     "epochs": (int, "training epochs (default 100)"),
@@ -86,6 +88,8 @@ def _train_config(args: argparse.Namespace):
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     known = {f.name for f in fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
+    if isinstance(values.get("model_kwargs"), str):  # the flag, or a YAML string
+        values["model_kwargs"] = _model_kwargs(values["model_kwargs"])
     missing = [k for k in ("data", "task", "out") if not values.get(k)]
     if missing:
         raise PearError(f"pear train needs {', '.join('--' + m for m in missing)} (or set them in -c CONFIG)")
@@ -93,6 +97,17 @@ def _train_config(args: argparse.Namespace):
         return TrainConfig.from_dict(values)
     except TypeError as exc:
         raise PearError(f"bad training options: {exc}") from None
+
+
+def _model_kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PearError(f"--model-kwargs {text!r} is not valid JSON ({exc}); expected an object such as "
+                        "'{\"depth\": 2, \"embed_dim\": 32}'") from None
+    if not isinstance(value, dict):
+        raise PearError(f"--model-kwargs {text!r} must be a JSON object of timm.create_model arguments")
+    return value
 
 
 def cmd_train(args) -> int:
@@ -150,7 +165,8 @@ def cmd_suite(args) -> int:
 
     run_suite(data=args.data, tasks=args.tasks.split(","), methods=args.methods.split(","),
               seeds=[int(s) for s in args.seeds.split(",")], out=args.out, base=_suite_base(args),
-              devices=args.devices.split(",") if args.devices else None, build_missing=args.build)
+              devices=args.devices.split(",") if args.devices else None, build_missing=args.build,
+              command=shlex.join(sys.argv))
     return 0
 
 

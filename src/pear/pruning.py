@@ -91,13 +91,14 @@ def _describe(scores: dict[str, float], model: nn.Module | None) -> list[_Pos]:
 
 def _n_pruned(ranked: list[_Pos], ratio: float) -> int:
     """How many of the least important adapters to prune so that their parameters
-    come closest to `ratio` of all adapter parameters."""
+    come closest to `ratio` of all adapter parameters. Never all of them: a ratio
+    below 1 always leaves at least one adapter to share."""
     sizes = [p.size for p in ranked]
     if len(set(sizes)) <= 1:
-        return round(ratio * len(ranked))
+        return min(round(ratio * len(ranked)), len(ranked) - 1)
     target = ratio * sum(sizes)
     best, best_err, acc = 0, target, 0
-    for k, s in enumerate(sizes, start=1):
+    for k, s in enumerate(sizes[:-1], start=1):
         acc += s
         if abs(acc - target) < best_err:
             best, best_err = k, abs(acc - target)
@@ -174,12 +175,15 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     sl = slots(model)
     if set(plan.pruned) | set(plan.kept) != set(sl) or set(plan.pruned) & set(plan.kept):
         raise ValueError("the prune plan's positions do not match the model's positions")
-    for name, slot in sl.items():
-        slot.info.importance = plan.scores.get(name)
+    bad = {p: k for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept}
+    if bad:
+        raise ValueError(f"the prune plan shares must map pruned -> kept positions; got {bad}")
     for p, k in plan.shares.items():
         if sl[p].info.signature != sl[k].info.signature:
             raise ValueError(f"cannot share {k} into {p}: adapter shapes differ "
                              f"({sl[k].info.signature} vs {sl[p].info.signature})")
+    for name, slot in sl.items():
+        slot.info.importance = plan.scores.get(name)
 
     if config.knowledge == "merge":
         receivers: dict[str, list[str]] = {}

@@ -6,7 +6,7 @@ import json
 
 from torch import nn
 
-from .adapters import adapter_modules, pear_state, slots, unwrap
+from .adapters import adapter_modules, classifier, pear_state, slots, unwrap
 
 
 def share_map(model: nn.Module) -> dict[str, str]:
@@ -43,8 +43,7 @@ def report(model: nn.Module) -> dict:
             "params": _params(owners.get(name)),
             "frozen_params": _params(s.frozen),
         })
-    head = base.get_classifier() if hasattr(base, "get_classifier") else None
-    head = head if isinstance(head, nn.Module) else None
+    head = classifier(base)
     adapter_params = sum(_params(a) for a in owners.values())
     adapter_bytes = sum(_bytes(a) for a in owners.values())
     frozen_bytes = sum(_bytes(s.frozen) for s in sl.values())

@@ -150,11 +150,19 @@ def _build_model(name: str, img_size: int | None, model_kwargs: dict[str, Any]) 
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as err:
         if img_size is None or "'img_size'" not in str(err):
-            raise PearError(f"timm model {name!r} cannot be built with model_kwargs {model_kwargs}: {err}") from err
-    except (ValueError, AssertionError) as err:
-        raise PearError(f"timm model {name!r} cannot be built with model_kwargs {model_kwargs}: {err}") from err
+            raise _unbuildable(name, img_size, model_kwargs, err) from err
+    # RuntimeError, MemoryError: e.g. a size that cannot be allocated.
+    except (ValueError, AssertionError, ZeroDivisionError, OverflowError, RuntimeError, MemoryError) as err:
+        raise _unbuildable(name, img_size, model_kwargs, err) from err
     # Only reached when the model has no img_size argument: convolutional backbones accept any input size.
     return _build_model(name, None, model_kwargs)
+
+
+def _unbuildable(name: str, img_size: int | None, model_kwargs: dict[str, Any], err: Exception) -> PearError:
+    size = f" at img_size {img_size}" if img_size is not None else ""
+    # torch's argument errors list every overload on its own line; one line reads better.
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return PearError(f"timm model {name!r} cannot be built{size} with model_kwargs {model_kwargs}: {reason}")
 
 
 def _builtin_weights(name: str, arch: str) -> BuiltinWeights:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pear.errors import PearError
+from pear.harness.data import read_at_most
 
 BUILTIN_DATASETS = ("fashion_mnist", "sprites_loc", "sprites_ori")
 
@@ -59,9 +60,9 @@ def _read_capped(path: Path) -> bytes:
             fh.seek(0)
             if head == _GZIP_MAGIC:
                 with gzip.GzipFile(fileobj=fh) as gz:
-                    data = gz.read(MAX_IDX_BYTES + 1)
+                    data = read_at_most(gz, MAX_IDX_BYTES + 1)
             else:
-                data = fh.read(MAX_IDX_BYTES + 1)
+                data = read_at_most(fh, MAX_IDX_BYTES + 1)
     except FileNotFoundError:
         raise PearError(f"IDX file {path} does not exist") from None
     except IsADirectoryError:

@@ -70,6 +70,9 @@ _INT_RE = re.compile(r"-?[0-9]+")
 # Longer digit strings are out of range for any real class count; not converting them
 # avoids Python's int-from-string digit limit error.
 _MAX_LABEL_DIGITS = 18
+# A task without classes.txt has as many classes as its largest label + 1; a stray big
+# label would otherwise ask for a classifier head too large to allocate.
+MAX_INFERRED_CLASSES = 100_000
 
 # PIL's own conversion clips 16-bit grey at 255 (a white image) and turns float images
 # black, so those modes are rescaled to 8 bits explicitly.
@@ -91,6 +94,19 @@ class TaskInfo:
     class_names: list[str] | None
 
 
+def read_at_most(fh, limit: int) -> bytes:
+    """Up to `limit` bytes of `fh`, read in 1 MiB chunks: `fh.read(limit)` would
+    allocate all `limit` bytes up front, however small the file."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = fh.read(min(1 << 20, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _read_text(path: Path, what: str) -> str:
     try:
         size = path.stat().st_size
@@ -101,7 +117,7 @@ def _read_text(path: Path, what: str) -> str:
             )
         with path.open("rb") as fh:
             # stat size can lie (pipes, /proc), so the read itself is capped too.
-            raw = fh.read(MAX_LIST_BYTES + 1)
+            raw = read_at_most(fh, MAX_LIST_BYTES + 1)
     except FileNotFoundError:
         raise PearError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
@@ -272,6 +288,11 @@ def task_info(root: str | Path, task: str) -> TaskInfo:
         num_classes = 1 + max(
             label for name in _REQUIRED_LISTS for _, label in _parse_list(task_dir / name, task_dir, None)
         )
+        if num_classes > MAX_INFERRED_CLASSES:
+            raise PearError(f"task folder {task_dir}: its largest label, {num_classes - 1}, would make "
+                            f"{num_classes} classes (more than {MAX_INFERRED_CLASSES}); labels are class "
+                            f"indices from 0. If there really are that many classes, name them in "
+                            f"{task_dir / 'classes.txt'}")
     return TaskInfo(name=canonical, dir=task_dir, num_classes=num_classes, class_names=class_names)
 
 

@@ -6,7 +6,6 @@ endpoint); we use NCCL on GPUs and gloo on CPUs. Rank 0 writes every file.
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 
@@ -31,19 +30,30 @@ class Context:
         return self.rank == 0
 
 
-def setup() -> Context:
+def setup(device: str = "auto") -> Context:
+    """Join the process group torchrun describes. `device` is --device: 'cuda' (or
+    'auto' where CUDA is available) gives each process the GPU cuda:LOCAL_RANK with
+    NCCL; 'cpu' uses gloo, also on a GPU machine."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if device not in ("auto", "cpu", "cuda"):
+        raise PearError(f"--device {device}: under torchrun each process takes the GPU cuda:LOCAL_RANK; pass "
+                        f"--device cuda, auto or cpu (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PearError(f"--device {device}: CUDA is not available on this machine")
+    if device != "cpu" and torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise PearError(f"local rank {local} has no GPU: {torch.cuda.device_count()} visible on this node; "
+                            f"start at most that many processes per node (torchrun --nproc-per-node)")
         torch.cuda.set_device(local)
-        device, backend = torch.device("cuda", local), "nccl"
+        dev, backend = torch.device("cuda", local), "nccl"
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
-    return Context(True, rank, world, local, device)
+    return Context(True, rank, world, local, dev)
 
 
 def teardown(ctx: Context) -> None:
@@ -56,40 +66,76 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap_ddp(model: nn.Module, ctx: Context) -> nn.Module:
+def wrap_ddp(model: nn.Module, ctx: Context, previous: nn.Module | None = None) -> nn.Module:
     """DDP over the model's current trainable parameters. Called again after pruning:
     the parameter set changed, and a module shared by several positions is one set of
-    parameters whose gradient autograd sums before DDP's hook sees it."""
+    parameters whose gradient autograd sums before DDP's hook sees it. `previous` is
+    the wrapper being replaced; its gradient hooks stay on the parameters it shares
+    with the new one unless they are removed here."""
     base = unwrap(model)
     if not ctx.enabled:
         return base
-    gc.collect()  # let a previous DDP wrapper release its gradient hooks first
+    old = _find_ddp(previous)
+    if old is not None:
+        # Hooks of the C++ reducer, and of the Python reducer used under compiled
+        # autograd: the latter keep the old wrapper alive and would all-reduce every
+        # surviving gradient a second time.
+        old._remove_autograd_hooks()
+        for handle in getattr(old, "_accum_grad_hooks", ()):
+            handle.remove()
     ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(base, device_ids=ids)
 
 
-def check_same_plan(plan, ctx: Context) -> None:
-    """Every rank must prune and share identically; a mismatch is an error."""
+def _find_ddp(fwd: nn.Module | None) -> nn.parallel.DistributedDataParallel | None:
+    while fwd is not None and not isinstance(fwd, nn.parallel.DistributedDataParallel):
+        fwd = getattr(fwd, "_orig_mod", None)
+    return fwd
+
+
+def check_same(value, what: str, ctx: Context, hint: str = "") -> None:
+    """Raise on every rank unless all ranks hold the same (picklable) `value`."""
     if not ctx.enabled:
         return
-    digests = [None] * ctx.world
-    dist.all_gather_object(digests, plan.digest())
-    if len(set(digests)) != 1:
-        raise PearError(f"prune plans differ across ranks ({digests}); refusing to continue with diverged models")
+    values = [None] * ctx.world
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        raise PearError(f"{what} differ across ranks ({', '.join(f'rank {r}: {v}' for r, v in enumerate(values))})"
+                        f"{'; ' + hint if hint else ''}")
 
 
-def sum_counts(correct: int, total: int, ctx: Context, device) -> tuple[int, int]:
+def check_same_plan(plan, ctx: Context) -> str:
+    """Every rank must prune and share identically; a mismatch is an error. Returns
+    the plan's digest."""
+    digest = plan.digest()
+    check_same(digest, "prune plans", ctx, "refusing to continue with diverged models")
+    return digest
+
+
+def all_sum(values: list[float], ctx: Context, device) -> list[float]:
+    """Each value summed over the ranks (float64: counts stay exact up to 2**53)."""
     if not ctx.enabled:
-        return correct, total
-    t = torch.tensor([correct, total], dtype=torch.long, device=device)
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return int(t[0]), int(t[1])
+    return t.tolist()
 
 
 def broadcast_object(obj, ctx: Context):
-    """Rank 0's value on every rank (the metrics dict)."""
+    """Rank 0's value on every rank."""
     if not ctx.enabled:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_module(model: nn.Module, ctx: Context) -> None:
+    """Overwrite every rank's parameters and buffers with rank 0's, in place."""
+    if not ctx.enabled:
+        return
+    seen = set()
+    for t in unwrap(model).state_dict(keep_vars=True).values():
+        if id(t) not in seen:  # a shared module appears once per position
+            seen.add(id(t))
+            dist.broadcast(t.detach(), src=0)

@@ -12,8 +12,7 @@ from torch import nn
 
 from ..checkpoint import CONFIG_FILE, load as load_task
 from ..errors import PearError
-from .backbones import create_backbone
-from .methods import prepare
+from .methods import METHODS, prepare
 from .state import PLAIN_FILES, load_plain, read_plain
 
 
@@ -48,8 +47,12 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     The backbone defaults to the one recorded in the checkpoint; `weights` must be the
     file used in training (the checkpoint's fingerprint check enforces it)."""
     ckpt = Path(ckpt)
+    # Imported here: timm pulls in torchvision and torch._dynamo (seconds), which
+    # checkpoint_kind / read_info users such as `pear inspect` never need.
+    from .backbones import create_backbone
+
     kind = checkpoint_kind(ckpt)
-    info = read_info(ckpt)
+    info = _validated_info(ckpt, kind)
     meta = info.get("meta") or {}
     name = backbone or (info.get("backbone") or {}).get("name")
     if not name:
@@ -72,6 +75,53 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     return model.to(device).eval(), info, data_cfg
 
 
+# The JSON fields `rebuild` reads before any model exists, and their types.
+_REBUILD_FIELDS = {"num_classes": int, "head": str, "method": str, "backbone": dict, "meta": dict}
+_BACKBONE_FIELDS = {"name": str, "fingerprint": str}
+_META_FIELDS = {"img_size": int, "model_kwargs": dict, "seed": int, "rank": int}
+
+
+def _validated_info(ckpt: Path, kind: str) -> dict:
+    """The checkpoint's JSON, its files verified (hash, tensors) and the fields used to
+    build the backbone checked, so a damaged checkpoint fails with a PearError before
+    model creation, not inside it (a wrong class count could ask for any head size)."""
+    from ..checkpoint import read_checkpoint
+
+    if kind == "pear":
+        info, path = read_checkpoint(ckpt).info, ckpt / CONFIG_FILE
+    else:
+        (info, tensors), path = read_plain(ckpt), ckpt / PLAIN_FILES[1]
+    problems = _wrong_types(info, _REBUILD_FIELDS, "")
+    if problems:
+        raise PearError(f"{path} is malformed: {'; '.join(problems)}")
+    problems = _wrong_types(info.get("backbone") or {}, _BACKBONE_FIELDS, "backbone.")
+    problems += _wrong_types(info.get("meta") or {}, _META_FIELDS, "meta.")
+    if problems:
+        raise PearError(f"{path} is malformed: {'; '.join(problems)}")
+    n, meta = info.get("num_classes"), info.get("meta") or {}
+    if kind == "plain":
+        w = tensors.get(f"{info.get('head')}.weight")
+        if n is not None and (w is None or w.ndim == 0 or w.shape[0] != n):
+            raise PearError(f"{path} is malformed: num_classes {n} does not match the stored head")
+        if info.get("method") not in METHODS:
+            raise PearError(f"{path} is malformed: method {info.get('method')!r} is not one of {', '.join(METHODS)}")
+    names = info.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(c, str) for c in names)
+                              or (n is not None and len(names) != n)):
+        raise PearError(f"{path} is malformed: class_names must be a list of {n if n is not None else ''} "
+                        "class name strings")
+    if meta.get("img_size", 1) < 1 or meta.get("rank", 1) < 1:
+        raise PearError(f"{path} is malformed: meta.img_size and meta.rank must be positive")
+    return info
+
+
+def _wrong_types(d: dict, fields: dict, prefix: str) -> list[str]:
+    """'key is value' for each present, non-null field of the wrong type (a bool is
+    never taken for an int)."""
+    return [f"{prefix}{k} is {d[k]!r}" for k, t in fields.items()
+            if d.get(k) is not None and (not isinstance(d[k], t) or isinstance(d[k], bool) and t is not bool)]
+
+
 def _plain_pear_config(info: dict):
     from ..config import PearConfig
 
@@ -85,7 +135,6 @@ def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
     if info.get("method") != "full" and want and fingerprint(model) != want:
         raise PearError(f"{ckpt} was trained on other backbone weights (fingerprint {want}); "
                         f"pass the same --weights file used for training")
-    read_plain(ckpt)  # validate hash and tensors before anything is applied
 
 
 def load_run_config(run: Path) -> dict:

@@ -17,6 +17,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import yaml
 from torch import nn
 
 from ..adapters import pear_state, unwrap
-from ..checkpoint import atomic_write_text, fingerprint, save as save_task
+from ..checkpoint import atomic_write_text, fingerprint, recover_dir, save as save_task
 from ..config import PearConfig
 from ..errors import PearError
 from ..importance import ImportanceTracker
@@ -89,6 +90,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise PearError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise PearError(f"model_kwargs must be a mapping of timm.create_model arguments, got {self.model_kwargs!r}")
         if self.warmup_epochs is None:
             self.warmup_epochs = max(1, round(0.1 * self.epochs)) if self.epochs > 1 else 0
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -134,25 +137,64 @@ class GlobalBatches:
         self.n, self.batch, self.seed, self.rank, self.world, self.shuffle = n, batch, seed, rank, world, shuffle
         self.epoch = 0
 
-    def batches(self) -> list[list[int]]:
+    def _global(self) -> list[list[int]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        out = []
-        for i in range(0, self.n, self.batch):
-            chunk = order[i:i + self.batch]
-            if len(chunk) < self.world:  # a rank with no sample would stall DDP
-                continue
-            out.append(chunk[self.rank::self.world])
-        return out
+        chunks = [order[i:i + self.batch] for i in range(0, self.n, self.batch)]
+        return [c for c in chunks if len(c) >= self.world]  # a rank with no sample would stall DDP
+
+    def batches(self) -> list[list[int]]:
+        """This rank's share of each global batch."""
+        return [c[self.rank::self.world] for c in self._global()]
+
+    def global_sizes(self) -> list[int]:
+        """The size of each global batch: ranks' shares differ by one when it does not
+        divide by the world size, so the loss is normalised by this, not the share."""
+        return [len(c) for c in self._global()]
 
     def __iter__(self):
         return iter(self.batches())
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+class _Failed:
+    """A PearError raised in a DataLoader worker, carried back as a value: raised there,
+    it would reach the user wrapped in the worker's traceback."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class _Guarded(torch.utils.data.Dataset):
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index):
+        try:
+            return self.ds[index]
+        except PearError as exc:
+            return _Failed(str(exc))
+
+
+def _collate(items):
+    failed = next((it for it in items if isinstance(it, _Failed)), None)
+    return failed if failed is not None else torch.utils.data.default_collate(items)
+
+
+def _load(ds, workers: int, **kwargs):
+    """Batches of a DataLoader over `ds`; a bad image stops it with the plain PearError."""
+    for batch in torch.utils.data.DataLoader(_Guarded(ds), num_workers=workers, collate_fn=_collate, **kwargs):
+        if isinstance(batch, _Failed):
+            raise PearError(batch.message)
+        yield batch
 
 
 class Split:
@@ -165,8 +207,7 @@ class Split:
         self.images = None
         x0, _ = ds[0]
         if x0.numel() * x0.element_size() * len(ds) <= cache_bytes:
-            loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers)
-            self.images = torch.cat([x for x, _ in loader])
+            self.images = torch.cat([x for x, _ in _load(ds, workers, batch_size=64)])
         self.workers = workers
 
     def __len__(self) -> int:
@@ -179,8 +220,7 @@ class Split:
                 t = torch.tensor(idx)
                 yield self.images[t], self.labels[t]
         else:
-            dl = torch.utils.data.DataLoader(self.ds, batch_sampler=list(batches), num_workers=self.workers)
-            yield from dl
+            yield from _load(self.ds, self.workers, batch_sampler=list(batches))
 
 
 # ---------------------------------------------------------------- schedule
@@ -213,24 +253,39 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
+def prepare_run_dir(cfg: TrainConfig, ctx: "D.Context") -> Path:
+    """Rank 0 checks and creates the run folder; the other ranks wait for its verdict
+    and stop with a one-line error of their own when it failed, instead of losing
+    their connection to rank 0 in the next collective."""
     out = Path(cfg.out)
-    if is_main:
-        if out.exists() and not out.is_dir():
-            raise PearError(f"run folder {out} exists and is not a folder")
-        if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
-            raise PearError(f"run folder {out} already exists; pass --resume to continue it or --overwrite to replace it")
-        if out.exists() and cfg.overwrite and not cfg.resume:
-            shutil.rmtree(out)
+    error = None
+    if ctx.is_main:
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise PearError(f"cannot write to run folder {out}: {exc.strerror or exc}") from None
-    D.barrier()
+            _make_run_dir(out, cfg)
+        except PearError as exc:
+            error = exc
+    failed = D.broadcast_object(error is not None, ctx)
+    if error is not None:
+        raise error
+    if failed:
+        raise PearError(f"rank {ctx.rank} stopped: rank 0 could not prepare the run folder {out} (its error is above)")
     return out
+
+
+def _make_run_dir(out: Path, cfg: TrainConfig) -> None:
+    if out.exists() and not out.is_dir():
+        raise PearError(f"run folder {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise PearError(f"run folder {out} already exists; pass --resume to continue it or --overwrite to replace it")
+    if out.exists() and cfg.overwrite and not cfg.resume:
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PearError(f"cannot write to run folder {out}: {exc.strerror or exc}") from None
 
 
 def build(cfg: TrainConfig, num_classes: int, device: torch.device):
@@ -247,19 +302,25 @@ def _takes_img_size(name: str) -> bool:
     return name.split(".")[0].startswith(("vit", "deit", "eva", "beit"))
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run `cfg` to the end (resuming if asked) and return the metrics dict."""
-    ctx = D.setup()
+def train(cfg: TrainConfig) -> dict | None:
+    """Run `cfg` to the end (resuming if asked) and return the metrics dict. Under
+    torchrun every process calls this; rank 0 writes the run folder and returns the
+    metrics, the other ranks return None."""
+    ctx = D.setup(cfg.device)
     try:
-        return _train(cfg, ctx)
+        with warnings.catch_warnings():
+            if not ctx.is_main:
+                # Every rank runs the same code, so rank 0 already shows each warning once.
+                warnings.simplefilter("ignore")
+            return _train(cfg, ctx)
     finally:
         D.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: "D.Context") -> dict:
+def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
     device = resolve_device(cfg.device) if not ctx.enabled else ctx.device
-    out = prepare_run_dir(cfg, ctx.is_main)
-    _setup_logging(out, ctx.is_main)
+    out = prepare_run_dir(cfg, ctx)
+    _setup_logging(out, ctx)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
@@ -274,7 +335,7 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict:
     test_split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cache, cfg.workers)
 
     if ctx.is_main:
-        atomic_write_text(out / "args.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        _write_text(out / "args.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
         log.info("run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
                  out, cfg.method, cfg.data, info.name, cfg.backbone, len(train_split), len(test_split),
                  device, ctx.world)
@@ -288,6 +349,9 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict:
     tracker = ImportanceTracker(model) if pruning else None
 
     start_epoch, step, history, plan, best = 0, 0, [], None, None
+    if cfg.resume and ctx.is_main:
+        recover_dir(out / "state")
+    D.barrier()
     if cfg.resume and (out / "state").is_dir():
         st = load_state(out / "state", model, optimizer, tracker, device)
         start_epoch, step, history, best = st["epoch"] + 1, st["step"], st["history"], st.get("best")
@@ -298,29 +362,31 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict:
         log.info("resumed from %s at epoch %d (step %d)", out / "state", start_epoch, step)
     elif cfg.resume:
         log.info("--resume: no saved state in %s, starting from scratch", out)
+    if cfg.resume:
+        D.check_same((start_epoch, step, plan.digest() if plan else None), "resume points (epoch, step, plan)", ctx,
+                     f"every rank reads {out / 'state'}: put --out on a filesystem that all nodes share")
 
     fwd = _wrap(model, cfg, ctx)
-    train_time, images_seen = 0.0, 0
     for epoch in range(start_epoch, cfg.epochs):
         if tracker is not None and epoch == cfg.prune_epoch:
             plan = _prune(model, tracker, optimizer, ctx)
-            tracker = fwd = None
-            fwd = _wrap(model, cfg, ctx)  # DDP over the new parameter set; compile once more
+            tracker = None
+            fwd = _wrap(model, cfg, ctx, fwd)  # DDP over the new parameter set; compile once more
         sampler.epoch = epoch
         t0 = time.perf_counter()
         loss_sum, correct, seen, step = _train_epoch(fwd, model, train_split, sampler, optimizer, tracker, step,
                                                      total_steps, warmup_steps, cfg, device, amp, epoch, ctx)
         dt = time.perf_counter() - t0
-        train_time += dt
-        images_seen += seen * ctx.world
+        _check_finite(model, cfg, epoch)
         rec = {"epoch": epoch, "loss": loss_sum / max(1, seen), "train_acc": 100.0 * correct / max(1, seen),
-               "images_per_second": seen * ctx.world / dt, "lr": optimizer.param_groups[0]["lr"]}
+               "images_per_second": seen / dt, "images": seen, "seconds": dt,
+               "lr": optimizer.param_groups[0]["lr"]}
         if val_split is not None and (plan is not None or not pruning):
             rec["val_acc"] = evaluate(fwd, val_split, cfg, device, amp, ctx)
             if best is None or rec["val_acc"] > best["val_acc"]:
                 best = {"epoch": epoch, "val_acc": rec["val_acc"]}
                 if ctx.is_main:
-                    _save_checkpoint(model, out / "best", cfg, info, fp)
+                    _guarded(lambda: _save_checkpoint(model, out / "best", cfg, info, fp), out / "best")
         history.append(rec)
         if ctx.is_main:
             log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  %.1f img/s%s", epoch + 1, cfg.epochs, rec["loss"],
@@ -331,9 +397,14 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict:
         D.barrier()
 
     if best is not None and cfg.select_on:
-        _restore_best(model, out / "best", cfg, device)
-        fwd = _wrap(model, cfg, ctx)
+        if ctx.is_main:  # only rank 0's disk is sure to hold RUN/best
+            _restore_best(model, out / "best", cfg, device)
+        D.broadcast_module(model, ctx)
+        fwd = _wrap(model, cfg, ctx, fwd)
     test_acc = evaluate(fwd, test_split, cfg, device, amp, ctx)
+    # Over every epoch, including those a resumed run's earlier processes trained.
+    train_time = sum(r.get("seconds", 0.0) for r in history)
+    images_seen = sum(r.get("images", 0) for r in history)
     metrics = None
     if ctx.is_main:
         ckpt = out / "checkpoint"
@@ -353,19 +424,20 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict:
             "torch": torch.__version__, "python": platform.python_version(),
         }
         if rep:
-            atomic_write_text(out / "report.json", json.dumps(rep, indent=1))
+            _write_text(out / "report.json", json.dumps(rep, indent=1))
             metrics["adapter_params"] = rep["totals"]["adapter_params"]
             metrics["adapter_bytes"] = rep["totals"]["adapter_bytes"]
         if plan:
-            atomic_write_text(out / "plan.json", json.dumps(plan.to_dict(), indent=1))
-        atomic_write_text(out / "history.json", json.dumps(history, indent=1))
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+            _write_text(out / "plan.json", json.dumps(plan.to_dict(), indent=1))
+        _write_text(out / "history.json", json.dumps(history, indent=1))
+        _write_text(out / "metrics.json", json.dumps(metrics, indent=1))
         log.info("test accuracy %.2f%%  trainable %d  stored %d bytes", test_acc, trainable, stored)
-    return D.broadcast_object(metrics, ctx)
+    D.barrier()  # when train() returns on any rank, the run folder is complete
+    return metrics
 
 
-def _wrap(model: nn.Module, cfg: TrainConfig, ctx: "D.Context") -> nn.Module:
-    fwd = D.wrap_ddp(model, ctx)
+def _wrap(model: nn.Module, cfg: TrainConfig, ctx: "D.Context", previous: nn.Module | None = None) -> nn.Module:
+    fwd = D.wrap_ddp(model, ctx, previous)
     if cfg.compile:
         fwd = torch.compile(fwd)
     return fwd
@@ -376,22 +448,25 @@ def _prune(model: nn.Module, tracker: ImportanceTracker, optimizer, ctx: "D.Cont
     tracker.close()
     state = pear_state(model)
     p = make_plan(scores, state.config, model)
-    D.check_same_plan(p, ctx)
+    digest = D.check_same_plan(p, ctx)
     prune_and_share(model, p)
     dropped = prune_optimizer(optimizer, model)
-    if ctx.is_main:
-        log.info("pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
-                 len(p.pruned), len(p.pruned) + len(p.kept), p.policy, state.config.knowledge, dropped, p.digest())
+    log.info("pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
+             len(p.pruned), len(p.pruned) + len(p.kept), p.policy, state.config.knowledge, dropped, digest)
+    if ctx.enabled:
+        log.info("plan %s checked: identical on all %d ranks", digest, ctx.world)
     return p
 
 
 def _train_epoch(fwd, model, split: Split, sampler: GlobalBatches, optimizer, tracker, step, total_steps,
                  warmup_steps, cfg: TrainConfig, device, amp: bool, epoch: int, ctx):
+    """One epoch; returns (loss sum, correct, images) summed over all ranks, and the step."""
     fwd.train()
     freeze_norm_stats(unwrap(model))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     loss_sum, correct, seen = 0.0, 0, 0
     batches = sampler.batches()
+    sizes = sampler.global_sizes()
     bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and ctx.is_main)
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(split.loader(batches)):
@@ -401,29 +476,47 @@ def _train_epoch(fwd, model, split: Split, sampler: GlobalBatches, optimizer, tr
             g["lr"] = cfg.lr * factor
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = fwd(x)
-            loss = loss_fn(logits.float(), y)
-        value = loss.item()
+            loss_total = loss_fn(logits.float(), y)
+        value = loss_total.item()
         if not math.isfinite(value):
             raise PearError(f"loss became {value} at epoch {epoch + 1}, step {i + 1} (global step {step + 1}); "
-                            f"stopped. The last good state (end of epoch {epoch}) is kept in {cfg.out}/state; "
-                            f"try a lower --lr")
+                            f"stopped. {_last_good(cfg, epoch)}; try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks; this scale makes that average the gradient
+        # of the global batch's mean loss, as in one process.
+        (loss_total * (ctx.world / sizes[i])).backward()
         if tracker is not None:
             tracker.update()
         optimizer.step()
         step += 1
-        n = y.numel()
-        loss_sum += value * n
+        loss_sum += value
         correct += (logits.argmax(-1) == y).sum().item()
-        seen += n
+        seen += y.numel()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             img_s=f"{seen * ctx.world / (time.perf_counter() - t0):.0f}")
     if bar is not None:
         bar.close()
-    return loss_sum, correct, seen, step
+    loss_sum, correct, seen = D.all_sum([loss_sum, correct, seen], ctx, device)
+    return loss_sum, int(correct), int(seen), step
+
+
+def _last_good(cfg: TrainConfig, epoch: int) -> str:
+    if epoch == 0:
+        return "No state was saved yet (it is written at the end of each epoch)"
+    return f"The last good state (end of epoch {epoch}) is kept in {cfg.out}/state"
+
+
+def _check_finite(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
+    """The loss is checked before each step, so the last step of an epoch can still
+    leave inf/NaN weights (an inf gradient); saving them would overwrite the last
+    good state with one that cannot train."""
+    bad = next((n for n, p in unwrap(model).named_parameters() if p.requires_grad and not torch.isfinite(p).all()),
+               None)
+    if bad is not None:
+        raise PearError(f"parameter {bad!r} became non-finite during epoch {epoch + 1} (the loss was still finite); "
+                        f"stopped. {_last_good(cfg, epoch)}; try a lower --lr")
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -446,7 +539,7 @@ def evaluate(fwd, split: Split, cfg: TrainConfig, device, amp: bool, ctx) -> flo
             pred = fwd(x.to(device)).argmax(-1).cpu()
         correct += (pred == y).sum().item()
         total += y.numel()
-    correct, total = D.sum_counts(correct, total, ctx, device)
+    correct, total = D.all_sum([correct, total], ctx, device)
     return 100.0 * correct / max(1, total)
 
 
@@ -472,6 +565,10 @@ def _restore_best(model, directory: Path, cfg: TrainConfig, device) -> None:
     model.to(device)
 
 
+def _write_text(path: Path, text: str) -> None:
+    _guarded(lambda: atomic_write_text(path, text), path)
+
+
 def _guarded(write, path: Path) -> None:
     """Turn a failed write (disk full, read-only folder) into a clear error; the
     previous complete checkpoint is untouched because writes are atomic."""
@@ -482,16 +579,19 @@ def _guarded(write, path: Path) -> None:
                         f"{path.name} (if any) is intact.") from None
 
 
-def _setup_logging(out: Path, is_main: bool) -> None:
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
+def _setup_logging(out: Path, ctx: "D.Context") -> None:
+    """Rank 0 logs everything to stdout and RUN/train.log; other ranks only warnings,
+    tagged with their rank, to stdout (torchrun merges every rank's output)."""
+    log.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    fmt = logging.Formatter("%(asctime)s %(message)s" if ctx.is_main else f"%(asctime)s [rank {ctx.rank}] %(message)s",
+                            "%H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)
     log.addHandler(stream)
-    if is_main:
+    if ctx.is_main:
         fh = logging.FileHandler(out / "train.log", encoding="utf-8")
         fh.setFormatter(fmt)
         log.addHandler(fh)

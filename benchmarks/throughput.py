@@ -1,0 +1,366 @@
+"""Training throughput and memory of each method on one backbone, with synthetic data.
+
+    python benchmarks/throughput.py --backbone vit_base_patch16_224 --img-size 224 \\
+        --batch-size 64 --device cuda --bf16 --compile --tracker --out results/vitb.md
+
+One step is forward + backward + AdamW step on a fixed random batch, exactly as
+`pear.harness.train` builds the model and optimizer (the backbone is randomly
+initialised: speed does not depend on the weights). `pear` is measured after pruning:
+fake importance scores, then prune-and-share at ratio 0.5 with rank sharing and the
+merge knowledge checkpoint. On a busy machine single measurements are noisy, so every
+method runs a few steps in turn, in rotating order, for several rounds, and the table
+reports the median step time with its interquartile range.
+
+Memory: on CUDA, *peak MB* is measured with torch.cuda.max_memory_allocated (the
+method's resident tensors plus the peak growth during its steps, so the other
+methods' models alive in the same process do not count). *Tensor MB* is counted, on
+every device: weights, buffers, gradients, AdamW state and the activations autograd
+saves for backward (in eager mode), without temporaries. The CPU has no per-method
+allocator statistics, so there only the process's peak RSS is given, for the whole run.
+
+--compile: each model is compiled once (`pear` after pruning) through a backend that
+counts the graphs handed to inductor; the timed steps must compile nothing more.
+--tracker: the Taylor ImportanceTracker's cost, as `adapter` with and without
+`tracker.update()` after every backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pear import ImportanceTracker, plan, prune_and_share
+from pear.adapters import pear_state, positions
+from pear.errors import PearError
+from pear.harness.methods import freeze_norm_stats
+from pear.harness.train import TrainConfig, build, make_optimizer, resolve_device
+
+METHODS = ("linear", "full", "adapter", "pear", "lora")
+MB = 2**20
+
+
+@dataclass
+class Bench:
+    name: str
+    model: nn.Module
+    fwd: nn.Module
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    tracker: ImportanceTracker | None = None
+    compiler: "CountingBackend | None" = None
+    times: list[float] = field(default_factory=list)
+    peak_growth: int = 0
+    graphs_warmup: int = 0
+
+
+class CountingBackend:
+    """torch.compile backend: counts every graph dynamo hands over, then compiles it
+    with inductor. A count that grows during the timed steps means recompilation."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+        self.inductor = torch._dynamo.lookup_backend("inductor")
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return self.inductor(gm, example_inputs)
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"depth\": 2}'")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="vit_base_patch16_224", help="timm model name")
+    g.add_argument("--weights", default=None, help="optional weights file (default: random init)")
+    g.add_argument("--model-kwargs", default={}, type=json_object,
+                   help='JSON object of timm.create_model arguments, e.g. \'{"depth": 2}\'')
+    g.add_argument("--num-classes", type=int, default=100)
+    g.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    g = p.add_argument_group("measurement")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--img-size", type=int, default=224)
+    g.add_argument("--steps", type=int, default=20, help="timed steps per method, spread over the rounds")
+    g.add_argument("--rounds", type=int, default=5, help="turns each method takes, in rotating order")
+    g.add_argument("--warmup", type=int, default=3, help="untimed steps per method first")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 avoids thread contention on a shared machine")
+    g.add_argument("--bf16", "--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on with CUDA, off on CPU, as in training)")
+    g.add_argument("--frozen-bf16", action="store_true",
+                   help="hold the frozen backbone weights in bf16 (adapters and head stay fp32); implies --bf16")
+    g.add_argument("--compile", action="store_true", help="torch.compile each model once")
+    g.add_argument("--tracker", action="store_true", help="also time adapter with ImportanceTracker.update()")
+    g.add_argument("--out", default=None, help="write the results to FILE.md or FILE.json")
+    args = p.parse_args(argv)
+    args.methods = args.methods.split(",")
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; expected a subset of {', '.join(METHODS)}")
+    if args.tracker and "adapter" not in args.methods:
+        p.error("--tracker times the adapter method; keep 'adapter' in --methods")
+    if args.frozen_bf16:
+        if args.amp is False:
+            p.error("--frozen-bf16 needs bf16 autocast (bf16 weights meet fp32 activations otherwise)")
+        args.amp = True
+    if args.out and Path(args.out).suffix not in (".md", ".json"):
+        p.error("--out must end in .md or .json")
+    if min(args.steps, args.rounds, args.batch_size) < 1 or args.warmup < 0:
+        p.error("--steps, --rounds and --batch-size must be positive, --warmup non-negative")
+    if args.compile and args.warmup < 1:
+        p.error("--compile needs --warmup >= 1, so that compiling is not timed")
+    return args
+
+
+def make_bench(method: str, args, device: torch.device) -> Bench:
+    cfg = TrainConfig(data="synthetic", task="synthetic", out="unused", backbone=args.backbone,
+                      weights=args.weights, model_kwargs=args.model_kwargs, method=method, img_size=args.img_size)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no pretrained weights given")
+        model, _, _ = build(cfg, args.num_classes, device)
+    if method == "pear":
+        # Fake scores: how adapters are ranked does not change the cost of the pruned model.
+        g = torch.Generator().manual_seed(0)
+        scores = {name: torch.rand((), generator=g).item() for name in positions(model)}
+        prune_and_share(model, plan(scores, pear_state(model).config, model))
+    if args.frozen_bf16:
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
+    model.train()
+    freeze_norm_stats(model)
+    compiler = CountingBackend() if args.compile else None
+    fwd = torch.compile(model, backend=compiler) if compiler else model
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(device)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device)
+    return Bench(method, model, fwd, make_optimizer(model, cfg), x, y, compiler=compiler)
+
+
+def step(b: Bench, amp: bool) -> None:
+    b.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(b.x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = nn.functional.cross_entropy(b.fwd(b.x).float(), b.y)
+    loss.backward()
+    if b.tracker is not None:
+        b.tracker.update()
+    b.optimizer.step()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_steps(b: Bench, n: int, amp: bool, device: torch.device) -> None:
+    cuda = device.type == "cuda"
+    if cuda:
+        sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(n):
+        sync(device)
+        t0 = time.perf_counter()
+        step(b, amp)
+        sync(device)
+        b.times.append(time.perf_counter() - t0)
+    if cuda:
+        b.peak_growth = max(b.peak_growth, torch.cuda.max_memory_allocated(device) - before)
+    # Gradients are then allocated inside the next turn, where its peak sees them.
+    b.optimizer.zero_grad(set_to_none=True)
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def resident_bytes(b: Bench) -> int:
+    """Weights, buffers, optimizer state and the batch: what stays allocated between steps."""
+    state = [t for s in b.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    return tensor_bytes([*b.model.parameters(), *b.model.buffers(), *state, b.x, b.y])
+
+
+def saved_activation_bytes(b: Bench, amp: bool) -> int:
+    """Bytes autograd keeps for backward in one eager forward, each storage once,
+    leaving out the parameters and the input batch (counted as resident)."""
+    resident = {t.untyped_storage().data_ptr() for t in [*b.model.parameters(), b.x]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in resident:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(b.x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(b.model(b.x).float(), b.y)
+    del loss
+    return sum(saved.values())
+
+
+def counted_bytes(b: Bench, amp: bool) -> int:
+    grads = tensor_bytes(p for p in b.model.parameters() if p.requires_grad)
+    return resident_bytes(b) - tensor_bytes([b.x, b.y]) + grads + saved_activation_bytes(b, amp)
+
+
+def quantiles(times: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return q1, q2, q3
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"platform": platform.platform(), "cpu": cpu, "cpu_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    try:
+        import timm
+        import peft
+
+        info.update(timm=timm.__version__, peft=peft.__version__)
+    except ImportError:
+        pass
+    return info
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    benches = [make_bench(m, args, device) for m in args.methods]
+    if args.tracker:
+        adapter = next(b for b in benches if b.name == "adapter")
+        benches.append(Bench("adapter+tracker", adapter.model, adapter.fwd, adapter.optimizer, adapter.x, adapter.y,
+                             tracker=ImportanceTracker(adapter.model, "taylor"), compiler=adapter.compiler))
+    for b in benches:
+        for _ in range(args.warmup):
+            step(b, amp)
+        b.optimizer.zero_grad(set_to_none=True)
+        if b.compiler:
+            b.graphs_warmup = b.compiler.graphs
+    per_round = math.ceil(args.steps / args.rounds)
+    for r in range(args.rounds):
+        order = benches[r % len(benches):] + benches[:r % len(benches)]
+        for b in order:
+            timed_steps(b, per_round, amp, device)
+
+    results = []
+    for b in benches:
+        q1, median, q3 = quantiles(b.times)
+        row = {"method": b.name, "trainable_params": sum(p.numel() for p in b.model.parameters() if p.requires_grad),
+               "step_ms_median": 1e3 * median, "step_ms_q1": 1e3 * q1, "step_ms_q3": 1e3 * q3,
+               "images_per_second": args.batch_size / median, "timed_steps": len(b.times),
+               "tensor_mb_counted": counted_bytes(b, amp) / MB}
+        if device.type == "cuda":
+            row["peak_mb_measured"] = (resident_bytes(b) + b.peak_growth) / MB
+        if b.compiler:
+            row["graphs_compiled_warmup"] = b.graphs_warmup
+            row["graphs_compiled_timed"] = b.compiler.graphs - b.graphs_warmup
+        results.append(row)
+    ref = next((r["step_ms_median"] for r in results if r["method"] == "adapter"), None)
+    for r in results:
+        r["step_time_vs_adapter"] = r["step_ms_median"] / ref if ref else None
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings.update(amp_bf16=amp, steps_per_round=per_round)
+    out = {"machine": machine(device), "command": "python " + shlex.join(sys.argv), "settings": settings,
+           "results": results}
+    if device.type == "cpu":
+        out["machine"]["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.tracker:
+        with_t, without = (next(r["step_ms_median"] for r in results if r["method"] == m)
+                           for m in ("adapter+tracker", "adapter"))
+        out["tracker_overhead"] = with_t / without
+    return out
+
+
+def markdown(res: dict) -> str:
+    s, m = res["settings"], res["machine"]
+    cuda = m["gpu"] is not None
+    compiled = s["compile"]
+    lines = [f"# Training throughput: {s['backbone']}", "",
+             f"- Machine: {m['platform']}; CPU {m['cpu']} ({m['cpu_threads']} torch threads); "
+             f"GPU {m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}, timm {m.get('timm')}, "
+             f"peft {m.get('peft')}",
+             f"- Command: `{res['command']}`",
+             f"- Batch {s['batch_size']} at {s['img_size']} px on {m['device']}; bf16 autocast {s['amp_bf16']}, "
+             f"frozen backbone in bf16 {s['frozen_bf16']}, torch.compile {compiled}; {s['warmup']} warm-up steps, "
+             f"then {s['rounds']} rounds of {s['steps_per_round']} timed steps per method in rotating order",
+             ""]
+    header = ["method", "trainable params", "step ms (median)", "IQR ms", "images/s", "vs adapter",
+              "tensor MB (counted)"]
+    header += ["peak MB (measured)"] if cuda else []
+    header += ["graphs compiled (warm-up / timed)"] if compiled else []
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in res["results"]:
+        cells = [r["method"], f"{r['trainable_params']:,}", f"{r['step_ms_median']:.1f}",
+                 f"{r['step_ms_q1']:.1f}–{r['step_ms_q3']:.1f}", f"{r['images_per_second']:.1f}",
+                 "–" if r["step_time_vs_adapter"] is None else f"{r['step_time_vs_adapter']:.2f}×",
+                 f"{r['tensor_mb_counted']:.1f}"]
+        cells += [f"{r['peak_mb_measured']:.1f}"] if cuda else []
+        cells += [f"{r['graphs_compiled_warmup']} / {r['graphs_compiled_timed']}"] if compiled else []
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("*vs adapter*: median step time over `adapter`'s (lower is faster). *Tensor MB*: weights, buffers, "
+                 "gradients, AdamW state and activations saved for backward, counted in eager mode.")
+    if cuda:
+        lines.append("*Peak MB*: the method's resident tensors plus the peak growth of "
+                     "torch.cuda.max_memory_allocated during its steps.")
+    else:
+        lines.append(f"The CPU has no per-method allocator statistics; the whole process peaked at "
+                     f"{m['process_peak_rss_mb']:.0f} MB RSS with every method's model alive.")
+    if "tracker_overhead" in res:
+        lines.append(f"Taylor ImportanceTracker: `adapter` step time with `tracker.update()` / without = "
+                     f"{res['tracker_overhead']:.3f}×.")
+    if compiled and any(r["graphs_compiled_timed"] for r in res["results"]):
+        lines.append("WARNING: some models compiled again during the timed steps (recompilation).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        res = run(args)
+    except PearError as exc:
+        print(f"throughput: error: {exc}", file=sys.stderr)
+        return 2
+    text = markdown(res)
+    print(text)
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=1) if path.suffix == ".json" else text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

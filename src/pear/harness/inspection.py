@@ -1,0 +1,328 @@
+"""`pear inspect`: what a saved task pruned, who shares whom, and what it stores.
+
+Works from the checkpoint files alone (no backbone is built), so it is instant even
+for ViT-B checkpoints. The numbers match `pear.report` of the loaded model, except
+`stored_bytes`, which here is the real size of the checkpoint's files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
+from ..errors import PearError
+from .runs import checkpoint_kind
+from .state import PLAIN_FILES, read_plain
+
+_KIND_COLOURS = {"attn": "#3b75af", "mlp": "#ef8636", "qkv": "#519e3e", "block": "#3b75af"}
+
+
+def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
+    """Describe a run folder (its `checkpoint/` plus metrics.json) or a checkpoint
+    folder. Pear checkpoints: per position importance, kept / pruned, shared source
+    and parameters, and the totals; plain (linear / full / lora) checkpoints: what
+    they store. Every file is validated (hashes included) first. With `plot`, also
+    write the pruning map PNG there."""
+    path = Path(path)
+    run = path if (path / "checkpoint").is_dir() else None
+    if run is None and (path / "args.yaml").is_file():
+        raise PearError(f"run folder {path} has no checkpoint/ yet: the run has not finished")
+    ckpt = path / "checkpoint" if run else path
+    info = _inspect_pear(ckpt) if checkpoint_kind(ckpt) == "pear" else _inspect_plain(ckpt)
+    info["path"] = str(path)
+    info["metrics"] = _read_metrics(run / "metrics.json") if run and (run / "metrics.json").is_file() else None
+    if plot is not None:
+        if info["kind"] != "pear":
+            raise PearError(f"{ckpt} is a plain {info['method']!r} checkpoint: it has no adapter positions to plot")
+        plot_pruning_map(info, plot)
+        info["plot"] = str(plot)
+    return info
+
+
+def _sizes(tensors: dict[str, torch.Tensor], prefix: str) -> tuple[int, int]:
+    """(parameters, bytes) of the tensors whose names start with `prefix`."""
+    sel = [t for k, t in tensors.items() if k.startswith(prefix)]
+    return sum(t.numel() for t in sel), sum(t.numel() * t.element_size() for t in sel)
+
+
+def _files(ckpt: Path, names) -> dict[str, int]:
+    return {n: (ckpt / n).stat().st_size for n in names}
+
+
+# read_checkpoint validates a Pear checkpoint's JSON; a plain one's is checked here for
+# the fields shown (the JSON is not covered by the tensor file's hash, so a hand edit
+# must give a clear error, not a crash).
+_PLAIN_FIELDS = {
+    "backbone": lambda v: v is None or (isinstance(v, dict) and all(
+        isinstance(v.get(k), (str, type(None))) for k in ("name", "fingerprint"))),
+    "meta": lambda v: v is None or isinstance(v, dict),
+    "num_classes": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "class_names": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+}
+
+
+def _described(kind: str, ckpt: Path, info: dict) -> dict:
+    """What both kinds of checkpoint say about themselves."""
+    meta = info.get("meta") or {}
+    return {"kind": kind, "checkpoint": str(ckpt), "method": info.get("method") or meta.get("method") or kind,
+            "task": meta.get("task"), "backbone": info.get("backbone"), "num_classes": info.get("num_classes"),
+            "class_names": info.get("class_names")}
+
+
+def _inspect_pear(ckpt: Path) -> dict:
+    task = read_checkpoint(ckpt)
+    info, tensors = task.info, task.tensors
+    rows = []
+    for p in info["positions"]:
+        name = p["name"]
+        if p.get("importance") is not None and not math.isfinite(p["importance"]):
+            raise PearError(f"{ckpt / CONFIG_FILE}: position {name!r} has importance {p['importance']}")
+        rows.append({
+            "name": name,
+            "kind": p["kind"],
+            "depth": p["depth"],
+            "importance": p.get("importance"),
+            "state": "pruned" if p["pruned"] else ("kept" if info.get("pruned") else "active"),
+            "shares": p["source"] if p["source"] not in (None, name) else None,
+            "params": _sizes(tensors, f"adapters.{name}.")[0],
+            "frozen_params": _sizes(tensors, f"frozen.{name}.")[0],
+        })
+    adapter_params, adapter_bytes = _sizes(tensors, "adapters.")
+    frozen_params, frozen_bytes = _sizes(tensors, "frozen.")
+    head_params, head_bytes = _sizes(tensors, "head.")
+    unpruned = info.get("unpruned_adapter_params", adapter_params)
+    # Adapters of one checkpoint share one dtype, so the unpruned budget costs the same per parameter.
+    per_param = adapter_bytes // adapter_params if adapter_params else 4
+    files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE))
+    totals = {
+        "positions": len(rows),
+        "pruned": sum(r["state"] == "pruned" for r in rows),
+        "shared": sum(r["shares"] is not None for r in rows),
+        "adapter_params": adapter_params,
+        "adapter_params_unpruned": unpruned,
+        "frozen_params": frozen_params,
+        "head_params": head_params,
+        "trainable_params": adapter_params + head_params,
+        "trainable_params_before": unpruned + head_params,
+        "adapter_bytes": adapter_bytes,
+        "adapter_bytes_unpruned": unpruned * per_param,
+        "adapter_ratio": adapter_bytes / (unpruned * per_param) if unpruned else None,
+        "frozen_bytes": frozen_bytes,
+        "head_bytes": head_bytes,
+        "stored_bytes": sum(files.values()),
+    }
+    return {**_described("pear", ckpt, info), "config": task.config.to_dict(), "positions": rows, "totals": totals, "files": files}
+
+
+def _inspect_plain(ckpt: Path) -> dict:
+    info, tensors = read_plain(ckpt)
+    for key, ok in _PLAIN_FIELDS.items():
+        if not ok(info.get(key)):
+            raise PearError(f"{ckpt / PLAIN_FILES[1]}: field {key!r} is malformed: {info.get(key)!r}")
+    head = info.get("head")
+    stored_params, stored = _sizes(tensors, "")
+    head_params, head_bytes = _sizes(tensors, f"{head}.") if isinstance(head, str) else (0, 0)
+    files = _files(ckpt, PLAIN_FILES)
+    return {
+        **_described("plain", ckpt, info),
+        "totals": {
+            "tensors": len(tensors),
+            "stored_params": stored_params,
+            "head_params": head_params,
+            "other_params": stored_params - head_params,
+            "tensor_bytes": stored,
+            "head_bytes": head_bytes,
+            "stored_bytes": sum(files.values()),
+        },
+        "files": files,
+    }
+
+
+def _read_metrics(path: Path) -> dict:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PearError(f"cannot read {path}: {exc}") from None
+    if not isinstance(metrics, dict):
+        raise PearError(f"{path} must hold a JSON object")
+    return metrics
+
+
+# ---------------------------------------------------------------- text
+
+def _short(name: str | None) -> str:
+    """'blocks.3.mlp' -> 'b3.mlp' (plot labels have little room)."""
+    return "b" + name.removeprefix("blocks.") if name and name.startswith("blocks.") else str(name)
+
+
+def _num(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _value(v) -> str:
+    """A metrics.json value (hand-editable, so of any JSON type)."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def _header(info: dict) -> list[str]:
+    bb = info.get("backbone") or {}
+    lines = [f"checkpoint  {info['checkpoint']}",
+             f"method      {info['method']}" + (f"   task {info['task']}" if info.get("task") else ""),
+             f"backbone    {bb.get('name') or '-'}   fingerprint {bb.get('fingerprint') or '-'}",
+             f"classes     {_num(info.get('num_classes'))}"]
+    if info["kind"] == "pear":
+        c = info["config"]
+        lines.append(f"pear        {c['adapter']} adapters, rank {c['rank']}, scale {c['scale']}, importance "
+                     f"{c['importance']}, prune ratio {c['prune_ratio']}, share {c['share']}, knowledge "
+                     f"{c['knowledge']}")
+    return lines
+
+
+def _pear_table(info: dict) -> list[str]:
+    head = ("position", "kind", "importance", "state", "shares", "params", "frozen")
+    cells = [(r["name"], r["kind"], "-" if r["importance"] is None else f"{r['importance']:.4g}", r["state"],
+              r["shares"] or "-", _num(r["params"]), _num(r["frozen_params"])) for r in info["positions"]]
+    widths = [max(len(str(row[i])) for row in [head, *cells]) for i in range(len(head))]
+    right = {2, 5, 6}  # numeric columns
+
+    def fmt(row) -> str:
+        return "  ".join(str(v).rjust(w) if i in right else str(v).ljust(w)
+                         for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+
+    t = info["totals"]
+    ratio = f" ({100 * t['adapter_ratio']:.1f}%)" if t["adapter_ratio"] is not None else ""
+    return [
+        fmt(head), fmt(["-" * w for w in widths]), *map(fmt, cells), "",
+        f"positions         {t['positions']}: {t['pruned']} pruned, {t['shared']} of them shared",
+        f"trainable params  {_num(t['trainable_params'])} (adapters {_num(t['adapter_params'])} + head "
+        f"{_num(t['head_params'])}); {_num(t['trainable_params_before'])} before pruning",
+        f"adapter bytes     {_num(t['adapter_bytes'])} of {_num(t['adapter_bytes_unpruned'])} unpruned{ratio}",
+        f"frozen bytes      {_num(t['frozen_bytes'])} ({_num(t['frozen_params'])} params of knowledge "
+        f"checkpoints)",
+        f"head bytes        {_num(t['head_bytes'])}",
+    ]
+
+
+def _plain_table(info: dict) -> list[str]:
+    t = info["totals"]
+    return [
+        f"stored tensors    {t['tensors']}: {_num(t['stored_params'])} params (head {_num(t['head_params'])}, "
+        f"other {_num(t['other_params'])}), {_num(t['tensor_bytes'])} bytes",
+    ]
+
+
+def render_table(info: dict) -> str:
+    """`inspect_path`'s result as fixed-width text: a header, one row per position
+    (Pear checkpoints) and the totals."""
+    lines = _header(info) + [""]
+    lines += _pear_table(info) if info["kind"] == "pear" else _plain_table(info)
+    files = " + ".join(f"{n} {_num(s)}" for n, s in info["files"].items())
+    lines.append(f"stored bytes      {_num(info['totals']['stored_bytes'])} ({files})")
+    if info.get("metrics"):
+        m = info["metrics"]
+        shown = {k: m[k] for k in ("test_acc", "trainable_params", "stored_bytes", "epochs", "train_seconds")
+                 if m.get(k) is not None}
+        lines += ["", "metrics.json      " + "   ".join(f"{k} {_value(v)}" for k, v in shown.items())]
+    if info.get("plot"):
+        lines.append(f"plot              {info['plot']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plot
+
+def _title(info: dict) -> str:
+    t = info["totals"]
+    what = " · ".join(str(x) for x in (info.get("task"), info["method"], (info.get("backbone") or {}).get("name"))
+                      if x)
+    ratio = f" ({100 * t['adapter_ratio']:.1f}%)" if t["adapter_ratio"] is not None else ""
+    return (f"{what}\n{t['pruned']} of {t['positions']} positions pruned, {t['shared']} shared, trainable "
+            f"{t['trainable_params']:,} params\nadapter bytes {t['adapter_bytes']:,} of "
+            f"{t['adapter_bytes_unpruned']:,} unpruned{ratio}")
+
+
+def plot_pruning_map(info: dict, path: str | Path) -> Path:
+    """Bar chart of importance per block, one bar per sub-layer kind (attn / mlp for
+    ViTs, one per block for CNNs). Pruned positions are hatched and grey-filled and
+    labelled with the adapter they share ('<- b3.mlp', '+frozen' with a frozen knowledge
+    checkpoint beside it), 'frozen only' or 'no adapter'. Written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    rows = info["positions"]
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    depths = sorted({r["depth"] for r in rows})
+    x_of = {d: i for i, d in enumerate(depths)}
+    width = 0.8 / len(kinds)
+    scored = [r["importance"] for r in rows if r["importance"] is not None]
+    top = max(scored, default=0.0) or 1.0
+
+    fig = Figure(figsize=(max(8.0, 0.55 * len(depths) * len(kinds) + 2), 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for r in rows:
+        k = kinds.index(r["kind"])
+        x = x_of[r["depth"]] + (k - (len(kinds) - 1) / 2) * width
+        h = r["importance"] or 0.0
+        colour = _KIND_COLOURS.get(r["kind"], "#7f7f7f")
+        pruned = r["state"] == "pruned"
+        ax.bar(x, h, width * 0.92, color="#d9d9d9" if pruned else colour, edgecolor=colour,
+               hatch="///" if pruned else None, linewidth=1.2)
+        if pruned:
+            if r["shares"]:
+                label = f"<- {_short(r['shares'])}" + (" +frozen" if r["frozen_params"] else "")
+            else:
+                label = "frozen only" if r["frozen_params"] else "no adapter"
+            ax.text(x, h + 0.02 * top, label, rotation=90, ha="center", va="bottom", fontsize=8, color="#404040")
+    ax.set_xticks(range(len(depths)))
+    cnn = kinds == ["block"]
+    names = {r["depth"]: _short(r["name"]) for r in rows}
+    ax.set_xticklabels([names[d] for d in depths] if cnn else [str(d) for d in depths],
+                       rotation=90 if cnn else 0, fontsize=8)
+    ax.set_xlabel("block (stage.index)" if cnn else "block")
+    ax.set_ylabel("importance")
+    # Room above the tallest bar for its rotated share label.
+    ax.set_ylim(0, top * 1.45)
+    ax.set_xlim(-0.6, len(depths) - 0.4)
+    if not scored:
+        ax.text(0.5, 0.5, "no importance scores (this checkpoint was never pruned)", transform=ax.transAxes,
+                ha="center", va="center", color="#404040")
+    pruned_any = info["totals"]["pruned"] > 0
+    handles = [Patch(facecolor=_KIND_COLOURS.get(k, "#7f7f7f"), label=f"{k}: kept" if pruned_any else k)
+               for k in kinds]
+    if pruned_any:
+        handles.append(Patch(facecolor="#d9d9d9", edgecolor="#404040", hatch="///",
+                             label="pruned (<- shared adapter)"))
+    ax.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles))
+    ax.set_title(_title(info), fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return _save_png(fig, Path(path))
+
+
+def _save_png(fig, path: Path) -> Path:
+    """Save next to `path`, then rename: a reader never sees half a PNG."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
+    except OSError as exc:
+        raise PearError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=120)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PearError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,364 @@
+"""Fuzzing every file format Pear reads from users: VTAB list files, IDX files, task
+checkpoints (pear_config.json and the safetensors file) and the CLI on top of them.
+
+The property is always the same: whatever the bytes, the reader returns a valid result
+or raises PearError; no other exception, no read outside the task folder, no large
+allocation. Each property runs a bounded number of examples so this file stays fast;
+for a long campaign set PEAR_FUZZ_EXAMPLES, e.g.
+
+    PEAR_FUZZ_EXAMPLES=5000 pytest tests/harness/test_fuzz.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import pear
+from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
+from pear.cli import main
+from pear.errors import PearError
+from pear.harness.builders import read_idx
+from pear.harness.data import read_list, task_info
+from pear.harness.state import PLAIN_FILES
+
+EXAMPLES = int(os.environ.get("PEAR_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# The CLI examples each rebuild a model and evaluate 40 images.
+CLI_FUZZ = settings(FUZZ, max_examples=max(1, EXAMPLES * 3 // 4))
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+# ---------------------------------------------------------------- VTAB list files
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> Path:
+    """A task folder with real images, plus an existing image just outside it and
+    symlinks that escape it (to a file, to a folder) or loop."""
+    root = tmp_path_factory.mktemp("lists")
+    task = root / "task"
+    for rel in ("images/a.png", "images/sub/b.png", "c.png"):
+        (task / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(task / rel)
+    Image.new("RGB", (4, 4)).save(root / "outside.png")
+    (task / "escape.png").symlink_to(root / "outside.png")
+    (task / "escape_dir").symlink_to(root)
+    (task / "inside.png").symlink_to(task / "images" / "a.png")
+    (task / "loop").symlink_to(task / "loop")
+    return task
+
+
+PATHS = st.sampled_from([
+    "images/a.png", "images/sub/b.png", "c.png", "./c.png", "images/../c.png", "inside.png",
+    "../outside.png", "../../etc/passwd", "/etc/passwd", "escape.png", "escape_dir/outside.png",
+    "escape_dir/task/c.png", "loop", "loop/x.png", "images", "missing.png", "images/a.png/x", "~/x.png",
+    "a\x00b.png", "é.png", "x" * 5000, "//c.png", "\\c.png", "C:\\x.png",
+]) | st.text(min_size=1, max_size=30)
+LABELS = st.integers(-10**30, 10**30).map(str) | st.sampled_from(
+    ["0", "1", "2", "3", "-0", "+1", "1.0", "0x1", "1e3", "nan", "٣", "9" * 5000, "00000000000000000000002"]
+) | st.text(max_size=8)
+LINE = st.tuples(PATHS, st.sampled_from([" ", "\t", "  ", " \t"]), LABELS, st.sampled_from(["", " ", "\r", " x"]))
+LIST_TEXT = st.lists(LINE.map(lambda t: "".join(t)) | st.sampled_from(["", " ", "\r"]), max_size=6).map(
+    lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass"))
+LIST_BYTES = LIST_TEXT | st.binary(max_size=200) | st.tuples(LIST_TEXT, st.binary(min_size=1, max_size=4),
+                                                             st.integers(0, 200)).map(
+    lambda t: t[0][:t[2]] + t[1] + t[0][t[2]:])
+
+
+def _check_list_result(items, task: Path, num_classes: int | None) -> None:
+    root = task.resolve()
+    for path, label in items:
+        assert path.resolve().is_relative_to(root) and path.is_file(), path
+        assert label >= 0 and (num_classes is None or label < num_classes)
+
+
+@FUZZ
+@given(data=LIST_BYTES, num_classes=st.sampled_from([1, 3, 1000]))
+def test_list_files(task, data, num_classes):
+    path = task / "fuzz.txt"
+    path.write_bytes(data)
+    try:
+        items = read_list(path, task, num_classes)
+    except PearError:
+        return
+    _check_list_result(items, task, num_classes)
+
+
+@FUZZ
+@given(train=LIST_BYTES, test=LIST_BYTES)
+def test_custom_task_class_count(task, train, test):
+    """A task without classes.txt takes its class count from the labels."""
+    (task / "train800val200.txt").write_bytes(train)
+    (task / "test.txt").write_bytes(test)
+    try:
+        info = task_info(task.parent, task.name)
+    except PearError:
+        return
+    assert 1 <= info.num_classes <= 100_000
+    for name in ("train800val200.txt", "test.txt"):
+        _check_list_result(read_list(task / name, task, info.num_classes), task, info.num_classes)
+
+
+# ---------------------------------------------------------------- IDX files
+
+IDX_HEADERS = st.tuples(st.sampled_from([0x801, 0x803, 0x802, 0x0, 0xFFFFFFFF]),
+                        st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 40), min_size=0, max_size=3)).map(
+    lambda t: struct.pack(">I", t[0]) + b"".join(struct.pack(">I", d) for d in t[1]))
+IDX_BYTES = st.one_of(
+    st.binary(max_size=64),
+    st.tuples(IDX_HEADERS, st.binary(max_size=64)).map(lambda t: t[0] + t[1]),
+)
+
+
+@FUZZ
+@given(data=IDX_BYTES, gz=st.sampled_from(["plain", "gzip", "truncated gzip"]))
+def test_idx_files(tmp_path_factory, data, gz):
+    path = tmp_path_factory.getbasetemp() / "fuzz.idx"
+    if gz != "plain":
+        data = gzip.compress(data)
+        if gz == "truncated gzip":
+            data = data[:len(data) // 2]
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        array = read_idx(path)
+    except PearError:
+        array = None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"read_idx allocated {peak} bytes for a {len(data)}-byte file"
+    if array is not None:
+        assert array.dtype == np.uint8 and array.ndim in (1, 3) and array.nbytes <= len(data)
+
+
+# ---------------------------------------------------------------- task checkpoints
+
+def _backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8,
+                             depth=2, embed_dim=32, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """(folder, pristine file bytes, backbone) of a pruned, shared tiny-ViT task."""
+    backbone = _backbone()
+    model = pear.attach(copy.deepcopy(backbone), pear.PearConfig(rank=2, prune_ratio=0.5, knowledge="frozen"))
+    scores = {name: float(i) for i, name in enumerate(pear.slots(model))}
+    pear.prune_and_share(model, pear.plan(scores, pear.PearConfig(rank=2, prune_ratio=0.5), model))
+    folder = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+    pear.save(model, folder, backbone="vit_tiny_patch16_224", class_names=["a", "b", "c"])
+    pear.load(folder, copy.deepcopy(backbone))  # the pristine checkpoint loads
+    return Quiet((folder, {f.name: f.read_bytes() for f in folder.iterdir()}, backbone))
+
+
+class Quiet(tuple):
+    """A fixture value that hypothesis prints as one word in a failure report."""
+
+    def __repr__(self) -> str:
+        return "<fixture>"
+
+
+def _paths(value, prefix=()):
+    """Every (path into a JSON value) there is, the root included."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, (*prefix, i))
+
+
+def _mutate(doc, path, action: str, value):
+    if not path:
+        return value
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if action == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return doc
+
+
+@st.composite
+def json_mutation(draw, doc):
+    """`doc` with one value somewhere replaced by random JSON, or deleted."""
+    doc = copy.deepcopy(doc)
+    paths = list(_paths(doc))
+    path = paths[draw(st.integers(0, len(paths) - 1))]
+    return _mutate(doc, path, draw(st.sampled_from(["replace", "replace", "delete"])), draw(JSON))
+
+
+def _write(folder: Path, files: dict[str, bytes]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def _only_pear_errors(folder: Path, backbone: torch.nn.Module) -> None:
+    try:
+        read_checkpoint(folder)
+    except PearError:
+        pass
+    try:
+        pear.load(folder, copy.deepcopy(backbone))
+    except PearError:
+        pass
+
+
+@st.composite
+def config_texts(draw, pristine: bytes):
+    doc = json.loads(pristine)
+    kind = draw(st.sampled_from(["mutate", "mutate", "mutate", "truncate", "bytes"]))
+    if kind == "mutate":
+        return json.dumps(draw(json_mutation(doc))).encode()
+    if kind == "truncate":
+        return pristine[:draw(st.integers(0, len(pristine) - 1))]
+    return draw(st.binary(max_size=300))
+
+
+@FUZZ
+@given(data=st.data())
+def test_pear_config_json(checkpoint, tmp_path_factory, data):
+    folder, pristine, backbone = checkpoint
+    fuzzed = tmp_path_factory.getbasetemp() / "fuzzed-config"
+    _write(fuzzed, {**pristine, CONFIG_FILE: data.draw(config_texts(pristine[CONFIG_FILE]))})
+    _only_pear_errors(fuzzed, backbone)
+
+
+def _split_safetensors(raw: bytes) -> tuple[dict, bytes]:
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+@st.composite
+def safetensors_files(draw, pristine: bytes):
+    header, body = _split_safetensors(pristine)
+    kind = draw(st.sampled_from(["length", "header", "header", "truncate", "flip"]))
+    if kind == "length":
+        n = draw(st.integers(0, 2**64 - 1) | st.integers(-16, 16).map(lambda d: len(pristine) - len(body) - 8 + d)
+                 .filter(lambda n: n >= 0))
+        return struct.pack("<Q", n) + pristine[8:]
+    if kind == "header":
+        text = json.dumps(draw(json_mutation(header))).encode()
+        return struct.pack("<Q", len(text)) + text + body
+    if kind == "truncate":
+        return pristine[:draw(st.integers(0, len(pristine) - 1))]
+    at = draw(st.integers(0, len(pristine) - 1))
+    return pristine[:at] + bytes([pristine[at] ^ draw(st.integers(1, 255))]) + pristine[at + 1:]
+
+
+@FUZZ
+@given(data=st.data(), rehash=st.booleans())
+def test_safetensors_file(checkpoint, tmp_path_factory, data, rehash):
+    """`rehash`: the JSON's SHA-256 is updated to match, so the bytes reach the
+    safetensors parser instead of stopping at the hash check."""
+    folder, pristine, backbone = checkpoint
+    raw = data.draw(safetensors_files(pristine[TENSORS_FILE]))
+    config = json.loads(pristine[CONFIG_FILE])
+    if rehash:
+        config["tensors_sha256"] = hashlib.sha256(raw).hexdigest()
+    fuzzed = tmp_path_factory.getbasetemp() / "fuzzed-tensors"
+    _write(fuzzed, {TENSORS_FILE: raw, CONFIG_FILE: json.dumps(config).encode()})
+    _only_pear_errors(fuzzed, backbone)
+
+
+# ---------------------------------------------------------------- the CLI on fuzzed checkpoints
+
+@pytest.fixture(scope="module", params=["pear", "linear"])
+def run(request, tiny_run, tiny_vtab, tiny_vit_args, tmp_path_factory):
+    """(run folder, its checkpoint's tensor and JSON file names, pristine checkpoint
+    files): a copy of the session's tiny_run (a Pear task checkpoint), or a 1-epoch
+    linear run (a plain checkpoint)."""
+    out = tmp_path_factory.mktemp("fuzzrun") / "run"
+    if request.param == "pear":
+        shutil.copytree(tiny_run.run, out)
+        names = (TENSORS_FILE, CONFIG_FILE)
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert _cli(["train", "--data", str(tiny_vtab), "--task", "toy", "--out", str(out), *tiny_vit_args,
+                         "--method", "linear", "--epochs", "1", "--batch-size", "16", "--workers", "0",
+                         "--no-progress"])[0] == 0
+        finally:
+            torch.set_num_threads(threads)
+        names = PLAIN_FILES
+    return Quiet((out, names, {f.name: f.read_bytes() for f in (out / "checkpoint").iterdir()}))
+
+
+def _inspection_available() -> bool:
+    try:
+        import pear.harness.inspection  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@st.composite
+def checkpoint_files(draw, names: tuple[str, str], pristine: dict[str, bytes]):
+    """Either file fuzzed; a fuzzed tensor file gets its hash recorded in the JSON."""
+    tensors_file, config_file = names
+    if draw(st.booleans()):
+        return {**pristine, config_file: draw(config_texts(pristine[config_file]))}
+    raw = draw(safetensors_files(pristine[tensors_file]))
+    config = json.loads(pristine[config_file])
+    config["tensors_sha256"] = hashlib.sha256(raw).hexdigest()
+    return {tensors_file: raw, config_file: json.dumps(config).encode()}
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, err.getvalue()
+
+
+@pytest.mark.parametrize("command", ["eval", "inspect"])
+def test_cli_on_fuzzed_checkpoints(run, command):
+    """Exit 0 (a harmless edit, e.g. of a score) or 2 with one line of error, nothing else."""
+    if command == "inspect" and not _inspection_available():
+        pytest.skip("pear.harness.inspection (pear inspect) does not exist yet")
+    folder, names, pristine = run
+    argv = ["eval", "--run", str(folder), "--device", "cpu"] if command == "eval" else ["inspect", str(folder)]
+
+    @CLI_FUZZ
+    @given(files=checkpoint_files(names, pristine))
+    def fuzz(files):
+        _write(folder / "checkpoint", files)
+        rc, err = _cli(argv)
+        assert rc in (0, 2), err
+        if rc == 2:
+            assert err.startswith("pear: error: ") and err.count("\n") == 1, err
+
+    try:
+        fuzz()
+    finally:
+        _write(folder / "checkpoint", pristine)

@@ -1,0 +1,228 @@
+"""Suite bookkeeping: method grammar, skip / resume, aggregation over seeds and tasks."""
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pear.errors import PearError
+from pear.harness import suite
+from pear.harness.suite import aggregate, method_overrides, run_suite
+
+TINY = {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32,
+                                                             "num_heads": 2},
+        "img_size": 32, "epochs": 2, "batch_size": 20, "workers": 0, "device": "cpu"}
+
+
+def make_task(root: Path, name: str = "toy", sizes=(40, 10, 40), classes: int = 3) -> None:
+    """A VTAB-format task whose classes differ in brightness."""
+    rng = np.random.default_rng(0)
+    lines = {}
+    for split, n in zip(("train800", "val200", "test"), sizes):
+        (root / name / "images" / split).mkdir(parents=True)
+        lines[split] = []
+        for i in range(n):
+            rel = f"images/{split}/{i:06d}.png"
+            pixels = rng.integers(0, 60, (16, 16, 3)) + 80 * (i % classes)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / rel)
+            lines[split].append(f"{rel} {i % classes}\n")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, entries in lines.items():
+        (root / name / f"{split}.txt").write_text("".join(entries))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_task(root)
+    return root
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("pear", {"method": "pear"}),
+    ("lora", {"method": "lora"}),
+    ("pear-share-nearest", {"method": "pear", "share": "nearest"}),
+    ("pear-share-none", {"method": "pear", "share": "none"}),
+    ("pear-kc-frozen", {"method": "pear", "knowledge": "frozen"}),
+    ("pear-imp-random", {"method": "pear", "importance": "random"}),
+    ("pear-r0.75", {"method": "pear", "prune_ratio": 0.75}),
+    ("pear-r0", {"method": "pear", "prune_ratio": 0.0}),
+    ("pear-r.3", {"method": "pear", "prune_ratio": 0.3}),
+])
+def test_method_grammar(name, expected):
+    assert method_overrides(name) == expected
+
+
+@pytest.mark.parametrize("name", ["pearl", "pear-share-", "pear-share-best", "pear-kc-merged", "pear-imp-",
+                                  "pear-r1", "pear-r1.0", "pear-rnan", "pear-r1e-1", "pear-r-0.5", "adapter-r0.5",
+                                  "PEAR", ""])
+def test_method_grammar_rejects(name):
+    with pytest.raises(PearError, match=r"pear-share-\{rank,nearest,top1,none\}.*pear-r<ratio"):
+        method_overrides(name)
+
+
+def test_suite_runs_skips_resumes_and_refuses_other_options(data, tmp_path, monkeypatch):
+    out = tmp_path / "suite"
+    suite_args = dict(data=data, tasks=["toy"], methods=["linear", "pear-kc-frozen"], seeds=[0], out=out)
+    rows = run_suite(**suite_args, base=TINY, command="pear suite --test")
+    assert [(r["method"], r["seed"]) for r in rows] == [("linear", 0), ("pear-kc-frozen", 0)]
+    pear_run, linear_metrics = out / "runs/toy/pear-kc-frozen/seed0", out / "runs/toy/linear/seed0/metrics.json"
+    args = (pear_run / "args.yaml").read_text()
+    assert "knowledge: frozen" in args and "method: pear" in args
+    for name in ("results.csv", "results.md", "accuracy_vs_bytes.png"):
+        assert (out / name).stat().st_size > 0
+    assert "pear suite --test" in (out / "results.md").read_text()
+
+    monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail(f"trained {cfg.out} again"))
+    run_suite(**suite_args, base=TINY)
+    monkeypatch.undo()
+
+    # A run folder without metrics.json is a crashed run: resumed from its saved state.
+    linear_mtime = linear_metrics.stat().st_mtime_ns
+    (pear_run / "metrics.json").unlink()
+    resumed = run_suite(**suite_args, base=TINY)
+    for key in ("test_acc", "plan_digest", "stored_bytes"):
+        assert resumed[1][key] == rows[1][key]
+    assert "resumed from" in (pear_run / "train.log").read_text()
+    assert linear_metrics.stat().st_mtime_ns == linear_mtime
+
+    with pytest.raises(PearError, match="epochs: 2 there, 3 now"):
+        run_suite(**suite_args, base={**TINY, "epochs": 3})
+
+
+# Stands in for `pear train -c CONFIG --device D` in a subprocess: writes the run's
+# metrics.json, or fails for seed 1 the way the CLI does (exit status 2).
+FAKE_TRAIN = """
+import json, sys, time, yaml
+from pathlib import Path
+cfg = yaml.safe_load(open(sys.argv[1]))
+if cfg["seed"] == 1:
+    print("pear: error: loss became nan", file=sys.stderr)
+    sys.exit(2)
+time.sleep(0.2)
+Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
+metrics = {"task": cfg["task"], "seed": cfg["seed"], "test_acc": 40.0 + cfg["seed"], "stored_bytes": 100,
+           "device": sys.argv[2], "trainable_params": 10}
+(Path(cfg["out"]) / "metrics.json").write_text(json.dumps(metrics))
+print("done on", sys.argv[2], "resume", cfg["resume"])
+"""
+
+
+def test_several_devices_share_a_queue(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "_train_command", lambda config, device: [sys.executable, "-c", FAKE_TRAIN,
+                                                                          str(config), device])
+    (tmp_path / "runs/toy/linear/seed3").mkdir(parents=True)  # a run that crashed before its first epoch
+    with pytest.raises(PearError, match=r"(?s)1 of 4 runs failed.*toy/linear/seed1: exit status 2: "
+                                        r"pear: error: loss became nan \(log: .*seed1.log\)"):
+        run_suite(data=data, tasks=["toy"], methods=["linear"], seeds=[0, 1, 2, 3], out=tmp_path, base=TINY,
+                  devices=["cuda:0", "cuda:1"])
+    rows = aggregate(tmp_path)
+    # Seeds 0 and 1 start at once; 2 and 3 take whichever device frees first.
+    assert [r["seed"] for r in rows] == [0, 2, 3] and rows[0]["device"] == "cuda:0"
+    assert {r["device"] for r in rows} <= {"cuda:0", "cuda:1"}
+    assert "resume True" in (tmp_path / "logs/toy/linear/seed3.log").read_text()
+    assert not list(tmp_path.glob(".suite-*"))  # the per-run config files are cleaned up
+
+
+@pytest.mark.slow
+def test_several_devices_run_pear_train_subprocesses(data, tmp_path):
+    rows = run_suite(data=data, tasks=["toy"], methods=["linear"], seeds=[0], out=tmp_path, base=TINY,
+                     devices=["cpu", "cpu"])
+    assert rows[0]["device"] == "cpu"
+    assert "test accuracy" in (tmp_path / "logs/toy/linear/seed0.log").read_text()
+
+
+def test_failed_run_is_reported_after_the_others(data, tmp_path, monkeypatch):
+    def train(cfg):
+        if cfg.seed == 1:
+            raise PearError("loss became nan")
+        Path(cfg.out).mkdir(parents=True)
+        (Path(cfg.out) / "metrics.json").write_text(json.dumps({"task": cfg.task, "seed": cfg.seed,
+                                                                "test_acc": 50.0, "stored_bytes": 10}))
+    monkeypatch.setattr(suite, "train", train)
+    with pytest.raises(PearError, match=r"(?s)1 of 3 runs failed.*toy/linear/seed1: PearError: loss became nan"):
+        run_suite(data=data, tasks=["toy"], methods=["linear"], seeds=[0, 1, 2], out=tmp_path, base=TINY)
+    assert [r["seed"] for r in csv.DictReader((tmp_path / "results.csv").open())] == ["0", "2"]
+
+
+def test_checks_everything_before_training(data, tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail("trained despite a bad suite"))
+    monkeypatch.setattr(suite, "build_dataset", lambda name, root: built.append(name) or make_task(Path(root), name))
+    with pytest.raises(PearError, match="unknown suite method 'pear-kc-best'"):
+        run_suite(data=data, tasks=["toy"], methods=["pear", "pear-kc-best"], seeds=[0], out=tmp_path, base=TINY)
+    with pytest.raises(PearError, match="task folder .*nope does not exist"):
+        run_suite(data=data, tasks=["toy", "nope"], methods=["pear"], seeds=[0], out=tmp_path, base=TINY)
+    with pytest.raises(PearError, match="pass --build"):
+        run_suite(data=tmp_path, tasks=["sprites_ori"], methods=["pear"], seeds=[0], out=tmp_path, base=TINY)
+    with pytest.raises(PearError, match=r"must not set \['method'\]"):
+        run_suite(data=data, tasks=["toy"], methods=["pear"], seeds=[0], out=tmp_path,
+                  base={**TINY, "method": "lora"})
+    with pytest.raises(PearError, match="unknown training option"):
+        run_suite(data=data, tasks=["toy"], methods=["pear"], seeds=[0], out=tmp_path, base={"epoch": 3})
+    monkeypatch.setattr(suite, "train", lambda cfg: None)
+    run_suite(data=tmp_path / "built", tasks=["sprites_ori"], methods=["linear"], seeds=[0], out=tmp_path / "s",
+              base=TINY, build_missing=True)
+    assert built == ["sprites_ori"]
+
+
+def write_metrics(out: Path, task: str, method: str, seed: int, acc: float, **extra) -> None:
+    run = out / "runs" / task / method / f"seed{seed}"
+    run.mkdir(parents=True)
+    metrics = {"task": task, "method": method.split("-")[0], "seed": seed, "test_acc": acc,
+               "trainable_params": 100, "stored_bytes": 4000, "device": "cpu", "backbone": "vit", **extra}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_aggregate_means_over_seeds_tasks_and_vtab_groups(tmp_path):
+    accs = {  # task -> method -> per-seed accuracies
+        "dtd": {"adapter": [60.0, 62.0, 67.0], "pear-share-top1": [58.0, 61.0]},
+        "eurosat": {"adapter": [90.0, 92.0, 94.0], "pear-share-top1": [91.0]},
+        "kitti": {"adapter": [70.0, 80.0, 75.0]},
+        "dsprites_loc": {"adapter": [50.0, 52.0, 54.0]},
+    }
+    for task, by_method in accs.items():
+        for method, values in by_method.items():
+            for seed, acc in enumerate(values):
+                adapter_bytes = 2000 if method == "adapter" else 1000
+                write_metrics(tmp_path, task, method, seed, acc, adapter_bytes=adapter_bytes,
+                              trainable_params_before=200 if method != "adapter" else 100)
+    rows = aggregate(tmp_path, command="pear suite --tasks dtd,eurosat")
+    assert len(rows) == 15 and rows[0]["task"] == "dtd" and rows[0]["method"] == "adapter"
+    assert {r["method"] for r in rows} == {"adapter", "pear-share-top1"}  # the suite's names, not 'pear'
+    assert len(list(csv.DictReader((tmp_path / "results.csv").open()))) == 15
+
+    md = (tmp_path / "results.md").read_text()
+    dtd_std = statistics.stdev([60.0, 62.0, 67.0])
+    assert f"63.00 ± {dtd_std:.2f} (n=3)" in md
+    assert "59.50 ± 2.12 (n=2)" in md and "91.00 (n=1)" in md
+    task_means = [63.0, 92.0, 75.0, 52.0]
+    group_means = [63.0, 92.0, (75.0 + 52.0) / 2]
+    assert "Mean over tasks" in md and "Mean of group means" in md
+    adapter_row = next(line for line in md.splitlines() if line.startswith("| adapter |"))
+    assert adapter_row.endswith(f"| {statistics.fmean(task_means):.2f} | 63.00 | 92.00 | 63.50 | "
+                                f"{statistics.fmean(group_means):.2f} |")
+    top1_row = next(line for line in md.splitlines() if line.startswith("| pear-share-top1 |"))
+    assert top1_row.endswith("| 75.25 (2/4 tasks) | 59.50 | 91.00 | – | 75.25 (2/3 groups) |")
+    assert "| dtd | pear-share-top1 | 59.50 ± 2.12 (n=2) | 200 → 100 | 4,000 | 1,000 | 0.50× |" in md
+    assert "pear suite --tasks dtd,eurosat" in md and "CPUs" in md
+    assert (tmp_path / "accuracy_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_aggregate_without_vtab_tasks_or_runs(tmp_path):
+    assert aggregate(tmp_path) == [] and "No run has finished yet" in (tmp_path / "results.md").read_text()
+    write_metrics(tmp_path, "toy", "pear", 0, 40.0)
+    write_metrics(tmp_path, "toy", "pear", 10, 60.0)
+    write_metrics(tmp_path, "toy", "pear", 2, 50.0)
+    rows = aggregate(tmp_path)
+    assert [r["seed"] for r in rows] == [0, 2, 10]
+    md = (tmp_path / "results.md").read_text()
+    assert "50.00 ± 10.00 (n=3)" in md and "Mean over tasks" in md and "group" not in md
+    (tmp_path / "runs/toy/pear/seed0/metrics.json").write_text("{")
+    with pytest.raises(PearError, match="not a readable metrics file"):
+        aggregate(tmp_path)

@@ -1,0 +1,222 @@
+"""`pear train` / `pear eval` end to end through `pear.cli.main`, on the tiny ViT and
+the tiny VTAB task: every method, the run folder it writes, `eval` reproducing its
+accuracy, YAML configs, and each bad input as one clear error (exit 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from pear.cli import main
+
+METHODS = ("linear", "full", "adapter", "pear", "prune", "lora")
+ADAPTER_METHODS = ("adapter", "pear", "prune")
+N_TEST = 40  # tiny_vtab's test images
+
+
+def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared CPU: a second thread only waits
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_vtab, tiny_vit_args, tmp_path_factory, threads):
+    """method -> (run folder, its stdout: log lines, then the metrics summary) for a
+    2-epoch run of each method."""
+    root = tmp_path_factory.mktemp("cli_runs")
+    out = {}
+    for method in METHODS:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            rc = main(["train", "--data", str(tiny_vtab), "--task", "toy", "--out", str(root / method),
+                       *tiny_vit_args, "--method", method, "--epochs", "2", "--batch-size", "16", "--workers", "0",
+                       "--no-progress", "--device", "cpu"])
+        assert rc == 0, method
+        out[method] = (root / method, printed.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_writes_a_complete_run_folder(runs, method):
+    run, printed = runs[method]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "toy" and metrics["method"] == method and metrics["epochs"] == 2
+    assert 0 <= metrics["test_acc"] <= 100 and (metrics["test_acc"] * N_TEST / 100).is_integer()  # a percentage
+    assert isinstance(metrics["trainable_params"], int) and metrics["trainable_params"] > 0
+    assert metrics["stored_bytes"] == sum(f.stat().st_size for f in (run / "checkpoint").iterdir())
+    assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+    assert json.loads(printed[printed.index("{\n"):]) == {k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params",
+                                                           "stored_bytes")}
+    for name in ("args.yaml", "metrics.json", "train.log", "history.json"):
+        assert (run / name).is_file(), name
+    assert (run / "report.json").is_file() == (method in ADAPTER_METHODS)
+    assert (run / "plan.json").is_file() == (method in ("pear", "prune"))
+    assert yaml.safe_load((run / "args.yaml").read_text())["method"] == method
+    assert f"test accuracy {metrics['test_acc']:.2f}%" in (run / "train.log").read_text()
+
+
+def test_trainable_parameters_order_the_methods(runs):
+    n = {m: json.loads((runs[m][0] / "metrics.json").read_text())["trainable_params"] for m in METHODS}
+    assert n["linear"] == 32 * 3 + 3  # the head of a width-32 ViT, 3 classes
+    assert n["linear"] < n["lora"] < n["full"]
+    assert n["linear"] < n["pear"] <= n["prune"] < n["adapter"] < n["full"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_eval_reproduces_the_test_accuracy(runs, method, capsys, threads):
+    run, _ = runs[method]
+    rc, out, err = _run_cli(["eval", "--run", run, "--device", "cpu"], capsys)
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["test_acc"] == result["recorded_test_acc"]
+    assert result["test_acc"] == json.loads((run / "metrics.json").read_text())["test_acc"]
+
+
+def test_yaml_config_gives_defaults_and_flags_override_it(tiny_vtab, tmp_path, capsys, threads):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": str(tiny_vtab), "task": "toy", "backbone": "vit_tiny_patch16_224", "img_size": 32,
+        "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
+        "method": "linear", "epochs": 3, "lr": 0.01, "batch-size": 8, "seed": 5, "workers": 0, "progress": False,
+    }))
+    out = tmp_path / "run"
+    rc, _, err = _run_cli(["train", "-c", config, "--out", out, "--epochs", "1", "--lr", "0.02"], capsys)
+    assert rc == 0, err
+    args = yaml.safe_load((out / "args.yaml").read_text())
+    assert (args["epochs"], args["lr"]) == (1, 0.02)  # flags
+    assert (args["method"], args["batch_size"], args["seed"], args["img_size"]) == ("linear", 8, 5, 32)  # YAML
+    assert args["model_kwargs"]["depth"] == 2
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+
+
+# ---------------------------------------------------------------- bad inputs
+
+@pytest.fixture
+def data(tiny_vtab, tmp_path) -> Path:
+    """A private copy of tiny_vtab to break."""
+    shutil.copytree(tiny_vtab, tmp_path / "data")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def fails(tiny_vit_args, tmp_path, capsys, threads):
+    """fails(*flags, data=...) -> the error message of a `pear train` that must exit 2
+    with one `pear: error:` message and no traceback."""
+    def run(*flags, data, out=None):
+        argv = ["train", "--data", data, "--task", "toy", "--out", out or tmp_path / "run", *tiny_vit_args,
+                "--method", "linear", "--epochs", "1", "--workers", "0", "--no-progress", *flags]
+        rc, _, err = _run_cli(argv, capsys)
+        assert rc == 2 and err.startswith("pear: error: ") and "Traceback" not in err, err
+        return err
+    return run
+
+
+def _append(path: Path, line: str) -> int:
+    """Append a list line; returns its line number."""
+    text = path.read_text()
+    path.write_text(text + line + "\n")
+    return text.count("\n") + 1
+
+
+def test_missing_data_root(fails, tmp_path):
+    err = fails(data=tmp_path / "nowhere")
+    assert f"data root {tmp_path / 'nowhere'} does not exist" in err
+
+
+def test_task_folder_without_its_list_files(fails, data):
+    (data / "toy" / "test.txt").unlink()
+    assert f"task folder {data / 'toy'} has no test.txt" in fails(data=data)
+
+
+def test_list_line_with_a_missing_image(fails, data):
+    line = _append(data / "toy" / "test.txt", "images/test/999999.png 1")
+    err = fails(data=data)
+    assert f"{data / 'toy' / 'test.txt'}:{line}:" in err and "999999.png" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("label", ["3", "-1"])
+def test_label_outside_the_classes(fails, data, label):
+    (data / "toy" / "classes.txt").write_text("red\ngreen\nblue\n")
+    line = _append(data / "toy" / "train800val200.txt", f"images/train800/000000.png {label}")
+    err = fails(data=data)
+    assert f"train800val200.txt:{line}: label {label} is out of range; expected a label in [0, 3)" in err
+
+
+def test_a_huge_label_without_class_names(fails, data):
+    _append(data / "toy" / "test.txt", "images/test/000000.png 99999999999")
+    err = fails(data=data)
+    assert "largest label, 99999999999" in err and "classes.txt" in err
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unreadable_image(fails, data, workers):
+    bad = data / "toy" / "images" / "test" / "000007.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    err = fails("--workers", workers, data=data)
+    assert f"cannot read image {bad}" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("change", [{"depth": 3}, {"embed_dim": 48, "num_heads": 3}])
+def test_weights_that_do_not_fit_the_backbone(fails, tiny_vtab, tmp_path, change):
+    kwargs = {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2, **change}
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, **kwargs)
+    weights = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(weights))
+    err = fails("--weights", weights, data=tiny_vtab)
+    assert str(weights) in err
+    if "depth" in change:
+        assert "unexpected" in err and "blocks.2." in err
+    else:
+        assert "file (48" in err and "model (32" in err
+
+
+def test_existing_run_folder_needs_overwrite(fails, tiny_vtab, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    err = fails(data=tiny_vtab, out=out)
+    assert f"run folder {out} already exists" in err and "--overwrite" in err and "--resume" in err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--method", "pear", "--epochs", "2", "--prune-ratio", "1.5"], "1.5"),
+    (["--method", "pear", "--epochs", "2", "--prune-ratio", "-0.1"], "-0.1"),
+    (["--method", "pear", "--epochs", "2", "--share", "everything"], "'everything'"),
+    (["--method", "bogus"], "--method 'bogus' is unknown"),
+    (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    (["--model-kwargs", "{depth: 2}"], "--model-kwargs '{depth: 2}' is not valid JSON"),
+    (["--model-kwargs", "[2]"], "--model-kwargs '[2]' must be a JSON object"),
+    (["--model-kwargs", '{"no_such_argument": 1}'], "no_such_argument"),
+])
+def test_invalid_options(fails, tiny_vtab, flags, needle):
+    assert needle in fails(*flags, data=tiny_vtab)
+
+
+def test_yaml_model_kwargs_that_are_not_a_mapping(tiny_vtab, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model_kwargs: [1, 2]\n")
+    rc, _, err = _run_cli(["train", "-c", config, "--data", tiny_vtab, "--task", "toy", "--out", tmp_path / "run",
+                           "--backbone", "vit_tiny_patch16_224", "--method", "linear"], capsys)
+    assert rc == 2 and err == "pear: error: model_kwargs must be a mapping of timm.create_model arguments, " \
+                              "got [1, 2]\n"
