@@ -65,8 +65,8 @@ def test_each_method_writes_a_complete_run_folder(runs, method):
     assert isinstance(metrics["trainable_params"], int) and metrics["trainable_params"] > 0
     assert metrics["stored_bytes"] == sum(f.stat().st_size for f in (run / "checkpoint").iterdir())
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
-    assert json.loads(printed[printed.index("{\n"):]) == {k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params",
-                                                           "stored_bytes")}
+    summary = {k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params", "stored_bytes")}
+    assert json.loads(printed[printed.index("{\n"):]) == summary
     for name in ("args.yaml", "metrics.json", "train.log", "history.json"):
         assert (run / name).is_file(), name
     assert (run / "report.json").is_file() == (method in ADAPTER_METHODS)

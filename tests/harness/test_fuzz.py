@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from pear.cli import main
 from pear.errors import PearError
 from pear.harness.builders import read_idx
-from pear.harness.data import read_list, task_info
+from pear.harness.data import MAX_INFERRED_CLASSES, read_list, task_info
 from pear.harness.state import PLAIN_FILES
 
 EXAMPLES = int(os.environ.get("PEAR_FUZZ_EXAMPLES", "40"))
@@ -87,6 +88,27 @@ LIST_BYTES = LIST_TEXT | st.binary(max_size=200) | st.tuples(LIST_TEXT, st.binar
     lambda t: t[0][:t[2]] + t[1] + t[0][t[2]:])
 
 
+_opened: list[str] | None = None  # files opened while recording, from the interpreter's audit events
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # cannot be removed; records nothing outside `opened_files`
+
+
+@contextlib.contextmanager
+def opened_files():
+    global _opened
+    _opened = []
+    try:
+        yield _opened
+    finally:
+        _opened = None
+
+
 def _check_list_result(items, task: Path, num_classes: int | None) -> None:
     root = task.resolve()
     for path, label in items:
@@ -99,10 +121,12 @@ def _check_list_result(items, task: Path, num_classes: int | None) -> None:
 def test_list_files(task, data, num_classes):
     path = task / "fuzz.txt"
     path.write_bytes(data)
-    try:
-        items = read_list(path, task, num_classes)
-    except PearError:
-        return
+    with opened_files() as opened:
+        try:
+            items = read_list(path, task, num_classes)
+        except PearError:
+            items = []
+    assert opened == [str(path)]  # the list file only: images are checked, never read
     _check_list_result(items, task, num_classes)
 
 
@@ -116,7 +140,7 @@ def test_custom_task_class_count(task, train, test):
         info = task_info(task.parent, task.name)
     except PearError:
         return
-    assert 1 <= info.num_classes <= 100_000
+    assert 1 <= info.num_classes <= MAX_INFERRED_CLASSES
     for name in ("train800val200.txt", "test.txt"):
         _check_list_result(read_list(task / name, task, info.num_classes), task, info.num_classes)
 

@@ -353,7 +353,8 @@ def test_weights_blowing_up_at_the_end_of_an_epoch_are_not_saved(tiny_vtab, tmp_
 
 
 @pytest.mark.parametrize("fails", ["write", "rename"])
-def test_disk_full_while_saving_state_keeps_the_previous_state(tiny_vtab, tmp_path, capsys, pear_train, monkeypatch, fails):
+def test_disk_full_while_saving_state_keeps_the_previous_state(tiny_vtab, tmp_path, capsys, pear_train, monkeypatch,
+                                                               fails):
     saves = []
     if fails == "write":
         save_file = C.save_file
@@ -387,7 +388,8 @@ def test_disk_full_while_saving_state_keeps_the_previous_state(tiny_vtab, tmp_pa
     assert _leftovers(run) == []
 
 
-def test_disk_full_while_saving_the_checkpoint_keeps_the_previous_one(tiny_vtab, tmp_path, capsys, pear_train, monkeypatch):
+def test_disk_full_while_saving_the_checkpoint_keeps_the_previous_one(tiny_vtab, tmp_path, capsys, pear_train,
+                                                                      monkeypatch):
     run = tmp_path / "run"
     assert pear_train(tiny_vtab, run) == 0
     before = {f.name: f.read_bytes() for f in (run / "checkpoint").iterdir()}

@@ -151,8 +151,9 @@ def _build_model(name: str, img_size: int | None, model_kwargs: dict[str, Any]) 
     except TypeError as err:
         if img_size is None or "'img_size'" not in str(err):
             raise _unbuildable(name, img_size, model_kwargs, err) from err
-    # RuntimeError, MemoryError: e.g. a size that cannot be allocated.
-    except (ValueError, AssertionError, ZeroDivisionError, OverflowError, RuntimeError, MemoryError) as err:
+    # timm's constructors do not check their arguments: odd model_kwargs fail anywhere
+    # inside (IndexError, ZeroDivisionError, a size that cannot be allocated, ...).
+    except Exception as err:
         raise _unbuildable(name, img_size, model_kwargs, err) from err
     # Only reached when the model has no img_size argument: convolutional backbones accept any input size.
     return _build_model(name, None, model_kwargs)

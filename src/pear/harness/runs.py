@@ -75,10 +75,12 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     return model.to(device).eval(), info, data_cfg
 
 
-# The JSON fields `rebuild` reads before any model exists, and their types.
-_REBUILD_FIELDS = {"num_classes": int, "head": str, "method": str, "backbone": dict, "meta": dict}
-_BACKBONE_FIELDS = {"name": str, "fingerprint": str}
-_META_FIELDS = {"img_size": int, "model_kwargs": dict, "seed": int, "rank": int}
+# The JSON fields `rebuild` reads before any model exists, and their types when present.
+_NONE = type(None)
+_REBUILD_FIELDS = {"num_classes": (int, _NONE), "head": (str, _NONE), "method": str, "backbone": (dict, _NONE),
+                   "meta": (dict, _NONE)}
+_BACKBONE_FIELDS = {"name": (str, _NONE), "fingerprint": (str, _NONE)}
+_META_FIELDS = {"img_size": (int, _NONE), "model_kwargs": (dict, _NONE), "seed": int, "rank": int}
 
 
 def _validated_info(ckpt: Path, kind: str) -> dict:
@@ -110,16 +112,16 @@ def _validated_info(ckpt: Path, kind: str) -> dict:
                               or (n is not None and len(names) != n)):
         raise PearError(f"{path} is malformed: class_names must be a list of {n if n is not None else ''} "
                         "class name strings")
-    if meta.get("img_size", 1) < 1 or meta.get("rank", 1) < 1:
+    if (meta.get("img_size") or 1) < 1 or meta.get("rank", 1) < 1:
         raise PearError(f"{path} is malformed: meta.img_size and meta.rank must be positive")
     return info
 
 
 def _wrong_types(d: dict, fields: dict, prefix: str) -> list[str]:
-    """'key is value' for each present, non-null field of the wrong type (a bool is
-    never taken for an int)."""
+    """'key is value' for each present field of the wrong type (a bool is never taken
+    for an int)."""
     return [f"{prefix}{k} is {d[k]!r}" for k, t in fields.items()
-            if d.get(k) is not None and (not isinstance(d[k], t) or isinstance(d[k], bool) and t is not bool)]
+            if k in d and (not isinstance(d[k], t) or isinstance(d[k], bool))]
 
 
 def _plain_pear_config(info: dict):
