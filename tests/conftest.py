@@ -74,20 +74,14 @@ def run_steps(model: nn.Module, batch, steps: int, tracker=None, optimizer=None,
     return losses
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """The models here are far too small to gain from intra-op threads, and on a busy
-    machine OpenMP threads spinning against other processes slow a test 10-100x. Only
-    for the tests in this folder (sub-folders keep their own settings); restored after."""
-    if request.node.path.parent != Path(__file__).parent:
-        yield
-        return
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every model here is far too small to gain from intra-op threads, and on a busy
+    machine OpenMP threads spinning against other processes slow a test 10-100x."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -146,7 +140,6 @@ def write_vtab_task(root, name: str = "toy", train: int = 30, val: int = 10, tes
                     classes: int = 3, seed: int = 0):
     """A VTAB-1k folder `root/name` of 16 px PNGs: each class tints one colour channel
     under noise strong enough that a few epochs do not reach 100% test accuracy."""
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image

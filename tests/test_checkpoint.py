@@ -19,15 +19,6 @@ VIT = "vit_tiny_patch16_224"
 CNN = "tf_efficientnet_lite0"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: on a shared CPU, waiting for a second intra-op thread costs
-    far more than it saves."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def fit(model, x, y, steps, tracker=None):
     """A few AdamW steps with the frozen backbone's BatchNorm statistics held still, as

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import timm
-import torch
 import yaml
 from safetensors.torch import save_file
 
@@ -32,15 +31,7 @@ def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: a second thread only waits
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_vtab, tiny_vit_args, tmp_path_factory, threads):
+def runs(tiny_vtab, tiny_vit_args, tmp_path_factory):
     """method -> (run folder, its stdout: log lines, then the metrics summary) for a
     2-epoch run of each method."""
     root = tmp_path_factory.mktemp("cli_runs")
@@ -83,7 +74,7 @@ def test_trainable_parameters_order_the_methods(runs):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_eval_reproduces_the_test_accuracy(runs, method, capsys, threads):
+def test_eval_reproduces_the_test_accuracy(runs, method, capsys):
     run, _ = runs[method]
     rc, out, err = _run_cli(["eval", "--run", run, "--device", "cpu"], capsys)
     assert rc == 0, err
@@ -92,7 +83,7 @@ def test_eval_reproduces_the_test_accuracy(runs, method, capsys, threads):
     assert result["test_acc"] == json.loads((run / "metrics.json").read_text())["test_acc"]
 
 
-def test_yaml_config_gives_defaults_and_flags_override_it(tiny_vtab, tmp_path, capsys, threads):
+def test_yaml_config_gives_defaults_and_flags_override_it(tiny_vtab, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
         "data": str(tiny_vtab), "task": "toy", "backbone": "vit_tiny_patch16_224", "img_size": 32,
@@ -119,7 +110,7 @@ def data(tiny_vtab, tmp_path) -> Path:
 
 
 @pytest.fixture
-def fails(tiny_vit_args, tmp_path, capsys, threads):
+def fails(tiny_vit_args, tmp_path, capsys):
     """fails(*flags, data=...) -> the error message of a `pear train` that must exit 2
     with one `pear: error:` message and no traceback."""
     def run(*flags, data, out=None):

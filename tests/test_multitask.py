@@ -10,15 +10,6 @@ from pear import ImportanceTracker, MultiTaskModel, PearConfig, PearError
 VIT = "vit_tiny_patch16_224"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: on a shared CPU, waiting for a second intra-op thread costs
-    far more than it saves."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def train_task(model_factory, directory, num_classes, seed, seed_backbone=0, **cfg):
     """Train and prune one task for a few steps on the shared backbone and save it."""

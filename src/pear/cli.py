@@ -17,11 +17,10 @@ import shlex
 import sys
 import warnings
 from dataclasses import fields
-from pathlib import Path
 
-import yaml
 
 from .errors import PearError
+from .harness.files import read_mapping
 
 # Recipe defaults live in TrainConfig; argparse defaults stay None so YAML (-c) values
 # apply unless a flag is given, and the dataclass supplies the rest.
@@ -78,13 +77,7 @@ def _train_config(args: argparse.Namespace):
 
     values: dict = {}
     if args.config:
-        path = Path(args.config)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise PearError(f"cannot read config file {path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise PearError(f"config file {path} must hold a mapping of option: value")
+        loaded = read_mapping(args.config, "config file")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     known = {f.name for f in fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
@@ -173,7 +166,7 @@ def cmd_suite(args) -> int:
 def _suite_base(args) -> dict:
     base: dict = {}
     if args.config:
-        base.update(yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {})
+        base.update(read_mapping(args.config, "config file"))
     for k in ("backbone", "weights", "img_size", "epochs", "batch_size", "lr", "warmup_epochs", "workers"):
         v = getattr(args, k)
         if v is not None:

@@ -2,17 +2,6 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-import torch
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared CPU: waiting for a second intra-op thread costs far more
-    than it saves."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +15,8 @@ def tiny_run(tmp_path_factory, tiny_vtab):
     shutil.copytree(tiny_vtab / "toy", data / "toy")
     (data / "toy" / "classes.txt").write_text("red\ngreen\nblue\n")
     run = tmp_path_factory.mktemp("tiny_run") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.warns(UserWarning, match="randomly initialised"):  # no weights file: random init by design
-            train(TrainConfig(data=str(data), task="toy", out=str(run), backbone="vit_tiny_patch16_224",
-                              model_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
-                              img_size=32, epochs=2, batch_size=16, workers=0, progress=False, device="cpu"))
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.warns(UserWarning, match="randomly initialised"):  # no weights file: random init by design
+        train(TrainConfig(data=str(data), task="toy", out=str(run), backbone="vit_tiny_patch16_224",
+                          model_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
+                          img_size=32, epochs=2, batch_size=16, workers=0, progress=False, device="cpu"))
     return SimpleNamespace(run=run, data=data, task="toy")

@@ -10,7 +10,6 @@ from pear.harness.inspection import inspect_path, render_table
 from pear.harness.runs import rebuild
 from pear.harness.state import save_plain
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,6 @@ from pear.harness.data import VtabDataset, build_transform
 from pear.harness.predict import predict, render_predictions
 from pear.harness.runs import rebuild
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLASSES = ["red", "green", "blue"]
 

@@ -301,7 +301,7 @@ def test_runs_killed_anywhere_and_resumed_match_the_uninterrupted_run_bit_for_bi
 # ---------------------------------------------------------------- in-process failures
 
 @pytest.fixture
-def pear_train(tiny_vit_args, one_thread):
+def pear_train(tiny_vit_args):
     """pear_train(data, out, *flags) -> exit code of an in-process 3-epoch pear run."""
     def run(data: Path, out: Path, *extra: str) -> int:
         return main(["train", "--data", str(data), "--task", "toy", "--out", str(out), *tiny_vit_args,
@@ -312,7 +312,8 @@ def pear_train(tiny_vit_args, one_thread):
 
 def _finite_state(run: Path) -> int:
     info, tensors = read_tensor_dir(run / "state", STATE_FORMAT, *STATE_FILES)
-    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith(("model.", "optim."))), k
+    bad = [k for k, t in tensors.items() if k.startswith(("model.", "optim.")) and not torch.isfinite(t).all()]
+    assert not bad, bad
     return _load_saved_state(run)["epoch"]
 
 
@@ -433,5 +434,5 @@ def test_run_folder_that_cannot_be_a_folder(tiny_vtab, tmp_path, capsys, pear_tr
     out = blocker if where == "file" else blocker / "run"
     assert pear_train(tiny_vtab, out) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"pear: error: ") and str(out) in err and "Traceback" not in err
+    assert err.startswith("pear: error: ") and str(out) in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"

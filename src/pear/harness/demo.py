@@ -7,11 +7,11 @@ the accuracy, parameters, stored bytes and the pruning map.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import PearError
 from .builders import build_dataset
+from .files import read_mapping
 from .inspection import inspect_path, render_table
 from .train import TrainConfig, train
 
@@ -27,7 +27,7 @@ def run_demo(out: str = "runs/demo", data: str = "data", epochs: int | None = No
     metrics_file = out_dir / "metrics.json"
     if metrics_file.is_file() and not overwrite:
         print(f"demo: {out_dir} already holds a finished demo run (pass --overwrite to train again)")
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        metrics = read_mapping(metrics_file, "metrics file")
     else:
         cfg = TrainConfig(**{**DEMO, "epochs": epochs or DEMO["epochs"]}, data=str(data_dir), out=str(out_dir),
                           overwrite=overwrite, resume=out_dir.is_dir() and not overwrite)

@@ -7,7 +7,6 @@ for ViT-B checkpoints. The numbers match `pear.report` of the loaded model, exce
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -17,6 +16,7 @@ import torch
 
 from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..errors import PearError
+from .files import read_mapping
 from .runs import checkpoint_kind
 from .state import PLAIN_FILES, read_plain
 
@@ -36,7 +36,7 @@ def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
     ckpt = path / "checkpoint" if run else path
     info = _inspect_pear(ckpt) if checkpoint_kind(ckpt) == "pear" else _inspect_plain(ckpt)
     info["path"] = str(path)
-    info["metrics"] = _read_metrics(run / "metrics.json") if run and (run / "metrics.json").is_file() else None
+    info["metrics"] = read_mapping(run / "metrics.json", "metrics file") if run and (run / "metrics.json").is_file() else None
     if plot is not None:
         if info["kind"] != "pear":
             raise PearError(f"{ckpt} is a plain {info['method']!r} checkpoint: it has no adapter positions to plot")
@@ -143,15 +143,6 @@ def _inspect_plain(ckpt: Path) -> dict:
         "files": files,
     }
 
-
-def _read_metrics(path: Path) -> dict:
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PearError(f"cannot read {path}: {exc}") from None
-    if not isinstance(metrics, dict):
-        raise PearError(f"{path} must hold a JSON object")
-    return metrics
 
 
 # ---------------------------------------------------------------- text

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from ..checkpoint import CONFIG_FILE, load as load_task
 from ..errors import PearError
+from .files import read_mapping
 from .methods import METHODS, prepare
 from .state import PLAIN_FILES, load_plain, read_plain
 
@@ -31,14 +30,8 @@ def checkpoint_kind(ckpt: Path) -> str:
 
 def read_info(ckpt: Path) -> dict:
     """The checkpoint's JSON description (validated when the tensors are loaded)."""
-    path = Path(ckpt) / (CONFIG_FILE if checkpoint_kind(ckpt) == "pear" else PLAIN_FILES[1])
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PearError(f"cannot read {path}: {exc}") from None
-    if not isinstance(info, dict):
-        raise PearError(f"{path} must hold a JSON object")
-    return info
+    return read_mapping(Path(ckpt) / (CONFIG_FILE if checkpoint_kind(ckpt) == "pear" else PLAIN_FILES[1]),
+                        "checkpoint description")
 
 
 def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | None = None,
@@ -143,13 +136,7 @@ def load_run_config(run: Path) -> dict:
     path = Path(run) / "args.yaml"
     if not path.is_file():
         raise PearError(f"{run} is not a run folder: it has no args.yaml")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PearError(f"cannot read {path}: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise PearError(f"{path} must hold a mapping")
-    return cfg
+    return read_mapping(path, "run options")
 
 
 def evaluate_run(run: str | Path, device: str = "auto") -> dict:
@@ -170,5 +157,5 @@ def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     recorded = None
     metrics = run / "metrics.json"
     if metrics.is_file():
-        recorded = json.loads(metrics.read_text(encoding="utf-8")).get("test_acc")
+        recorded = read_mapping(metrics, "metrics file").get("test_acc")
     return {"run": str(run), "task": cfg.task, "method": cfg.method, "test_acc": acc, "recorded_test_acc": recorded}

@@ -38,6 +38,7 @@ from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, SHARE_POLICIES
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
 from .data import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS, task_info
+from .files import read_mapping
 from .methods import METHODS
 from .train import TrainConfig, train
 
@@ -184,10 +185,7 @@ def _check_same_options(run: _Run) -> None:
     args = run.dir / "args.yaml"
     if not args.is_file():
         return
-    try:
-        old = yaml.safe_load(args.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PearError(f"cannot read {args}: {exc}") from None
+    old = read_mapping(args, "run options")
     # Only options the run recorded: a field added to TrainConfig later is no difference.
     diff = {k: (old[k], v) for k, v in asdict(run.cfg).items()
             if k in old and k not in _EXECUTION_FIELDS and old[k] != v}
