@@ -420,13 +420,20 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
     markers = "os^Dv<>pP*Xh"
-    for i, m in enumerate(sorted({r["method"] for r in rows}, key=_method_key)):
+    points = {}
+    for m in sorted({r["method"] for r in rows}, key=_method_key):
         per_task = [groups[(t, m)] for t in tasks if (t, m) in groups and _mean_of(groups[(t, m)], "stored_bytes")]
-        if not per_task:
-            continue
+        if per_task:
+            points[m] = per_task
+    # A mean over fewer tasks is not comparable with the others: where some methods ran on
+    # every task, only those are drawn (the others stay in the tables).
+    complete = {m: p for m, p in points.items() if len(p) == len(tasks)}
+    if complete and len(complete) < len(points):
+        ax.set_title(f"methods run on every task; {len(points) - len(complete)} others: see results.md", fontsize=9)
+        points = complete
+    for i, (m, per_task) in enumerate(points.items()):
         x = statistics.fmean(_mean_of(runs, "stored_bytes") for runs in per_task)
         y = statistics.fmean(_mean_of(runs, "test_acc") for runs in per_task)
-        # A mean over fewer tasks is not comparable with the others; say so on the point.
         label = m if len(per_task) == len(tasks) else f"{m} ({len(per_task)}/{len(tasks)} tasks)"
         ax.scatter([x], [y], marker=markers[i % len(markers)], s=50, label=label)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
