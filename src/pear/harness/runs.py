@@ -52,13 +52,12 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
         raise PearError(f"{ckpt}: no backbone recorded; pass --backbone")
     img_size = meta.get("img_size")
     kwargs = meta.get("model_kwargs") or {}
-    takes_size = name.split(".")[0].startswith(("vit", "deit", "eva", "beit"))
     # A randomly initialised backbone (tests, no --weights) is defined by the run's seed.
     torch.manual_seed(int(meta.get("seed", 0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init warning: the fingerprint check decides
         model, data_cfg = create_backbone(name, info.get("num_classes"), weights,
-                                          img_size=img_size if takes_size else None, model_kwargs=kwargs)
+                                          img_size=img_size, model_kwargs=kwargs)
     if kind == "pear":
         model = load_task(ckpt, model, backbone_name=name)
     else:

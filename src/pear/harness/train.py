@@ -290,15 +290,11 @@ def _make_run_dir(out: Path, cfg: TrainConfig) -> None:
 def build(cfg: TrainConfig, num_classes: int, device: torch.device):
     """Backbone + method; returns (model, data_config, backbone fingerprint)."""
     model, data_cfg = create_backbone(cfg.backbone, num_classes, cfg.weights,
-                                      img_size=cfg.img_size if _takes_img_size(cfg.backbone) else None,
+                                      img_size=cfg.img_size,
                                       model_kwargs=cfg.model_kwargs)
     fp = fingerprint(model)
     model = prepare(model, cfg.method, cfg.pear_config())
     return model.to(device), data_cfg, fp
-
-
-def _takes_img_size(name: str) -> bool:
-    return name.split(".")[0].startswith(("vit", "deit", "eva", "beit"))
 
 
 def train(cfg: TrainConfig) -> dict | None:
