@@ -10,6 +10,11 @@ fake importance scores, then prune-and-share at ratio 0.5 with rank sharing and 
 merge knowledge checkpoint. On a busy machine single measurements are noisy, so every
 method runs a few steps in turn, in rotating order, for several rounds, and the table
 reports the median step time with its interquartile range.
+On CUDA the steps of a turn run back to back with no host synchronisation, as in
+training, and CUDA events time each one (so a step that waits on the host counts that
+wait). `input-grad` (not in the default set) is the ceiling for adapter methods: the
+frozen backbone's forward and backward to its input, with no adapter and no weight
+gradient.
 
 Memory: on CUDA, *peak MB* is measured with torch.cuda.max_memory_allocated (the
 method's resident tensors plus the peak growth during its steps, so the other
@@ -48,7 +53,8 @@ from pear.errors import PearError
 from pear.harness.methods import freeze_norm_stats
 from pear.harness.train import TrainConfig, build, make_optimizer, resolve_device
 
-METHODS = ("linear", "full", "adapter", "pear", "lora")
+METHODS = ("linear", "full", "adapter", "pear", "lora", "input-grad")
+DEFAULT_METHODS = METHODS[:5]
 MB = 2**20
 
 
@@ -98,7 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--model-kwargs", default={}, type=json_object,
                    help='JSON object of timm.create_model arguments, e.g. \'{"depth": 2}\'')
     g.add_argument("--num-classes", type=int, default=100)
-    g.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)}; input-grad is the frozen backbone "
+                        "alone, forward and backward to its input (no adapter, no weight gradient): the "
+                        "ceiling any adapter method on this backbone can reach")
     g = p.add_argument_group("measurement")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--img-size", type=int, default=224)
@@ -116,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--tracker", action="store_true", help="also time adapter with ImportanceTracker.update()")
     g.add_argument("--out", default=None, help="write the results to FILE.md or FILE.json")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.methods = args.methods.split(",")
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
@@ -137,7 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_bench(method: str, args, device: torch.device) -> Bench:
     cfg = TrainConfig(data="synthetic", task="synthetic", out="unused", backbone=args.backbone,
-                      weights=args.weights, model_kwargs=args.model_kwargs, method=method, img_size=args.img_size)
+                      weights=args.weights, model_kwargs=args.model_kwargs,
+                      method="linear" if method == "input-grad" else method, img_size=args.img_size)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no pretrained weights given")
         model, _, _ = build(cfg, args.num_classes, device)
@@ -157,6 +168,8 @@ def make_bench(method: str, args, device: torch.device) -> Bench:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device)
+    if method == "input-grad":
+        x.requires_grad_(True)  # backward runs through every block, as it must for adapters in block 0
     return Bench(method, model, fwd, make_optimizer(model, cfg), x, y, compiler=compiler)
 
 
@@ -178,17 +191,24 @@ def sync(device: torch.device) -> None:
 def timed_steps(b: Bench, n: int, amp: bool, device: torch.device) -> None:
     cuda = device.type == "cuda"
     if cuda:
+        # Steady state, as in training: no host sync between steps; CUDA events mark where
+        # each step starts on the GPU, so a step's time includes any wait for the host.
         sync(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(n):
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
+        events[0].record()
+        for i in range(n):
+            step(b, amp)
+            events[i + 1].record()
         sync(device)
-        t0 = time.perf_counter()
-        step(b, amp)
-        sync(device)
-        b.times.append(time.perf_counter() - t0)
-    if cuda:
+        b.times += [a.elapsed_time(e) / 1e3 for a, e in zip(events, events[1:])]
         b.peak_growth = max(b.peak_growth, torch.cuda.max_memory_allocated(device) - before)
+    else:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            step(b, amp)
+            b.times.append(time.perf_counter() - t0)
     # Gradients are then allocated inside the next turn, where its peak sees them.
     b.optimizer.zero_grad(set_to_none=True)
 
@@ -290,9 +310,9 @@ def run(args) -> dict:
     ref = next((r["step_ms_median"] for r in results if r["method"] == "adapter"), None)
     for r in results:
         r["step_time_vs_adapter"] = r["step_ms_median"] / ref if ref else None
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "argv")}
     settings.update(amp_bf16=amp, steps_per_round=per_round)
-    out = {"machine": machine(device), "command": "python " + shlex.join(sys.argv), "settings": settings,
+    out = {"machine": machine(device), "command": shlex.join(["python", "benchmarks/throughput.py", *args.argv]), "settings": settings,
            "results": results}
     if device.type == "cpu":
         out["machine"]["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

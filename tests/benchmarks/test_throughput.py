@@ -1,0 +1,73 @@
+"""benchmarks/throughput.py on a toy ViT on the CPU: every method builds, steps and is
+reported; the numbers that the README quotes come out of the fields checked here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
+TOY = ["--backbone", "vit_tiny_patch16_224", "--model-kwargs",
+       '{"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}',
+       "--img-size", "32", "--batch-size", "2", "--num-classes", "3", "--device", "cpu",
+       "--warmup", "1", "--steps", "2", "--rounds", "2"]
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("throughput", None)
+
+
+def test_every_method_and_the_tracker_are_measured(throughput, tmp_path):
+    out = tmp_path / "res.json"
+    methods = "linear,full,adapter,pear,lora,input-grad"
+    assert throughput.main([*TOY, "--methods", methods, "--tracker", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["method"]: r for r in res["results"]}
+    assert list(rows) == [*methods.split(","), "adapter+tracker"]
+    for r in rows.values():
+        assert r["timed_steps"] == 2 and 0 < r["step_ms_q1"] <= r["step_ms_median"] <= r["step_ms_q3"]
+        assert r["images_per_second"] == pytest.approx(2 / (r["step_ms_median"] / 1e3))
+        assert r["tensor_mb_counted"] > 0
+    params = {m: r["trainable_params"] for m, r in rows.items()}
+    # pear after pruning at 0.5 keeps half the (equal-size) adapters: head + half the adapter params.
+    head = params["linear"]
+    assert params["input-grad"] == head
+    assert params["pear"] - head == (params["adapter"] - head) // 2
+    assert head < params["lora"] < params["full"] and params["adapter"] < params["full"]
+    assert rows["adapter"]["step_time_vs_adapter"] == 1.0
+    assert res["tracker_overhead"] > 0 and res["tracker_update_ms"] > 0
+    assert res["settings"]["amp_bf16"] is False  # CPU default, as in training
+    assert res["machine"]["process_peak_rss_mb"] > 0
+
+
+def test_markdown_names_the_command_and_each_method(throughput, tmp_path):
+    out = tmp_path / "res.md"
+    assert throughput.main([*TOY, "--methods", "adapter,pear", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "--methods adapter,pear" in text and "| pear |" in text and "| adapter |" in text
+    assert "1.00×" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "adapter,bogus"], "unknown ['bogus']"),
+    (["--tracker", "--methods", "pear"], "keep 'adapter'"),
+    (["--frozen-bf16", "--no-bf16"], "--frozen-bf16 needs bf16"),
+    (["--out", "res.txt"], "must end in .md or .json"),
+    (["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
+    (["--model-kwargs", "[1]"], "expected a JSON object"),
+])
+def test_bad_arguments_are_refused_by_name(throughput, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        throughput.parse_args(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
