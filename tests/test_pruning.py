@@ -221,6 +221,46 @@ def test_cnn_ratio_counts_parameters_not_adapters(tiny_cnn):
         assert abs(p.pruned_params - target) == min(abs(a - target) for a in prefix)
 
 
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_group_scope_prunes_within_each_compatible_group_so_every_pruned_position_shares(tiny_cnn, ratio):
+    model = pear.attach(tiny_cnn)
+    sl = pear.slots(model)
+    sig = {n: s.info.signature for n, s in sl.items()}
+    scores = _cnn_scores(model, [])
+    p = pear.plan(scores, _cfg(prune_ratio=ratio, prune_scope="group"), model)
+    assert p.scope == "group"
+    groups = {}
+    for n in sl:
+        groups.setdefault(sig[n], []).append(n)
+    for members in groups.values():
+        ranked = sorted(members, key=scores.get)
+        m = min(round(ratio * len(members)), len(members) - 1)
+        # The least important m of each group, never all of it.
+        assert sorted(n for n in members if n in p.pruned) == sorted(ranked[:m])
+    assert set(p.shares) == set(p.pruned)  # every pruned position has a kept peer to share
+    for q, k in p.shares.items():
+        assert sig[q] == sig[k]
+    # Global scope on the same scores leaves some pruned positions without a share.
+    g = pear.plan(scores, _cfg(prune_ratio=ratio), model)
+    assert g.scope == "global" and set(g.shares) < set(g.pruned)
+    pear.prune_and_share(model, p)
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_group_scope_is_global_scope_on_a_vit(model_factory, ratio):
+    scores = shuffled_scores(vit_names(3), seed=1)
+    model = _vit6(model_factory)
+    a = pear.plan(scores, _cfg(prune_ratio=ratio), model)
+    b = pear.plan(scores, _cfg(prune_ratio=ratio, prune_scope="group"), model)
+    assert (a.pruned, a.kept, a.shares, a.digest()) == (b.pruned, b.kept, b.shares, b.digest())
+
+
+def test_prune_scope_is_validated():
+    with pytest.raises(ValueError, match="prune_scope must be one of global, group; got 'stage'"):
+        PearConfig(prune_scope="stage")
+
+
 def test_prune_and_share_refuses_incompatible_shares(tiny_cnn):
     model = pear.attach(tiny_cnn)
     names = pear.positions(model)
@@ -437,6 +477,8 @@ def test_plan_digest_and_round_trip():
     assert a.digest() != pear.plan(S6, _cfg(prune_ratio=0.25)).digest()
     back = PrunePlan.from_dict(json.loads(json.dumps(a.to_dict())))
     assert back == a and back.digest() == a.digest()
+    older = {k: v for k, v in a.to_dict().items() if k != "scope"}  # a plan saved before prune_scope existed
+    assert PrunePlan.from_dict(older) == a
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,8 @@ _TRAIN_FLAGS = {
     "rank": (int, "adapter bottleneck width r (default 8)"),
     "scale": (float, "adapter output scale s (default 0.1)"),
     "prune_ratio": (float, "share of adapter parameters to prune (default 0.5)"),
+    "prune_scope": (str, "where the ratio applies: global (paper) | group (ours: within each set of "
+                         "shape-compatible positions, e.g. a CNN stage, so every pruned position can share)"),
     "share": (str, "share policy: rank | nearest | top1 | none"),
     "knowledge": (str, "knowledge checkpoint: none | merge | frozen"),
     "importance": (str, "importance: taylor | magnitude | gradient | output | random"),
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--methods", required=True, help="comma-separated: linear,full,adapter,prune,pear,lora and "
-                   "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75")
+                   "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", required=True)
     p.add_argument("-c", "--config", default=None, help="YAML of training options shared by all runs")

@@ -19,6 +19,7 @@ SUBLAYERS = ("attn", "mlp")
 IMPORTANCE_METHODS = ("taylor", "magnitude", "gradient", "output", "random")
 SHARE_POLICIES = ("rank", "nearest", "top1", "none")
 KNOWLEDGE_MODES = ("none", "merge", "frozen")
+PRUNE_SCOPES = ("global", "group")
 ACTIVATIONS = ("relu", "gelu", "identity")
 
 
@@ -60,6 +61,13 @@ class PearConfig:
     prune_ratio: float = field(
         default=0.5, metadata={"help": "Share of adapter parameters to prune, in [0, 1)."}
     )
+    prune_scope: str = field(
+        default="global",
+        metadata={"help": "Where prune_ratio applies: global (the paper: the least important adapters of "
+                  "the whole model) or group (ours: the ratio within each group of shape-compatible "
+                  "positions, such as one CNN stage, so every pruned position has a kept adapter it can "
+                  "share; on a ViT, whose positions all match, the same as global)."},
+    )
     share: str = field(
         default="rank",
         metadata={"help": "Share policy for pruned positions: rank (i-th most important kept adapter to "
@@ -87,6 +95,7 @@ class PearConfig:
         self._check_choice("init", ("zero", "random"))
         self._check_choice("importance", IMPORTANCE_METHODS)
         self._check_choice("share", SHARE_POLICIES)
+        self._check_choice("prune_scope", PRUNE_SCOPES)
         self._check_choice("knowledge", KNOWLEDGE_MODES)
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"PearConfig.rank must be a positive integer, got {self.rank!r}")

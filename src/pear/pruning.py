@@ -33,11 +33,12 @@ class PrunePlan:
     policy: str
     pruned_params: int = 0
     total_params: int = 0
+    scope: str = "global"
 
     def to_dict(self) -> dict:
         return {"pruned": self.pruned, "kept": self.kept, "shares": self.shares, "scores": self.scores,
                 "ratio": self.ratio, "policy": self.policy, "pruned_params": self.pruned_params,
-                "total_params": self.total_params}
+                "total_params": self.total_params, "scope": self.scope}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrunePlan":
@@ -45,7 +46,7 @@ class PrunePlan:
             plan = cls(pruned=list(d["pruned"]), kept=list(d["kept"]), shares=dict(d["shares"]),
                        scores={k: float(v) for k, v in d["scores"].items()}, ratio=float(d["ratio"]),
                        policy=str(d["policy"]), pruned_params=int(d.get("pruned_params", 0)),
-                       total_params=int(d.get("total_params", 0)))
+                       total_params=int(d.get("total_params", 0)), scope=str(d.get("scope", "global")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"prune plan is malformed: {exc!r}") from None
         bad = [p for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept]
@@ -117,8 +118,18 @@ def plan(scores: dict[str, float], config: PearConfig, model: nn.Module | None =
     pos = _describe(scores, model)
     # Least important first; ties broken by model order so a plan is deterministic.
     ranked = sorted(pos, key=lambda p: (p.score, p.index))
-    m = _n_pruned(ranked, config.prune_ratio)
-    pruned, kept = ranked[:m], ranked[m:]
+    if config.prune_scope == "group":
+        # The ratio within each group of interchangeable positions: each group keeps at
+        # least one adapter, so every pruned position has one to share.
+        cut = set()
+        for sig in dict.fromkeys(p.signature for p in ranked):
+            group = [p for p in ranked if p.signature == sig]
+            cut.update(p.name for p in group[:_n_pruned(group, config.prune_ratio)])
+        pruned = [p for p in ranked if p.name in cut]
+        kept = [p for p in ranked if p.name not in cut]
+    else:
+        m = _n_pruned(ranked, config.prune_ratio)
+        pruned, kept = ranked[:m], ranked[m:]
     shares = _share(pruned, kept, config.share)
     order = {p.name: p.index for p in pos}
     return PrunePlan(
@@ -130,6 +141,7 @@ def plan(scores: dict[str, float], config: PearConfig, model: nn.Module | None =
         policy=config.share,
         pruned_params=sum(p.size for p in pruned),
         total_params=sum(p.size for p in pos),
+        scope=config.prune_scope,
     )
 
 

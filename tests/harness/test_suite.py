@@ -53,13 +53,14 @@ def data(tmp_path_factory) -> Path:
     ("pear-r0.75", {"method": "pear", "prune_ratio": 0.75}),
     ("pear-r0", {"method": "pear", "prune_ratio": 0.0}),
     ("pear-r.3", {"method": "pear", "prune_ratio": 0.3}),
+    ("pear-scope-group", {"method": "pear", "prune_scope": "group"}),
 ])
 def test_method_grammar(name, expected):
     assert method_overrides(name) == expected
 
 
 @pytest.mark.parametrize("name", ["pearl", "pear-share-", "pear-share-best", "pear-kc-merged", "pear-imp-",
-                                  "pear-r1", "pear-r1.0", "pear-rnan", "pear-r1e-1", "pear-r-0.5", "adapter-r0.5",
+                                  "pear-r1", "pear-r1.0", "pear-scope-", "pear-scope-stage", "pear-rnan", "pear-r1e-1", "pear-r-0.5", "adapter-r0.5",
                                   "PEAR", ""])
 def test_method_grammar_rejects(name):
     with pytest.raises(PearError, match=r"pear-share-\{rank,nearest,top1,none\}.*pear-r<ratio"):

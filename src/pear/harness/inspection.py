@@ -172,7 +172,8 @@ def _header(info: dict) -> list[str]:
     if info["kind"] == "pear":
         c = info["config"]
         lines.append(f"pear        {c['adapter']} adapters, rank {c['rank']}, scale {c['scale']}, importance "
-                     f"{c['importance']}, prune ratio {c['prune_ratio']}, share {c['share']}, knowledge "
+                     f"{c['importance']}, prune ratio {c['prune_ratio']} ({c.get('prune_scope', 'global')}), share "
+                     f"{c['share']}, knowledge "
                      f"{c['knowledge']}")
     return lines
 

@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from ..checkpoint import atomic_write_text
-from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, SHARE_POLICIES
+from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_POLICIES
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
 from .data import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS, task_info
@@ -67,6 +67,7 @@ ABLATIONS = {
     "pear-kc-": _choice("knowledge", KNOWLEDGE_MODES),
     "pear-imp-": _choice("importance", IMPORTANCE_METHODS),
     "pear-r": ("prune_ratio", _ratio, "<ratio in [0,1)>"),
+    "pear-scope-": _choice("prune_scope", PRUNE_SCOPES),
 }
 GRAMMAR = (*METHODS, *(prefix + form for prefix, (_, _, form) in ABLATIONS.items()))
 

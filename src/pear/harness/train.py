@@ -66,6 +66,7 @@ class TrainConfig:
     rank: int = 8
     scale: float = 0.1
     prune_ratio: float = 0.5
+    prune_scope: str = "global"
     share: str = "rank"
     knowledge: str = "merge"
     importance: str = "taylor"
@@ -113,7 +114,8 @@ class TrainConfig:
 
     def pear_config(self) -> PearConfig:
         return PearConfig(adapter=self.adapter, rank=self.rank, scale=self.scale, importance=self.importance,
-                          prune_ratio=self.prune_ratio, share=self.share, knowledge=self.knowledge, seed=self.seed)
+                          prune_ratio=self.prune_ratio, prune_scope=self.prune_scope, share=self.share,
+                          knowledge=self.knowledge, seed=self.seed)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
