@@ -123,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="hold the frozen backbone weights in bf16 (adapters and head stay fp32); implies --bf16")
     g.add_argument("--compile", action="store_true", help="torch.compile each model once")
     g.add_argument("--tracker", action="store_true", help="also time adapter with ImportanceTracker.update()")
+    g.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile 5 more steps of each method (torch.profiler) and report its "
+                        "N most expensive operations and kernels")
     g.add_argument("--out", default=None, help="write the results to FILE.md or FILE.json")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -138,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.amp = True
     if args.out and Path(args.out).suffix not in (".md", ".json"):
         p.error("--out must end in .md or .json")
-    if min(args.steps, args.rounds, args.batch_size) < 1 or args.warmup < 0:
+    if min(args.steps, args.rounds, args.batch_size) < 1 or min(args.warmup, args.profile) < 0:
         p.error("--steps, --rounds and --batch-size must be positive, --warmup non-negative")
     if args.compile and args.warmup < 1:
         p.error("--compile needs --warmup >= 1, so that compiling is not timed")
@@ -211,6 +214,22 @@ def timed_steps(b: Bench, n: int, amp: bool, device: torch.device) -> None:
             b.times.append(time.perf_counter() - t0)
     # Gradients are then allocated inside the next turn, where its peak sees them.
     b.optimizer.zero_grad(set_to_none=True)
+
+
+def profile_table(b: Bench, amp: bool, device: torch.device, rows: int) -> str:
+    """torch.profiler over 5 steps: the `rows` operations and kernels with the most self time
+    on the device (GPU kernels on CUDA, operators on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            step(b, amp)
+        sync(device)
+    b.optimizer.zero_grad(set_to_none=True)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
 
 
 def tensor_bytes(tensors) -> int:
@@ -314,6 +333,8 @@ def run(args) -> dict:
     settings.update(amp_bf16=amp, steps_per_round=per_round)
     out = {"machine": machine(device), "command": shlex.join(["python", "benchmarks/throughput.py", *args.argv]), "settings": settings,
            "results": results}
+    if args.profile:
+        out["profiles"] = {b.name: profile_table(b, amp, device, args.profile) for b in benches}
     if device.type == "cpu":
         out["machine"]["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.tracker:
@@ -374,6 +395,8 @@ def markdown(res: dict) -> str:
                      f"{res['tracker_update_ms']:.2f} ms = {100 * res['tracker_update_share']:.2f}% of an `adapter` step.")
     if compiled and any(r["graphs_compiled_timed"] for r in res["results"]):
         lines.append("WARNING: some models compiled again during the timed steps (recompilation).")
+    for name, table in res.get("profiles", {}).items():
+        lines += ["", f"## Profile: {name} (5 steps, most self time first)", "", "```", table.rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
