@@ -318,3 +318,23 @@ def test_save_killed_at_any_point_leaves_a_complete_checkpoint(tmp_path, model_f
     assert len(seen) > 5
     assert versions_seen == sorted(versions_seen) and versions_seen[0] == 0 and versions_seen[-1] == 1
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]  # a finished save cleans up
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_get_the_users_default_mode_not_a_private_temp_mode(tmp_path, model_factory, umask):
+    from pear.checkpoint import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        model = pear.attach(model_factory("vit"))
+        pear.save(model, tmp_path / "ckpt", backbone=VIT)
+        pear.save(model, tmp_path / "ckpt", backbone=VIT)  # the replacing path too
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "ckpt") == 0o777 & ~umask
+    for f in (tmp_path / "ckpt").iterdir():
+        assert mode(f) == 0o666 & ~umask, f
+    assert mode(tmp_path / "metrics.json") == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers

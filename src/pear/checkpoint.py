@@ -79,6 +79,40 @@ def fingerprint(model: nn.Module) -> str:
 
 # ---------------------------------------------------------------- atomic writes
 
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # read it the portable way (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(path: Path, is_dir: bool = False) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (private: 0600/0700) the mode a plain
+    open()/mkdir() would have given it, so a saved checkpoint is as readable as any
+    other file the user writes."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (where the OS allows opening a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_dir_write(dest: Path, write) -> None:
     """Call `write(tmp_dir)`, then move tmp_dir to `dest`, replacing an older `dest`.
     The old checkpoint stays intact until the new one is complete. One writer per
@@ -89,8 +123,10 @@ def atomic_dir_write(dest: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     old = None
     try:
+        default_mode(tmp, is_dir=True)
         write(tmp)
         for f in tmp.iterdir():
+            default_mode(f)  # some writers (safetensors) make their files private
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if dest.exists() and _exchange(tmp, dest):
@@ -100,6 +136,7 @@ def atomic_dir_write(dest: Path, write) -> None:
                 old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
                 os.replace(dest, old)
             os.replace(tmp, dest)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not dest.exists():
@@ -144,7 +181,9 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        default_mode(Path(tmp))
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

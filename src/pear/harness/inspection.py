@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
+from ..checkpoint import CONFIG_FILE, TENSORS_FILE, default_mode, read_checkpoint
 from ..errors import PearError
 from .files import read_mapping
 from .runs import checkpoint_kind
@@ -310,6 +310,7 @@ def _save_png(fig, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=120)
+        default_mode(Path(tmp))
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
