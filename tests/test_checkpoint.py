@@ -149,6 +149,25 @@ def test_other_backbone_weights_or_name_are_refused(saved, model_factory):
     assert_untouched(same, before)
 
 
+def test_drifted_batchnorm_statistics_are_named_as_the_cause(tmp_path, model_factory):
+    """A library user who trains a CNN in model.train() mode lets the frozen backbone's
+    BatchNorm running statistics drift; loading onto the original backbone is refused
+    (the saved model depended on them) with an error that says so, not "other weights"."""
+    model = pear.attach(model_factory("lite0"))
+    x, y = batch("lite0")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()  # no freeze_norm_stats: the running statistics move
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    pear.save(model, tmp_path / "ckpt", backbone="tf_efficientnet_lite0")
+    fresh = model_factory("lite0")
+    before = snapshot(fresh)
+    with pytest.raises(PearError, match="same parameters.*other buffers.*BatchNorm running statistics.*"
+                                        "freeze_norm_stats"):
+        pear.load(tmp_path / "ckpt", fresh)
+    assert_untouched(fresh, before)
+
+
 def _edit_json(ckpt, change):
     info = json.loads((ckpt / CONFIG_FILE).read_text())
     change(info)

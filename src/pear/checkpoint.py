@@ -56,9 +56,10 @@ def head_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None)
 
 
-def fingerprint(model: nn.Module) -> str:
+def fingerprint(model: nn.Module, buffers: bool = True) -> str:
     """SHA-256 over the frozen backbone's tensors (names, shapes, bytes), head and
-    adapters excluded, so a task checkpoint can refuse a different backbone."""
+    adapters excluded, so a task checkpoint can refuse a different backbone.
+    buffers=False: parameters only (tells drifted BatchNorm statistics from other weights)."""
     model = unwrap(model)
     skip = set()
     for m in model.modules():
@@ -68,7 +69,7 @@ def fingerprint(model: nn.Module) -> str:
                     skip.update(id(t) for t in sub.parameters())
     head = head_name(model)
     h = hashlib.sha256()
-    items = list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers())
+    items = list(model.named_parameters(remove_duplicate=True)) + (list(model.named_buffers()) if buffers else [])
     for name, t in sorted(((_backbone_name(n), t) for n, t in items), key=lambda x: x[0]):
         if id(t) in skip or "lora_" in name or (head and (name == head or name.startswith(head + "."))):
             continue
@@ -243,7 +244,8 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
         "head": head,
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names else None,
-        "backbone": {"name": backbone, "fingerprint": fingerprint_value or fingerprint(base)},
+        "backbone": {"name": backbone, "fingerprint": fingerprint_value or fingerprint(base),
+                     "weights_fingerprint": fingerprint(base, buffers=False)},
         "meta": meta or {},
     }
 
@@ -395,7 +397,7 @@ def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
     _expect(info, "class_names", (list, type(None)), "the checkpoint", required=False)
     _expect(info, "backbone", (dict, type(None)), "the checkpoint", required=False)
     _expect(info, "meta", (dict, type(None)), "the checkpoint", required=False)
-    for key in ("name", "fingerprint"):
+    for key in ("name", "fingerprint", "weights_fingerprint"):
         _expect(info.get("backbone") or {}, key, (str, type(None)), "'backbone'", required=False)
     n, head = info.get("num_classes"), tensors.get("head.weight")
     if n is not None and (n < 1 or (head is not None and (head.ndim == 0 or head.shape[0] != n))):
@@ -412,10 +414,18 @@ def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str
         raise PearError(f"{ckpt.path} was trained on backbone {want['name']!r}, not {backbone_name!r}")
     got = fingerprint(backbone)
     if want.get("fingerprint") and got != want["fingerprint"]:
+        given = f"the given backbone{' ' + repr(backbone_name) if backbone_name else ''}"
+        if want.get("weights_fingerprint") and fingerprint(backbone, buffers=False) == want["weights_fingerprint"]:
+            raise PearError(
+                f"{ckpt.path}: {given} has the same parameters as the one it was saved with, but other "
+                f"buffers (fingerprint {got}, saved {want['fingerprint']}). Usually these are BatchNorm "
+                f"running statistics that training in model.train() mode updated, so the saved model "
+                f"depended on them. Keep the frozen backbone's norm layers in eval mode while training "
+                f"(pear.harness.methods.freeze_norm_stats(model) after model.train()), then train and "
+                f"save again")
         raise PearError(
-            f"{ckpt.path} was trained on a backbone with weight fingerprint {want['fingerprint']}, but the "
-            f"given backbone{' ' + repr(backbone_name) if backbone_name else ''} has {got}: other weights "
-            f"(pass the same --weights file used for training)"
+            f"{ckpt.path} was trained on a backbone with weight fingerprint {want['fingerprint']}, but "
+            f"{given} has {got}: other weights (pass the same --weights file used for training)"
         )
 
 
