@@ -83,6 +83,40 @@ def test_eval_reproduces_the_test_accuracy(runs, method, capsys):
     assert result["test_acc"] == json.loads((run / "metrics.json").read_text())["test_acc"]
 
 
+@pytest.mark.slow
+def test_compiled_pear_run_compiles_a_few_graphs_not_one_per_step(tiny_vtab, tiny_vit_args, tmp_path,
+                                                                capsys, monkeypatch):
+    """--compile: the model is wrapped again after pruning (a new parameter set) and compiles
+    a handful of graphs, never one per step; the recorded accuracy is the one `pear eval` gets."""
+    import torch._dynamo
+
+    compiles, graphs = [], []
+    real = torch.compile
+    inductor = torch._dynamo.lookup_backend("inductor")
+
+    def counting(gm, example_inputs):
+        graphs.append(len(compiles))
+        return inductor(gm, example_inputs)
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiles.append(model) or real(model, backend=counting))
+    torch._dynamo.reset()
+    run = tmp_path / "run"
+    rc, out, err = _run_cli(["train", "--data", tiny_vtab, "--task", "toy", "--out", run, *tiny_vit_args,
+                             "--method", "pear", "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "16",
+                             "--workers", "0", "--no-progress", "--device", "cpu", "--compile"], capsys)
+    assert rc == 0, err
+    assert len(compiles) == 2  # before training, and after the prune step
+    # 9 steps (3 epochs of 16 + 16 + 8 images). Graphs: the first batch, the short last batch
+    # (dynamic batch size), and at most one after pruning (none where the pruned model keeps
+    # the same structure: every pruned position shares, so dynamo's cached graph still fits).
+    assert 1 <= len(graphs) <= 3, graphs
+    assert json.loads((run / "plan.json").read_text())["pruned"]
+    rc, out, err = _run_cli(["eval", "--run", run, "--device", "cpu"], capsys)
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["test_acc"] == result["recorded_test_acc"]
+
+
 def test_yaml_config_gives_defaults_and_flags_override_it(tiny_vtab, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({

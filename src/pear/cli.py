@@ -55,7 +55,7 @@ _TRAIN_FLAGS = {
     "cache_gb": (float, "keep preprocessed images in memory up to this many GB (default 4)"),
 }
 _TRAIN_SWITCHES = {
-    "compile": "torch.compile the model (recompiled once after pruning)",
+    "compile": "torch.compile the model (wrapped again after pruning; a few graphs, never one per step)",
     "deterministic": "torch.use_deterministic_algorithms(True)",
     "overwrite": "replace an existing run folder",
     "resume": "continue the run in --out from its last complete epoch",

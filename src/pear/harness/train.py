@@ -401,7 +401,9 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
             _restore_best(model, out / "best", cfg, device)
         D.broadcast_module(model, ctx)
         fwd = _wrap(model, cfg, ctx, fwd)
-    test_acc = evaluate(fwd, test_split, cfg, device, amp, ctx)
+    # The eager model, not the compiled one: compiled kernels may round differently, and the
+    # recorded accuracy must be the one `pear eval --run` recomputes from the checkpoint.
+    test_acc = evaluate(model, test_split, cfg, device, amp, ctx)
     # Over every epoch, including those a resumed run's earlier processes trained.
     train_time = sum(r.get("seconds", 0.0) for r in history)
     images_seen = sum(r.get("images", 0) for r in history)
