@@ -66,7 +66,8 @@ class PearConfig:
         metadata={"help": "Where prune_ratio applies: global (the paper: the least important adapters of "
                   "the whole model) or group (ours: the ratio within each group of shape-compatible "
                   "positions, such as one CNN stage, so every pruned position has a kept adapter it can "
-                  "share; on a ViT, whose positions all match, the same as global)."},
+                  "share; a group of one is never pruned, so on a CNN fewer parameters are pruned "
+                  "than the ratio says; on a ViT, whose positions all match, the same as global)."},
     )
     share: str = field(
         default="rank",
