@@ -418,8 +418,11 @@ def _plot(rows: list[dict], path: Path) -> None:
 
     groups = _groups(rows)
     tasks = {r["task"] for r in rows}
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=(8.4, 4.6), layout="constrained")
     ax = fig.add_subplot()
+    colors = colormaps["tab20"].colors  # 20 distinct colours: ablations make many methods
     markers = "os^Dv<>pP*Xh"
     points = {}
     for m in sorted({r["method"] for r in rows}, key=_method_key):
@@ -436,13 +439,14 @@ def _plot(rows: list[dict], path: Path) -> None:
         x = statistics.fmean(_mean_of(runs, "stored_bytes") for runs in per_task)
         y = statistics.fmean(_mean_of(runs, "test_acc") for runs in per_task)
         label = m if len(per_task) == len(tasks) else f"{m} ({len(per_task)}/{len(tasks)} tasks)"
-        ax.scatter([x], [y], marker=markers[i % len(markers)], s=50, label=label)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter([x], [y], marker=markers[i % len(markers)], color=colors[i % len(colors)], s=50, label=label)
+        if m in METHODS:  # ablations crowd around `pear`: the legend names them
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per task (mean over tasks, log scale)")
     ax.set_ylabel("test accuracy, % (mean over tasks and seeds)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         fig.savefig(tmp, format="png", dpi=120)
