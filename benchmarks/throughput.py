@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.out and Path(args.out).suffix not in (".md", ".json"):
         p.error("--out must end in .md or .json")
     if min(args.steps, args.rounds, args.batch_size) < 1 or min(args.warmup, args.profile) < 0:
-        p.error("--steps, --rounds and --batch-size must be positive, --warmup non-negative")
+        p.error("--steps, --rounds and --batch-size must be positive, --warmup and --profile non-negative")
     if args.compile and args.warmup < 1:
         p.error("--compile needs --warmup >= 1, so that compiling is not timed")
     return args
@@ -335,8 +335,8 @@ def run(args) -> dict:
         r["step_time_vs_adapter"] = r["step_ms_median"] / ref if ref else None
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "argv")}
     settings.update(amp_bf16=amp, steps_per_round=per_round)
-    out = {"machine": machine(device), "command": shlex.join(["python", "benchmarks/throughput.py", *args.argv]), "settings": settings,
-           "results": results}
+    out = {"machine": machine(device), "command": shlex.join(["python", "benchmarks/throughput.py", *args.argv]),
+           "settings": settings, "results": results}
     if args.profile:
         out["profiles"] = {b.name: profile_table(b, amp, device, args.profile) for b in benches}
     if device.type == "cpu":

@@ -357,3 +357,12 @@ def test_saved_files_get_the_users_default_mode_not_a_private_temp_mode(tmp_path
         assert mode(f) == 0o666 & ~umask, f
     assert mode(tmp_path / "metrics.json") == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_fingerprints_in_one_pass_equal_the_two_separate_ones(model_factory):
+    from pear.checkpoint import fingerprints
+
+    model = pear.attach(model_factory("lite0"))
+    full, weights = fingerprints(model)
+    assert (full, weights) == (fingerprint(model), fingerprint(model, buffers=False))
+    assert full != weights  # BatchNorm buffers count in one and not the other

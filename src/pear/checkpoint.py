@@ -56,10 +56,9 @@ def head_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None)
 
 
-def fingerprint(model: nn.Module, buffers: bool = True) -> str:
-    """SHA-256 over the frozen backbone's tensors (names, shapes, bytes), head and
-    adapters excluded, so a task checkpoint can refuse a different backbone.
-    buffers=False: parameters only (tells drifted BatchNorm statistics from other weights)."""
+def _backbone_tensors(model: nn.Module):
+    """(header, bytes, is_buffer) to hash for each frozen backbone tensor, by name; the
+    head, adapters and LoRA weights left out."""
     model = unwrap(model)
     skip = set()
     for m in model.modules():
@@ -68,14 +67,35 @@ def fingerprint(model: nn.Module, buffers: bool = True) -> str:
                 if sub is not None:
                     skip.update(id(t) for t in sub.parameters())
     head = head_name(model)
-    h = hashlib.sha256()
-    items = list(model.named_parameters(remove_duplicate=True)) + (list(model.named_buffers()) if buffers else [])
-    for name, t in sorted(((_backbone_name(n), t) for n, t in items), key=lambda x: x[0]):
+    items = [(n, t, False) for n, t in model.named_parameters(remove_duplicate=True)]
+    items += [(n, t, True) for n, t in model.named_buffers()]
+    for name, t, is_buffer in sorted(((_backbone_name(n), t, b) for n, t, b in items), key=lambda x: x[0]):
         if id(t) in skip or "lora_" in name or (head and (name == head or name.startswith(head + "."))):
             continue
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        yield f"{name}:{tuple(t.shape)}:{t.dtype}".encode(), \
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), is_buffer
+
+
+def fingerprint(model: nn.Module, buffers: bool = True) -> str:
+    """SHA-256 over the frozen backbone's tensors (names, shapes, bytes), head and
+    adapters excluded, so a task checkpoint can refuse a different backbone.
+    buffers=False: parameters only (tells drifted BatchNorm statistics from other weights)."""
+    h = hashlib.sha256()
+    for header, data, is_buffer in _backbone_tensors(model):
+        if buffers or not is_buffer:
+            h.update(header)
+            h.update(data)
     return h.hexdigest()[:32]
+
+
+def fingerprints(model: nn.Module) -> tuple[str, str]:
+    """(fingerprint(model), fingerprint(model, buffers=False)) in one pass over the tensors."""
+    full, params = hashlib.sha256(), hashlib.sha256()
+    for header, data, is_buffer in _backbone_tensors(model):
+        for h in (full, params) if not is_buffer else (full,):
+            h.update(header)
+            h.update(data)
+    return full.hexdigest()[:32], params.hexdigest()[:32]
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -173,13 +193,15 @@ def recover_dir(dest: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_file(path: Path, write) -> None:
+    """Call `write(binary_file)` on a temporary file beside `path`, then rename it over
+    `path`: a reader sees the old file or the whole new one, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         default_mode(Path(tmp))
@@ -188,6 +210,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_file(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _sha256_file(path: Path) -> str:
@@ -222,6 +248,7 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
     state = pear_state(model)
     base = unwrap(model)
     tensors = task_tensors(base)
+    full_fp, weights_fp = fingerprints(base)
     head = head_name(base)
     num_classes = None
     if head:
@@ -244,8 +271,8 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
         "head": head,
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names else None,
-        "backbone": {"name": backbone, "fingerprint": fingerprint_value or fingerprint(base),
-                     "weights_fingerprint": fingerprint(base, buffers=False)},
+        "backbone": {"name": backbone, "fingerprint": fingerprint_value or full_fp,
+                     "weights_fingerprint": weights_fp},
         "meta": meta or {},
     }
 

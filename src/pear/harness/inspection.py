@@ -8,13 +8,11 @@ for ViT-B checkpoints. The numbers match `pear.report` of the loaded model, exce
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_FILE, TENSORS_FILE, default_mode, read_checkpoint
+from ..checkpoint import CONFIG_FILE, TENSORS_FILE, atomic_write_file, read_checkpoint
 from ..errors import PearError
 from .files import read_mapping
 from .runs import checkpoint_kind
@@ -303,19 +301,7 @@ def plot_pruning_map(info: dict, path: str | Path) -> Path:
 def _save_png(fig, path: Path) -> Path:
     """Save next to `path`, then rename: a reader never sees half a PNG."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
+        atomic_write_file(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     except OSError as exc:
         raise PearError(f"cannot write plot {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        default_mode(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise PearError(f"cannot write plot {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

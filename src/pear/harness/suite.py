@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_file, atomic_write_text
 from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_POLICIES
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
@@ -414,12 +414,11 @@ def _mean_of(runs: list[dict], key: str) -> float | None:
 
 def _plot(rows: list[dict], path: Path) -> None:
     # A bare Figure (no pyplot) leaves matplotlib's global backend and state alone.
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     groups = _groups(rows)
     tasks = {r["task"] for r in rows}
-    from matplotlib import colormaps
-
     fig = Figure(figsize=(8.4, 4.6), layout="constrained")
     ax = fig.add_subplot()
     colors = colormaps["tab20"].colors  # 20 distinct colours: ablations make many methods
@@ -447,9 +446,4 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy, % (mean over tasks and seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_file(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
