@@ -7,6 +7,7 @@ endpoint); we use NCCL on GPUs and gloo on CPUs. Rank 0 writes every file.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +57,21 @@ def setup(device: str = "auto") -> Context:
     return Context(True, rank, world, local, dev)
 
 
+# How long teardown releases the GIL to the process group's worker threads.
+DRAIN_S = 0.2
+
+
 def teardown(ctx: Context) -> None:
+    """Leave the process group. A gloo worker thread frees a finished collective's
+    tensors after the caller's wait() has returned, and it needs the GIL to do so. If
+    the interpreter has begun shutting down by then, the thread is killed inside a C++
+    destructor and the process aborts (SIGABRT, "terminate called without an active
+    exception") although the run succeeded (pytorch/pytorch#190489). destroy_process_group
+    does not join those threads, so sleep briefly, releasing the GIL to them. No
+    barrier: teardown also runs when this rank failed and the others may not reach it."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(DRAIN_S)
 
 
 def barrier() -> None:
