@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 import pear
 from pear import ImportanceTracker, PearConfig, PearError
-from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, _sha256_file, fingerprint, read_checkpoint
+from pear.atomic import sha256_file
+from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, fingerprint, read_checkpoint
 from pear.harness.methods import freeze_norm_stats
 
 VIT = "vit_tiny_patch16_224"
@@ -183,7 +184,7 @@ def _rewrite_tensors(ckpt, change, declare=True):
     save_file(tensors, str(ckpt / TENSORS_FILE))
 
     def record(info):
-        info["tensors_sha256"] = _sha256_file(ckpt / TENSORS_FILE)
+        info["tensors_sha256"] = sha256_file(ckpt / TENSORS_FILE)
         if declare:
             info["tensors"] = {k: {"shape": list(v.shape), "dtype": "float32"} for k, v in tensors.items()}
     _edit_json(ckpt, record)
@@ -249,10 +250,10 @@ def test_damaged_checkpoint_is_refused_and_backbone_untouched(saved, model_facto
 # ---------------------------------------------------------------- atomicity
 
 def _stop_at_line(k, fd):
-    """At the k-th line executed by `atomic_dir_write` and the checkpoint.py helpers it
+    """At the k-th line executed by `atomic_dir_write` and the atomic.py helpers it
     calls directly (all but the caller's write callback, which only fills the temporary
     folder), tell the parent and wait to be killed."""
-    import pear.checkpoint as ck
+    import pear.atomic as ck
 
     seen = [0]
     writer = []
@@ -341,7 +342,7 @@ def test_save_killed_at_any_point_leaves_a_complete_checkpoint(tmp_path, model_f
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_saved_files_get_the_users_default_mode_not_a_private_temp_mode(tmp_path, model_factory, umask):
-    from pear.checkpoint import atomic_write_text
+    from pear.atomic import atomic_write_text
 
     old = os.umask(umask)
     try:

@@ -4,21 +4,17 @@ The safetensors file holds each unique adapter once, the head, and any frozen
 knowledge checkpoints; the JSON holds everything needed to rebuild the structure
 (Pear config, positions, share map, classes, backbone name and weight fingerprint, a
 SHA-256 of the tensor file). Loading validates all of it before touching the model,
-rebuilds adapters and sharing first, then fills the tensors. Writes go to a temporary
-folder that is renamed into place, so a crash never leaves a half-written checkpoint.
+rebuilds adapters and sharing first, then fills the tensors. This module is the format
+only: the folder is written through `pear.atomic.atomic_dir_write`, so a crash never
+leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import glob
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import atomic_dir_write, sha256_file
 from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
 from .config import PearConfig
 from .errors import PearError
@@ -98,132 +95,6 @@ def fingerprints(model: nn.Module) -> tuple[str, str]:
     return full.hexdigest()[:32], params.hexdigest()[:32]
 
 
-# ---------------------------------------------------------------- atomic writes
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # read it the portable way (and put it back at once)
-    os.umask(mask)
-    return mask
-
-
-def default_mode(path: Path, is_dir: bool = False) -> None:
-    """Give a file or folder made by mkstemp/mkdtemp (private: 0600/0700) the mode a plain
-    open()/mkdir() would have given it, so a saved checkpoint is as readable as any
-    other file the user writes."""
-    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (where the OS allows opening a folder)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_dir_write(dest: Path, write) -> None:
-    """Call `write(tmp_dir)`, then move tmp_dir to `dest`, replacing an older `dest`.
-    The old checkpoint stays intact until the new one is complete. One writer per
-    `dest` at a time (leftovers of an earlier, crashed writer are cleaned up)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    old = None
-    try:
-        default_mode(tmp, is_dir=True)
-        write(tmp)
-        for f in tmp.iterdir():
-            default_mode(f)  # some writers (safetensors) make their files private
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if dest.exists() and _exchange(tmp, dest):
-            old = tmp  # now holds the previous version
-        else:
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-                os.replace(dest, old)
-            os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not dest.exists():
-            os.replace(old, dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE), so readers
-    never find `dest` missing, as they could between two plain renames. False where
-    the OS or file system cannot; the caller then falls back to two renames."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def recover_dir(dest: Path) -> None:
-    """Undo what a writer killed inside `atomic_dir_write` left behind: between its two
-    renames `dest` is missing and the previous complete version sits in
-    `.<name>.old-<pid>`, which is moved back; half-written temporary folders and
-    superseded old versions are removed."""
-    dest = Path(dest)
-    if not dest.parent.is_dir():
-        return
-    olds = sorted(dest.parent.glob(f".{glob.escape(dest.name)}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and not dest.exists():
-        os.replace(olds.pop(), dest)
-    for leftover in [*olds, *dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def atomic_write_file(path: Path, write) -> None:
-    """Call `write(binary_file)` on a temporary file beside `path`, then rename it over
-    `path`: a reader sees the old file or the whole new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        default_mode(Path(tmp))
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_file(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------- save
 
 def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -290,7 +161,7 @@ def write_tensor_dir(directory: str | Path, tensors: dict[str, torch.Tensor], in
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / tensors_file), metadata={"format": str(info.get("format"))})
-        info["tensors_sha256"] = _sha256_file(tmp / tensors_file)
+        info["tensors_sha256"] = sha256_file(tmp / tensors_file)
         (tmp / info_file).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
     atomic_dir_write(Path(directory), write)
@@ -350,7 +221,7 @@ def read_tensor_dir(directory: str | Path, fmt: str, tensors_file: str = TENSORS
     size = t_path.stat().st_size
     if size > MAX_TENSOR_FILE_BYTES:
         raise _bad(t_path, f"is {size} bytes, larger than any Pear checkpoint should be")
-    if _sha256_file(t_path) != expected_sha:
+    if sha256_file(t_path) != expected_sha:
         raise _bad(t_path, f"does not match the SHA-256 recorded in {info_file}: the file is truncated, "
                            "edited or from another checkpoint")
     try:

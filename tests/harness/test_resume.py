@@ -31,8 +31,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import pear.atomic as A
 import pear.checkpoint as C
-from pear.checkpoint import read_tensor_dir, recover_dir
+from pear.atomic import recover_dir
+from pear.checkpoint import read_tensor_dir
 from pear.cli import main
 from pear.harness import train as T
 from pear.harness.state import STATE_FILES, STATE_FORMAT, load_state
@@ -49,6 +51,7 @@ RUN_ARGS = ["--method", "pear", "--epochs", "4", "--warmup-epochs", "1", "--prun
 FORKSERVER = r"""
 import json, os, signal, sys, traceback
 
+import pear.atomic as atomic
 import pear.checkpoint as checkpoint
 import pear.harness.train as train
 from pear.cli import main
@@ -85,7 +88,7 @@ def arm(point):
             save_state(*args, epoch=epoch, **kwargs)
 
         train.save_state = patched_save_state
-        save_file, exchange, replace = checkpoint.save_file, checkpoint._exchange, os.replace
+        save_file, exchange, replace = checkpoint.save_file, atomic._exchange, os.replace
 
         def patched_save_file(tensors, path, metadata=None):  # "tensors": half-way through the tensor file
             save_file(tensors, path, metadata=metadata)
@@ -106,7 +109,7 @@ def arm(point):
                 die()
             return replace(src, dst)
 
-        checkpoint.save_file, checkpoint._exchange, os.replace = patched_save_file, patched_exchange, patched_replace
+        checkpoint.save_file, atomic._exchange, os.replace = patched_save_file, patched_exchange, patched_replace
 
 for line in sys.stdin:
     req = json.loads(line)
@@ -203,7 +206,7 @@ def _can_exchange(folder: Path) -> bool:
     a.mkdir()
     b.mkdir()
     try:
-        return C._exchange(a, b)
+        return A._exchange(a, b)
     finally:
         a.rmdir()
         b.rmdir()
@@ -369,7 +372,7 @@ def test_disk_full_while_saving_state_keeps_the_previous_state(tiny_vtab, tmp_pa
 
         monkeypatch.setattr(C, "save_file", flaky)
     else:
-        monkeypatch.setattr(C, "_exchange", lambda a, b: False)  # the two-rename path
+        monkeypatch.setattr(A, "_exchange", lambda a, b: False)  # the two-rename path
         replace = os.replace
 
         def flaky(src, dst):

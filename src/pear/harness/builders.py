@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import gzip
 import math
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pear.atomic import atomic_dir_write
 from pear.errors import PearError
 from pear.harness.data import read_at_most
 
@@ -278,8 +277,9 @@ def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | 
       the full turn for all three shapes (a plain square repeats every 90 degrees and an
       ellipse every 180, which would make most orientation labels unlearnable).
 
-    The build happens in a temporary folder beside the destination and is renamed into
-    place at the end, so an interrupted build never leaves a half-written task folder.
+    The build happens in a temporary folder beside the destination and replaces it in one
+    step at the end (`pear.atomic.atomic_dir_write`), so an interrupted build never leaves
+    a half-written task folder, and the folder gets the mode the user's umask gives.
     An existing destination is refused unless `overwrite`.
     """
     if name not in BUILTIN_DATASETS:
@@ -305,29 +305,6 @@ def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | 
     else:
         splits, class_names = _sprites("x" if name == "sprites_loc" else "theta", seed)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=out_root))
-    try:
-        # mkdtemp makes the folder private (0700); a dataset should be readable by others.
-        tmp.chmod(0o755)
-        _write_task(tmp, splits, class_names)
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_dir_write(dest, lambda tmp: _write_task(tmp, splits, class_names))
     return dest
 
-
-def _swap_into_place(built: Path, dest: Path) -> None:
-    if not dest.exists():
-        built.rename(dest)
-        return
-    parking = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    dest.rename(parking / dest.name)
-    try:
-        built.rename(dest)
-    except BaseException:
-        # Put the previous dataset back rather than leave no dataset at all.
-        (parking / dest.name).rename(dest)
-        parking.rmdir()
-        raise
-    shutil.rmtree(parking)

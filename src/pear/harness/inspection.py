@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_FILE, TENSORS_FILE, atomic_write_file, read_checkpoint
+from ..atomic import atomic_write_file
+from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..errors import PearError
 from .files import read_mapping
 from .runs import checkpoint_kind

@@ -1,7 +1,7 @@
 """Resumable training state and plain (non-Pear) run checkpoints.
 
 Both are a safetensors file + a JSON file written atomically through
-`pear.checkpoint.write_tensor_dir`, so no pickle is ever written or read and a crash
+`pear.checkpoint.write_tensor_dir` (safe writes: `pear.atomic`), so no pickle is ever written or read and a crash
 while saving leaves the previous complete state in place.
 """
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..checkpoint import atomic_write_file, atomic_write_text
+from ..atomic import atomic_write_file, atomic_write_text
 from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_POLICIES
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset

@@ -26,7 +26,8 @@ import yaml
 from torch import nn
 
 from ..adapters import pear_state, unwrap
-from ..checkpoint import atomic_write_text, fingerprint, recover_dir, save as save_task
+from ..atomic import atomic_write_text, recover_dir
+from ..checkpoint import fingerprint, save as save_task
 from ..config import PearConfig
 from ..errors import PearError
 from ..importance import ImportanceTracker
