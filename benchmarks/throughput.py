@@ -47,11 +47,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pear import ImportanceTracker, plan, prune_and_share
+from pear import ImportanceTracker, PearConfig, freeze_norm_stats, make_plan, prune_and_share
 from pear.adapters import pear_state, positions
 from pear.errors import PearError
-from pear.harness.methods import freeze_norm_stats
-from pear.harness.train import TrainConfig, build, make_optimizer, resolve_device
+from pear.harness.batches import resolve_device
+from pear.harness.methods import build_model
+from pear.harness.options import default
+from pear.harness.train import make_optimizer
 
 METHODS = ("linear", "full", "adapter", "pear", "lora", "input-grad")
 DEFAULT_METHODS = METHODS[:5]
@@ -149,17 +151,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_bench(method: str, args, device: torch.device) -> Bench:
-    cfg = TrainConfig(data="synthetic", task="synthetic", out="unused", backbone=args.backbone,
-                      weights=args.weights, model_kwargs=args.model_kwargs,
-                      method="linear" if method == "input-grad" else method, img_size=args.img_size)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no pretrained weights given")
-        model, _, _ = build(cfg, args.num_classes, device)
+        model, _, _ = build_model(args.backbone, args.num_classes, "linear" if method == "input-grad" else method,
+                                  PearConfig(), weights=args.weights, img_size=args.img_size,
+                                  model_kwargs=args.model_kwargs, device=device)
     if method == "pear":
         # Fake scores: how adapters are ranked does not change the cost of the pruned model.
         g = torch.Generator().manual_seed(0)
         scores = {name: torch.rand((), generator=g).item() for name in positions(model)}
-        prune_and_share(model, plan(scores, pear_state(model).config, model))
+        prune_and_share(model, make_plan(scores, pear_state(model).config, model))
     if args.frozen_bf16:
         for p in model.parameters():
             if not p.requires_grad:
@@ -177,7 +178,7 @@ def make_bench(method: str, args, device: torch.device) -> Bench:
         # block 0 (a norm scale on a ViT) trains, and nothing before it.
         named = list(model.named_parameters())
         next((p for n, p in named if n.startswith("blocks.0.")), named[0][1]).requires_grad_(True)
-    return Bench(method, model, fwd, make_optimizer(model, cfg), x, y, compiler=compiler)
+    return Bench(method, model, fwd, make_optimizer(model, default("lr"), default("wd")), x, y, compiler=compiler)
 
 
 def step(b: Bench, amp: bool) -> None:

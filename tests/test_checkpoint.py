@@ -14,7 +14,7 @@ import pear
 from pear import ImportanceTracker, PearConfig, PearError
 from pear.atomic import sha256_file
 from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, fingerprint, read_checkpoint
-from pear.harness.methods import freeze_norm_stats
+from pear import freeze_norm_stats
 
 VIT = "vit_tiny_patch16_224"
 CNN = "tf_efficientnet_lite0"
@@ -51,7 +51,7 @@ def trained(model_factory, kind="vit", save_unpruned_to=None, **cfg):
     fit(model, x, y, 3, tracker)
     if save_unpruned_to is not None:
         pear.save(model, save_unpruned_to, backbone=VIT)
-    plan = pear.plan(tracker.scores(), pear.adapters.pear_state(model).config, model)
+    plan = pear.make_plan(tracker.scores(), pear.adapters.pear_state(model).config, model)
     tracker.close()
     pear.prune_and_share(model, plan)
     fit(model, x, y, 1)

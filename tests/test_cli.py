@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from pear.cli import main
 
-METHODS = ("linear", "full", "adapter", "pear", "prune", "lora")
+METHODS = ("linear", "full", "adapter", "pear", "prune", "peft-lora")
 ADAPTER_METHODS = ("adapter", "pear", "prune")
 N_TEST = 40  # tiny_vtab's test images
 
@@ -69,8 +69,15 @@ def test_each_method_writes_a_complete_run_folder(runs, method):
 def test_trainable_parameters_order_the_methods(runs):
     n = {m: json.loads((runs[m][0] / "metrics.json").read_text())["trainable_params"] for m in METHODS}
     assert n["linear"] == 32 * 3 + 3  # the head of a width-32 ViT, 3 classes
-    assert n["linear"] < n["lora"] < n["full"]
+    assert n["linear"] < n["peft-lora"] < n["full"]
     assert n["linear"] < n["pear"] <= n["prune"] < n["adapter"] < n["full"]
+
+
+def test_lora_is_an_alias_of_peft_lora():
+    from pear.harness.options import TrainConfig
+
+    assert TrainConfig(data="d", task="t", out="o", method="lora").method == "peft-lora"
+    assert TrainConfig.from_dict({"data": "d", "task": "t", "out": "o", "method": "lora", "rank": 4}).pear.rank == 4
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -245,3 +252,18 @@ def test_yaml_model_kwargs_that_are_not_a_mapping(tiny_vtab, tmp_path, capsys):
                            "--backbone", "vit_tiny_patch16_224", "--method", "linear"], capsys)
     assert rc == 2 and err == "pear: error: model_kwargs must be a mapping of timm.create_model arguments, " \
                               "got [1, 2]\n"
+
+
+def test_every_pear_option_is_a_train_flag(tmp_path):
+    from pear.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d", "--task", "t", "--out", "o", "--act", "gelu",
+                                      "--blocks", "0,1", "--sublayers", "mlp", "--target", "attn", "--init", "random",
+                                      "--share", "matched", "--rank", "4"])
+    pear = _train_config(args).pear
+    assert (pear.act, pear.blocks, pear.sublayers, pear.target, pear.init, pear.share, pear.rank) == (
+        "gelu", (0, 1), ("mlp",), "attn", "random", "rank", 4)
+    config = tmp_path / "c.yaml"
+    config.write_text("data: d\ntask: t\nout: o\npear: {act: identity, blocks: [1, 2]}\n")
+    pear = _train_config(build_parser().parse_args(["train", "-c", str(config), "--scale", "0.5"])).pear
+    assert (pear.act, pear.blocks, pear.scale) == ("identity", (1, 2), 0.5)

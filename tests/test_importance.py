@@ -183,7 +183,7 @@ def test_tracker_on_unattached_model_raises(tiny_vit):
 def test_tracker_after_pruning_raises(tiny_vit):
     model = pear.attach(tiny_vit, PearConfig(importance="random"))
     scores = ImportanceTracker(model).scores()
-    pear.prune_and_share(model, pear.plan(scores, pear.PearConfig(), model))
+    pear.prune_and_share(model, pear.make_plan(scores, pear.PearConfig(), model))
     with pytest.raises(ValueError, match="before pruning"):
         ImportanceTracker(model)
 

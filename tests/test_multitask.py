@@ -22,7 +22,7 @@ def train_task(model_factory, directory, num_classes, seed, seed_backbone=0, **c
     tracker = ImportanceTracker(model)
     for step in range(4):
         if step == 3:
-            pear.prune_and_share(model, pear.plan(tracker.scores(), pear.adapters.pear_state(model).config, model))
+            pear.prune_and_share(model, pear.make_plan(tracker.scores(), pear.adapters.pear_state(model).config, model))
             tracker.close()
             tracker = None
         opt.zero_grad(set_to_none=True)

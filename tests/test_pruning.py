@@ -48,7 +48,7 @@ def _vit6(model_factory, **cfg):
 def test_plan_prunes_round_ratio_n_of_the_least_important(n_blocks, ratio):
     names = vit_names(n_blocks)
     scores = shuffled_scores(names, seed=n_blocks)
-    p = pear.plan(scores, _cfg(prune_ratio=ratio))
+    p = pear.make_plan(scores, _cfg(prune_ratio=ratio))
     n = len(names)
     # Python's round(): ties go to the even count (0.25 * 6 = 1.5 -> 2, 0.75 * 6 = 4.5 -> 4).
     assert len(p.pruned) == round(ratio * n)
@@ -64,35 +64,35 @@ def test_plan_prunes_round_ratio_n_of_the_least_important(n_blocks, ratio):
 
 def test_plan_with_model_agrees_and_counts_parameters(model_factory):
     model = pear.attach(model_factory("vit"))
-    p = pear.plan(S6, _cfg(), model)
+    p = pear.make_plan(S6, _cfg(), model)
     assert p.pruned == S6_PRUNED and p.kept == S6_KEPT
     per = pear_state(model).unpruned_adapter_params // 6
     assert (p.pruned_params, p.total_params) == (3 * per, 6 * per)
-    assert p.digest() == pear.plan(S6, _cfg()).digest()
+    assert p.digest() == pear.make_plan(S6, _cfg()).digest()
 
 
 def test_ties_are_broken_by_model_order():
     scores = dict.fromkeys(vit_names(3), 1.0)
-    assert pear.plan(scores, _cfg()).pruned == ["blocks.0.attn", "blocks.0.mlp", "blocks.1.attn"]
+    assert pear.make_plan(scores, _cfg()).pruned == ["blocks.0.attn", "blocks.0.mlp", "blocks.1.attn"]
 
 
 @pytest.mark.parametrize("ratio", [0.9, 0.95, 0.99])
 def test_a_ratio_below_one_keeps_at_least_one_adapter(ratio):
     """prune_ratio is validated to lie in [0, 1): it must never prune every adapter
     (nothing would be left to share)."""
-    p = pear.plan(shuffled_scores(vit_names(3)), _cfg(prune_ratio=ratio))
+    p = pear.make_plan(shuffled_scores(vit_names(3)), _cfg(prune_ratio=ratio))
     assert len(p.kept) >= 1
     assert len(p.shares) == len(p.pruned)
 
 
 def test_a_ratio_below_one_keeps_at_least_one_cnn_adapter(tiny_cnn):
     model = pear.attach(tiny_cnn)
-    p = pear.plan({n: float(i) for i, n in enumerate(pear.positions(model))}, _cfg(prune_ratio=0.99), model)
+    p = pear.make_plan({n: float(i) for i, n in enumerate(pear.positions(model))}, _cfg(prune_ratio=0.99), model)
     assert p.kept == ["blocks.5.0"]  # the most important (and largest) adapter
 
 
 def test_rank_policy_maps_ith_least_important_pruned_to_ith_most_important_kept():
-    p = pear.plan(S6, _cfg(share="rank"))
+    p = pear.make_plan(S6, _cfg(share="rank"))
     assert p.pruned == S6_PRUNED
     assert p.shares == {
         "blocks.0.mlp": "blocks.2.mlp",   # least important pruned  <- most important kept
@@ -103,7 +103,7 @@ def test_rank_policy_maps_ith_least_important_pruned_to_ith_most_important_kept(
 
 def test_rank_policy_cycles_when_more_positions_are_pruned_than_kept():
     scores = {n: float(i) for i, n in enumerate(vit_names(3))}  # importance grows with depth
-    p = pear.plan(scores, _cfg(prune_ratio=0.75))  # round(4.5) = 4 pruned, 2 kept
+    p = pear.make_plan(scores, _cfg(prune_ratio=0.75))  # round(4.5) = 4 pruned, 2 kept
     assert p.kept == ["blocks.2.attn", "blocks.2.mlp"]
     assert p.shares == {
         "blocks.0.attn": "blocks.2.mlp", "blocks.0.mlp": "blocks.2.attn",
@@ -112,12 +112,12 @@ def test_rank_policy_cycles_when_more_positions_are_pruned_than_kept():
 
 
 def test_top1_policy_maps_every_pruned_position_to_the_best():
-    p = pear.plan(S6, _cfg(share="top1"))
+    p = pear.make_plan(S6, _cfg(share="top1"))
     assert p.shares == dict.fromkeys(S6_PRUNED, "blocks.2.mlp")
 
 
 def test_none_policy_gives_no_shares():
-    p = pear.plan(S6, _cfg(share="none"))
+    p = pear.make_plan(S6, _cfg(share="none"))
     assert p.pruned == S6_PRUNED and p.shares == {}
 
 
@@ -128,7 +128,7 @@ def test_nearest_policy_picks_the_closest_depth_of_the_same_kind():
         "blocks.2.attn": 0.20, "blocks.2.mlp": 0.85,
         "blocks.3.attn": 0.70, "blocks.3.mlp": 0.60,
     }
-    p = pear.plan(scores, _cfg(share="nearest", prune_ratio=0.375))  # 3 pruned
+    p = pear.make_plan(scores, _cfg(share="nearest", prune_ratio=0.375))  # 3 pruned
     assert p.pruned == ["blocks.0.mlp", "blocks.1.mlp", "blocks.2.attn"]
     assert p.shares == {
         # Same kind only: not blocks.1.attn (same block); kept mlps at depth 2 and 3 -> 2.
@@ -138,19 +138,19 @@ def test_nearest_policy_picks_the_closest_depth_of_the_same_kind():
         "blocks.2.attn": "blocks.1.attn",
     }
     # The rank policy would decide differently on the same scores.
-    assert pear.plan(scores, _cfg(share="rank", prune_ratio=0.375)).shares != p.shares
+    assert pear.make_plan(scores, _cfg(share="rank", prune_ratio=0.375)).shares != p.shares
 
 
 def test_nearest_policy_falls_back_to_another_kind_when_all_of_its_kind_are_pruned():
     scores = {"blocks.0.attn": 0.9, "blocks.0.mlp": 0.1, "blocks.1.attn": 0.8, "blocks.1.mlp": 0.2}
-    p = pear.plan(scores, _cfg(share="nearest"))
+    p = pear.make_plan(scores, _cfg(share="nearest"))
     assert p.shares == {"blocks.0.mlp": "blocks.0.attn", "blocks.1.mlp": "blocks.1.attn"}
 
 
 @pytest.mark.parametrize("scores, match", [({}, "empty"), ({"blocks.0.attn": float("nan")}, "finite")])
 def test_plan_rejects_bad_scores(scores, match):
     with pytest.raises(ValueError, match=match):
-        pear.plan(scores, _cfg())
+        pear.make_plan(scores, _cfg())
 
 
 def test_plan_rejects_scores_for_other_positions(model_factory):
@@ -158,7 +158,7 @@ def test_plan_rejects_scores_for_other_positions(model_factory):
     bad = dict(S6)
     bad["blocks.7.attn"] = bad.pop("blocks.0.attn")
     with pytest.raises(ValueError, match="positions"):
-        pear.plan(bad, _cfg(), model)
+        pear.make_plan(bad, _cfg(), model)
 
 
 # ---------------------------------------------------------------- CNN compatibility
@@ -184,7 +184,7 @@ def test_cnn_shares_only_between_equal_signatures(tiny_cnn, policy):
     assert peers == ["blocks.2.2", "blocks.3.0", "blocks.3.1"]
 
     scores = _cnn_scores(model, ["blocks.0.0", "blocks.2.1"])
-    p = pear.plan(scores, _cfg(share=policy, prune_ratio=0.3), model)
+    p = pear.make_plan(scores, _cfg(share=policy, prune_ratio=0.3), model)
     assert {"blocks.0.0", "blocks.2.1"} <= set(p.pruned)
     assert "blocks.0.0" not in p.shares  # nothing compatible is kept: pruned without a share
     kept_peers = [n for n in peers if n in p.kept]
@@ -211,7 +211,7 @@ def test_cnn_ratio_counts_parameters_not_adapters(tiny_cnn):
     assert len(set(sizes.values())) > 1
     scores = _cnn_scores(model, [])
     for ratio in (0.25, 0.5):
-        p = pear.plan(scores, _cfg(prune_ratio=ratio), model)
+        p = pear.make_plan(scores, _cfg(prune_ratio=ratio), model)
         assert p.total_params == sum(sizes.values())
         assert p.pruned_params == sum(sizes[n] for n in p.pruned)
         # The pruned prefix (least important first) is the one whose size is closest to the target.
@@ -227,7 +227,7 @@ def test_group_scope_prunes_within_each_compatible_group_so_every_pruned_positio
     sl = pear.slots(model)
     sig = {n: s.info.signature for n, s in sl.items()}
     scores = _cnn_scores(model, [])
-    p = pear.plan(scores, _cfg(prune_ratio=ratio, prune_scope="group"), model)
+    p = pear.make_plan(scores, _cfg(prune_ratio=ratio, prune_scope="group"), model)
     assert p.scope == "group"
     groups = {}
     for n in sl:
@@ -241,7 +241,7 @@ def test_group_scope_prunes_within_each_compatible_group_so_every_pruned_positio
     for q, k in p.shares.items():
         assert sig[q] == sig[k]
     # Global scope on the same scores leaves some pruned positions without a share.
-    g = pear.plan(scores, _cfg(prune_ratio=ratio), model)
+    g = pear.make_plan(scores, _cfg(prune_ratio=ratio), model)
     assert g.scope == "global" and set(g.shares) < set(g.pruned)
     pear.prune_and_share(model, p)
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
@@ -251,8 +251,8 @@ def test_group_scope_prunes_within_each_compatible_group_so_every_pruned_positio
 def test_group_scope_is_global_scope_on_a_vit(model_factory, ratio):
     scores = shuffled_scores(vit_names(3), seed=1)
     model = _vit6(model_factory)
-    a = pear.plan(scores, _cfg(prune_ratio=ratio), model)
-    b = pear.plan(scores, _cfg(prune_ratio=ratio, prune_scope="group"), model)
+    a = pear.make_plan(scores, _cfg(prune_ratio=ratio), model)
+    b = pear.make_plan(scores, _cfg(prune_ratio=ratio, prune_scope="group"), model)
     assert (a.pruned, a.kept, a.shares, a.digest()) == (b.pruned, b.kept, b.shares, b.digest())
 
 
@@ -280,7 +280,7 @@ def test_shared_positions_hold_the_same_module_and_pruned_tensors_are_gone(model
     sl = pear.slots(model)
     old = {n: list(sl[n].adapter.parameters()) for n in S6}  # keeps them alive: ids stay unique
     kept_params = {n: list(sl[n].adapter.parameters()) for n in S6_KEPT}
-    p = pear.plan(S6, pear_state(model).config, model)
+    p = pear.make_plan(S6, pear_state(model).config, model)
     pear.prune_and_share(model, p)
 
     live = {id(t) for t in model.parameters()}
@@ -304,7 +304,7 @@ def test_shared_positions_hold_the_same_module_and_pruned_tensors_are_gone(model
 
 def test_share_none_empties_pruned_positions(model_factory, vit_batch):
     model = _vit6(model_factory, share="none", knowledge="none")
-    pear.prune_and_share(model, pear.plan(S6, pear_state(model).config, model))
+    pear.prune_and_share(model, pear.make_plan(S6, pear_state(model).config, model))
     sl = pear.slots(model)
     assert all(sl[q].adapter is None and sl[q].frozen is None for q in S6_PRUNED)
     assert model(vit_batch[0]).shape == (4, 5)
@@ -318,7 +318,7 @@ def test_gradient_of_a_shared_adapter_sums_over_its_positions(model_factory, vit
     gradients must then add up to the gradient of the real, shared run. (float64 so the
     comparison can be tight.)"""
     model = _vit6(model_factory, share="top1", knowledge="none").double()
-    pear.prune_and_share(model, pear.plan(S6, pear_state(model).config, model))
+    pear.prune_and_share(model, pear.make_plan(S6, pear_state(model).config, model))
     sl = pear.slots(model)
     shared = sl["blocks.2.mlp"].adapter
     users = [n for n, s in sl.items() if s.adapter is shared]
@@ -352,7 +352,7 @@ def test_gradient_of_a_shared_adapter_sums_over_its_positions(model_factory, vit
 def test_merge_is_the_importance_weighted_average(model_factory, policy):
     model = _vit6(model_factory, share=policy, knowledge="merge")
     before = {n: {k: v.clone() for k, v in a.state_dict().items()} for n, a in adapter_modules(model).items()}
-    p = pear.plan(S6, pear_state(model).config, model)
+    p = pear.make_plan(S6, pear_state(model).config, model)
     pear.prune_and_share(model, p)
     sl = pear.slots(model)
     for k in S6_KEPT:
@@ -372,7 +372,7 @@ def test_merge_without_any_importance_signal_takes_the_plain_mean(model_factory)
     model = _vit6(model_factory, knowledge="merge", share="top1")
     zeros = dict.fromkeys(S6, 0.0)
     before = {n: a.up.weight.clone() for n, a in adapter_modules(model).items()}
-    p = pear.plan(zeros, pear_state(model).config, model)
+    p = pear.make_plan(zeros, pear_state(model).config, model)
     pear.prune_and_share(model, p)
     (k,) = set(p.shares.values())
     group = [k, *p.shares]
@@ -386,7 +386,7 @@ def test_frozen_keeps_the_old_adapter_beside_the_shared_one(model_factory, vit_b
     train_steps(model, vit_batch, 1, optimizer=opt)
     sl = pear.slots(model)
     old = {q: sl[q].adapter for q in S6_PRUNED}
-    p = pear.plan(S6, pear_state(model).config, model)
+    p = pear.make_plan(S6, pear_state(model).config, model)
     pear.prune_and_share(model, p)
     pear.prune_optimizer(opt, model)
     snap = {q: copy.deepcopy(old[q].state_dict()) for q in S6_PRUNED}
@@ -409,7 +409,7 @@ def test_frozen_without_sharing_loses_nothing(model_factory, vit_batch):
     x = vit_batch[0]
     with torch.no_grad():
         before = model(x)
-    pear.prune_and_share(model, pear.plan(S6, pear_state(model).config, model))
+    pear.prune_and_share(model, pear.make_plan(S6, pear_state(model).config, model))
     with torch.no_grad():
         after = model(x)
     assert torch.equal(before, after)
@@ -426,7 +426,7 @@ def test_prune_optimizer_drops_pruned_state_and_keeps_shared_state(model_factory
     kept_params = [t for k in S6_KEPT for t in sl[k].adapter.parameters()] + list(model.head.parameters())
     state_before = {id(t): (opt.state[t]["exp_avg"], opt.state[t]["exp_avg"].clone()) for t in kept_params}
 
-    pear.prune_and_share(model, pear.plan(S6, pear_state(model).config, model))
+    pear.prune_and_share(model, pear.make_plan(S6, pear_state(model).config, model))
     dropped = pear.prune_optimizer(opt, model)
 
     assert dropped == len(pruned_params) == 3 * 4  # down/up weight and bias per adapter
@@ -443,7 +443,7 @@ def test_prune_optimizer_drops_pruned_state_and_keeps_shared_state(model_factory
 
 def test_pruning_twice_raises(model_factory):
     model = _vit6(model_factory)
-    p = pear.plan(S6, pear_state(model).config, model)
+    p = pear.make_plan(S6, pear_state(model).config, model)
     pear.prune_and_share(model, p)
     with pytest.raises(ValueError, match="already"):
         pear.prune_and_share(model, p)
@@ -451,7 +451,7 @@ def test_pruning_twice_raises(model_factory):
 
 def test_prune_and_share_rejects_a_plan_for_other_positions(model_factory):
     model = _vit6(model_factory)
-    p = pear.plan(shuffled_scores(vit_names(4)), _cfg())
+    p = pear.make_plan(shuffled_scores(vit_names(4)), _cfg())
     with pytest.raises(ValueError, match="positions"):
         pear.prune_and_share(model, p)
     assert not pear_state(model).pruned
@@ -470,11 +470,11 @@ def test_prune_and_share_rejects_shares_that_do_not_map_pruned_to_kept(model_fac
 
 
 def test_plan_digest_and_round_trip():
-    a = pear.plan(S6, _cfg())
-    b = pear.plan({k: v * 2 for k, v in S6.items()}, _cfg())  # same decisions, other scores
+    a = pear.make_plan(S6, _cfg())
+    b = pear.make_plan({k: v * 2 for k, v in S6.items()}, _cfg())  # same decisions, other scores
     assert a.digest() == b.digest()
-    assert a.digest() != pear.plan(S6, _cfg(share="top1")).digest()
-    assert a.digest() != pear.plan(S6, _cfg(prune_ratio=0.25)).digest()
+    assert a.digest() != pear.make_plan(S6, _cfg(share="top1")).digest()
+    assert a.digest() != pear.make_plan(S6, _cfg(prune_ratio=0.25)).digest()
     back = PrunePlan.from_dict(json.loads(json.dumps(a.to_dict())))
     assert back == a and back.digest() == a.digest()
     older = {k: v for k, v in a.to_dict().items() if k != "scope"}  # a plan saved before prune_scope existed
@@ -491,7 +491,7 @@ def test_plan_digest_and_round_trip():
     ],
 )
 def test_plan_from_dict_rejects_malformed_plans(mutate):
-    d = pear.plan(S6, _cfg()).to_dict()
+    d = pear.make_plan(S6, _cfg()).to_dict()
     mutate(d)
     with pytest.raises(ValueError):
         PrunePlan.from_dict(d)
@@ -504,9 +504,14 @@ def test_training_goes_on_after_pruning(model_factory, batch_factory, train_step
     opt = torch.optim.AdamW([t for t in model.parameters() if t.requires_grad], lr=1e-2)
     tracker = ImportanceTracker(model)
     train_steps(model, batch, 2, tracker=tracker, optimizer=opt)
-    p = pear.plan(tracker.scores(), pear_state(model).config, model)
+    p = pear.make_plan(tracker.scores(), pear_state(model).config, model)
     tracker.close()
     pear.prune_and_share(model, p)
     assert pear.prune_optimizer(opt, model) > 0
     losses = train_steps(model, batch, 4, optimizer=opt)
     assert losses[-1] < losses[0]
+
+
+def test_plan_is_a_deprecated_alias_of_make_plan():
+    with pytest.warns(DeprecationWarning, match="pear.make_plan"):
+        assert pear.plan is pear.make_plan

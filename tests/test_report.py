@@ -19,7 +19,7 @@ HEAD = D * 5 + 5
 
 def _pruned_vit(model_factory, **cfg):
     model = pear.attach(model_factory("vit"), PearConfig(**cfg))
-    plan = pear.plan(S6, pear_state(model).config, model)
+    plan = pear.make_plan(S6, pear_state(model).config, model)
     pear.prune_and_share(model, plan)
     return model, plan
 
@@ -109,7 +109,7 @@ def test_report_on_a_pruned_cnn(tiny_cnn):
     model = pear.attach(tiny_cnn)
     names = pear.positions(model)
     scores = {n: float(i) for i, n in enumerate(names)}
-    plan = pear.plan(scores, pear_state(model).config, model)
+    plan = pear.make_plan(scores, pear_state(model).config, model)
     assert plan.shares  # blocks.4.1 -> blocks.4.2
     pear.prune_and_share(model, plan)
     r = pear.report(model)

@@ -3,7 +3,7 @@
     model = timm.create_model("vit_base_patch16_224", num_classes=10)
     pear.attach(model, pear.PearConfig(prune_ratio=0.5))
     tracker = pear.ImportanceTracker(model)          # tracker.update() after each backward
-    p = pear.plan(tracker.scores(), config, model)   # who is pruned, who shares whom
+    p = pear.make_plan(tracker.scores(), config, model)  # who is pruned, who shares whom
     pear.prune_and_share(model, p)
     pear.report(model)                               # per-position table + stored bytes
 """
@@ -14,7 +14,9 @@ from .config import PearConfig
 from .errors import PearError
 from .importance import ImportanceTracker
 from .multitask import MultiTaskModel
-from .pruning import PrunePlan, plan, prune_and_share, prune_optimizer
+from .norms import freeze_norm_stats
+from .pruning import PrunePlan, prune_and_share, prune_optimizer
+from .pruning import plan as make_plan
 from .report import report, share_map
 
 __all__ = [
@@ -26,9 +28,10 @@ __all__ = [
     "unwrap",
     "ImportanceTracker",
     "PrunePlan",
-    "plan",
+    "make_plan",
     "prune_and_share",
     "prune_optimizer",
+    "freeze_norm_stats",
     "report",
     "share_map",
     "save",
@@ -36,3 +39,14 @@ __all__ = [
     "MultiTaskModel",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `pear.plan` was this verb's name until 0.1; it reads like the PrunePlan it returns.
+    if name == "plan":
+        import warnings
+
+        warnings.warn("pear.plan is deprecated and will be removed in the next release; use pear.make_plan",
+                      DeprecationWarning, stacklevel=2)
+        return make_plan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -319,7 +319,7 @@ def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str
                 f"buffers (fingerprint {got}, saved {want['fingerprint']}). Usually these are BatchNorm "
                 f"running statistics that training in model.train() mode updated, so the saved model "
                 f"depended on them. Keep the frozen backbone's norm layers in eval mode while training "
-                f"(pear.harness.methods.freeze_norm_stats(model) after model.train()), then train and "
+                f"(pear.freeze_norm_stats(model) after model.train()), then train and "
                 f"save again")
         raise PearError(
             f"{ckpt.path} was trained on a backbone with weight fingerprint {want['fingerprint']}, but "

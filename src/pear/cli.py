@@ -16,93 +16,21 @@ import json
 import shlex
 import sys
 import warnings
-from dataclasses import fields
-
 
 from .errors import PearError
 from .harness.files import read_mapping
-
-# Recipe defaults live in TrainConfig; argparse defaults stay None so YAML (-c) values
-# apply unless a flag is given, and the dataclass supplies the rest.
-_TRAIN_FLAGS = {
-    "data": (str, "VTAB-format data root"),
-    "task": (str, "task folder name under --data"),
-    "out": (str, "run folder to create"),
-    "backbone": (str, "timm model name (default tf_efficientnet_lite0 with built-in ImageNet weights)"),
-    "weights": (str, "local pretrained weights: .safetensors, .pth or Google .npz"),
-    "model_kwargs": (str, "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'"),
-    "method": (str, "linear | full | adapter | pear | prune | lora"),
-    "img_size": (int, "input resolution (default 224)"),
-    "epochs": (int, "training epochs (default 100)"),
-    "warmup_epochs": (int, "linear LR warm-up epochs (default 10%% of epochs)"),
-    "batch_size": (int, "global batch size (default 64)"),
-    "lr": (float, "AdamW learning rate (default 1e-3)"),
-    "wd": (float, "AdamW weight decay (default 1e-4)"),
-    "seed": (int, "random seed (default 0)"),
-    "select_on": (str, "'val200': train on train800 and test the best val200 epoch"),
-    "adapter": (str, "adapter kind: parallel | sequential | lora"),
-    "rank": (int, "adapter bottleneck width r (default 8)"),
-    "scale": (float, "adapter output scale s (default 0.1)"),
-    "prune_ratio": (float, "share of adapter parameters to prune (default 0.5)"),
-    "prune_scope": (str, "where the ratio applies: global (paper) | group (ours: within each set of "
-                         "shape-compatible positions, e.g. a CNN stage, so every pruned position can share)"),
-    "share": (str, "share policy: rank | nearest | top1 | none"),
-    "knowledge": (str, "knowledge checkpoint: none | merge | frozen"),
-    "importance": (str, "importance: taylor | magnitude | gradient | output | random"),
-    "prune_epoch": (int, "epoch at which to prune (default: end of warm-up)"),
-    "device": (str, "auto | cpu | cuda | cuda:N"),
-    "workers": (int, "data loader worker processes (default 2)"),
-    "cache_gb": (float, "keep preprocessed images in memory up to this many GB (default 4)"),
-}
-_TRAIN_SWITCHES = {
-    "compile": "torch.compile the model (wrapped again after pruning; a few graphs, never one per step)",
-    "deterministic": "torch.use_deterministic_algorithms(True)",
-    "overwrite": "replace an existing run folder",
-    "resume": "continue the run in --out from its last complete epoch",
-}
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML file of training options (flags override it)")
-    g = p.add_argument_group("run")
-    for name, (typ, help_) in _TRAIN_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
-    for name, help_ in _TRAIN_SWITCHES.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None, help=help_)
-    g.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on with CUDA, off on CPU)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+from .harness.options import add_train_arguments
 
 
 def _train_config(args: argparse.Namespace):
-    from .harness.train import TrainConfig
+    from .harness.options import FLAG_NAMES, train_config_from_args
 
     values: dict = {}
     if args.config:
         loaded = read_mapping(args.config, "config file")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    known = {f.name for f in fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
-    if isinstance(values.get("model_kwargs"), str):  # the flag, or a YAML string
-        values["model_kwargs"] = _model_kwargs(values["model_kwargs"])
-    missing = [k for k in ("data", "task", "out") if not values.get(k)]
-    if missing:
-        raise PearError(f"pear train needs {', '.join('--' + m for m in missing)} (or set them in -c CONFIG)")
-    try:
-        return TrainConfig.from_dict(values)
-    except TypeError as exc:
-        raise PearError(f"bad training options: {exc}") from None
-
-
-def _model_kwargs(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PearError(f"--model-kwargs {text!r} is not valid JSON ({exc}); expected an object such as "
-                        "'{\"depth\": 2, \"embed_dim\": 32}'") from None
-    if not isinstance(value, dict):
-        raise PearError(f"--model-kwargs {text!r} must be a JSON object of timm.create_model arguments")
-    return value
+    values.update({k: v for k, v in vars(args).items() if k in FLAG_NAMES and v is not None})
+    return train_config_from_args(values)
 
 
 def cmd_train(args) -> int:
@@ -182,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one (task, method) run")
-    _add_train_args(p)
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="recompute a run's test accuracy from its saved checkpoint")
@@ -227,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("suite", help="run every (task, method, seed); resumable; writes results.csv/.md + plot")
     p.add_argument("--data", required=True)
     p.add_argument("--tasks", required=True, help="comma-separated task names")
-    p.add_argument("--methods", required=True, help="comma-separated: linear,full,adapter,prune,pear,lora and "
-                   "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group")
+    p.add_argument("--methods", required=True, help="comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too) and "
+                   "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group, "
+                   "or any Pear option as pear@FIELD=VALUE[@FIELD=VALUE...], e.g. pear@act=gelu@blocks=0+6")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", required=True)
     p.add_argument("-c", "--config", default=None, help="YAML of training options shared by all runs")

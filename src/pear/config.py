@@ -1,8 +1,9 @@
 """`PearConfig`: every option of the method, validated up front.
 
-Defaults follow `docs/method.md`: parallel (AdaptFormer-style) adapters of rank 8 and
-scale 0.1 on the attention and MLP sub-layer of every ViT block, first-order Taylor
-importance, half of the adapter parameters pruned, rank-matched sharing, and the
+Defaults follow the method as the README's "The method, and which parts are ours"
+table describes it: parallel (AdaptFormer-style) adapters of rank 8 and scale 0.1 on
+the attention and MLP sub-layer of every ViT block, first-order Taylor importance,
+half of the adapter parameters pruned, importance-matched sharing ('matched'), and the
 `merge` knowledge checkpoint.
 """
 
@@ -17,7 +18,11 @@ from typing import Any
 ADAPTER_KINDS = ("parallel", "sequential", "lora")
 SUBLAYERS = ("attn", "mlp")
 IMPORTANCE_METHODS = ("taylor", "magnitude", "gradient", "output", "random")
+# Stored values; the matched policy is stored under its earlier name 'rank', which
+# checkpoints, plans and pruning use.
 SHARE_POLICIES = ("rank", "nearest", "top1", "none")
+SHARE_POLICY_NAMES = ("matched", "nearest", "top1", "none")  # what users write
+SHARE_ALIASES = {"matched": "rank"}  # name -> stored value
 KNOWLEDGE_MODES = ("none", "merge", "frozen")
 PRUNE_SCOPES = ("global", "group")
 ACTIVATIONS = ("relu", "gelu", "identity")
@@ -71,8 +76,9 @@ class PearConfig:
     )
     share: str = field(
         default="rank",
-        metadata={"help": "Share policy for pruned positions: rank (i-th most important kept adapter to "
-                  "the i-th least important pruned position), nearest (closest kept position by depth, "
+        metadata={"help": "Share policy for pruned positions: matched (i-th most important kept adapter "
+                  "to the i-th least important pruned position; stored as 'rank', its earlier name, "
+                  "which is accepted too), nearest (closest kept position by depth, "
                   "same sub-layer kind), top1 (the single most important adapter), none (plain pruning)."},
     )
     knowledge: str = field(
@@ -95,6 +101,8 @@ class PearConfig:
         self._check_choice("act", ACTIVATIONS)
         self._check_choice("init", ("zero", "random"))
         self._check_choice("importance", IMPORTANCE_METHODS)
+        if isinstance(self.share, str):
+            self.share = SHARE_ALIASES.get(self.share, self.share)
         self._check_choice("share", SHARE_POLICIES)
         self._check_choice("prune_scope", PRUNE_SCOPES)
         self._check_choice("knowledge", KNOWLEDGE_MODES)

@@ -30,7 +30,8 @@ from torch import nn
 
 from pear.errors import PearError
 from pear.harness import distributed as D
-from pear.harness.train import TrainConfig, prepare_run_dir
+from pear.harness.rundir import prepare_run_dir
+from pear.harness.train import TrainConfig
 from pear.pruning import PrunePlan
 
 BATCH = 15

@@ -192,7 +192,7 @@ def checkpoint(tmp_path_factory):
     backbone = _backbone()
     model = pear.attach(copy.deepcopy(backbone), pear.PearConfig(rank=2, prune_ratio=0.5, knowledge="frozen"))
     scores = {name: float(i) for i, name in enumerate(pear.slots(model))}
-    pear.prune_and_share(model, pear.plan(scores, pear.PearConfig(rank=2, prune_ratio=0.5), model))
+    pear.prune_and_share(model, pear.make_plan(scores, pear.PearConfig(rank=2, prune_ratio=0.5), model))
     folder = tmp_path_factory.mktemp("ckpt") / "checkpoint"
     pear.save(model, folder, backbone="vit_tiny_patch16_224", class_names=["a", "b", "c"])
     pear.load(folder, copy.deepcopy(backbone))  # the pristine checkpoint loads

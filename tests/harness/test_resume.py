@@ -36,6 +36,7 @@ import pear.checkpoint as C
 from pear.atomic import recover_dir
 from pear.checkpoint import read_tensor_dir
 from pear.cli import main
+from pear.harness import rundir
 from pear.harness import train as T
 from pear.harness.state import STATE_FILES, STATE_FORMAT, load_state
 
@@ -196,7 +197,7 @@ def _load_saved_state(run: Path) -> dict:
     model, _, _ = T.build(cfg, 3, torch.device("cpu"))
     tracker = T.ImportanceTracker(model)
     try:
-        return load_state(run / "state", model, T.make_optimizer(model, cfg), tracker, torch.device("cpu"))
+        return load_state(run / "state", model, T.make_optimizer(model, cfg.lr, cfg.wd), tracker, torch.device("cpu"))
     finally:
         tracker.close()
 
@@ -416,14 +417,14 @@ def test_disk_full_while_saving_the_checkpoint_keeps_the_previous_one(tiny_vtab,
 @pytest.mark.parametrize("name", ["args.yaml", "metrics.json"])
 def test_disk_full_while_writing_run_files_is_a_clear_error(tiny_vtab, tmp_path, capsys, pear_train, monkeypatch,
                                                             name):
-    atomic_write_text = T.atomic_write_text
+    atomic_write_text = rundir.atomic_write_text
 
     def full(path, text):
         if Path(path).name == name:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         atomic_write_text(path, text)
 
-    monkeypatch.setattr(T, "atomic_write_text", full)
+    monkeypatch.setattr(rundir, "atomic_write_text", full)
     assert pear_train(tiny_vtab, tmp_path / "run", "--epochs", "2") == 2
     err = capsys.readouterr().err
     assert err == f"pear: error: could not write {tmp_path / 'run' / name}: No space left on device. " \

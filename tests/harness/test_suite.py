@@ -46,6 +46,12 @@ def data(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name, expected", [
     ("pear", {"method": "pear"}),
     ("lora", {"method": "lora"}),
+    ("peft-lora", {"method": "peft-lora"}),
+    ("pear-share-matched", {"method": "pear", "share": "matched"}),
+    ("pear-share-rank", {"method": "pear", "share": "rank"}),
+    ("pear@act=gelu@blocks=0+2", {"method": "pear", "act": "gelu", "blocks": (0, 2)}),
+    ("adapter@sublayers=mlp@rank=4", {"method": "adapter", "sublayers": ("mlp",), "rank": 4}),
+    ("pear@target=attn$", {"method": "pear", "target": "attn$"}),
     ("pear-share-nearest", {"method": "pear", "share": "nearest"}),
     ("pear-share-none", {"method": "pear", "share": "none"}),
     ("pear-kc-frozen", {"method": "pear", "knowledge": "frozen"}),
@@ -61,9 +67,16 @@ def test_method_grammar(name, expected):
 
 @pytest.mark.parametrize("name", ["pearl", "pear-share-", "pear-share-best", "pear-kc-merged", "pear-imp-",
                                   "pear-r1", "pear-r1.0", "pear-scope-", "pear-scope-stage", "pear-rnan", "pear-r1e-1", "pear-r-0.5", "adapter-r0.5",
-                                  "PEAR", ""])
+                                  "PEAR", "", "pearl@rank=4", "pear@target=a/b"])
 def test_method_grammar_rejects(name):
-    with pytest.raises(PearError, match=r"pear-share-\{rank,nearest,top1,none\}.*pear-r<ratio"):
+    with pytest.raises(PearError, match=r"pear-share-\{matched,nearest,top1,none\}.*pear-r<ratio"):
+        method_overrides(name)
+
+
+@pytest.mark.parametrize("name, problem", [("pear@rank", "is not FIELD=VALUE"), ("pear@nope=1", "is not FIELD=VALUE"),
+                                           ("pear@rank=x", "'x' is not a valid rank")])
+def test_method_grammar_rejects_bad_settings(name, problem):
+    with pytest.raises(PearError, match=problem):
         method_overrides(name)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from ..errors import PearError
 from .data import build_transform, load_image
 from .runs import rebuild
-from .train import resolve_device
+from .batches import resolve_device
 
 
 def image_files(images) -> list[Path]:

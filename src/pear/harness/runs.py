@@ -11,7 +11,7 @@ from torch import nn
 from ..checkpoint import CONFIG_FILE, load as load_task
 from ..errors import PearError
 from .files import read_mapping
-from .methods import METHODS, prepare
+from .methods import METHODS, canonical_method, prepare
 from .state import PLAIN_FILES, load_plain, read_plain
 
 
@@ -28,12 +28,6 @@ def checkpoint_kind(ckpt: Path) -> str:
                     f"{PLAIN_FILES[1]} (plain run) in it")
 
 
-def read_info(ckpt: Path) -> dict:
-    """The checkpoint's JSON description (validated when the tensors are loaded)."""
-    return read_mapping(Path(ckpt) / (CONFIG_FILE if checkpoint_kind(ckpt) == "pear" else PLAIN_FILES[1]),
-                        "checkpoint description")
-
-
 def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | None = None,
             device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """(model in eval mode, checkpoint info, data config) from a checkpoint folder.
@@ -41,7 +35,7 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     file used in training (the checkpoint's fingerprint check enforces it)."""
     ckpt = Path(ckpt)
     # Imported here: timm pulls in torchvision and torch._dynamo (seconds), which
-    # checkpoint_kind / read_info users such as `pear inspect` never need.
+    # checkpoint_kind users such as `pear inspect` never need.
     from .backbones import create_backbone
 
     kind = checkpoint_kind(ckpt)
@@ -97,7 +91,7 @@ def _validated_info(ckpt: Path, kind: str) -> dict:
         w = tensors.get(f"{info.get('head')}.weight")
         if n is not None and (w is None or w.ndim == 0 or w.shape[0] != n):
             raise PearError(f"{path} is malformed: num_classes {n} does not match the stored head")
-        if info.get("method") not in METHODS:
+        if canonical_method(info.get("method")) not in METHODS:
             raise PearError(f"{path} is malformed: method {info.get('method')!r} is not one of {', '.join(METHODS)}")
     names = info.get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(c, str) for c in names)
@@ -141,9 +135,9 @@ def load_run_config(run: Path) -> dict:
 def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     """Recompute a run's test accuracy from its saved checkpoint and compare it with
     the accuracy recorded in metrics.json."""
+    from .batches import Split, evaluate, resolve_device
     from .data import VtabDataset, build_transform
-    from .train import TrainConfig, Split, evaluate, resolve_device
-    from .distributed import Context
+    from .options import TrainConfig
 
     run = Path(run)
     cfg = TrainConfig.from_dict({**load_run_config(run), "resume": False, "overwrite": False})
@@ -152,7 +146,7 @@ def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
     amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
-    acc = evaluate(model, split, cfg, dev, amp, Context())
+    acc = evaluate(model, split, dev, amp, batch_size=cfg.eval_batch_size)
     recorded = None
     metrics = run / "metrics.json"
     if metrics.is_file():

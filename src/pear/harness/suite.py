@@ -6,9 +6,11 @@ Layout under OUT::
     logs/<task>/<method>/seed<k>.log   output of runs started as subprocesses (several devices)
     results.csv  results.md  accuracy_vs_bytes.png
 
-A suite method is a training method (linear, full, adapter, prune, pear, lora) or a
-Pear ablation that changes one option of `pear`: pear-share-POLICY, pear-kc-MODE,
-pear-imp-SCORER, pear-rRATIO. Calling `run_suite` again skips finished runs, resumes
+A suite method is a training method (linear, full, adapter, prune, pear, peft-lora; 'lora'
+is an alias of peft-lora), a Pear ablation that changes one option of `pear`:
+pear-share-POLICY, pear-kc-MODE, pear-imp-SCORER, pear-rRATIO, pear-scope-SCOPE, or a
+method with any Pear options set: METHOD@FIELD=VALUE[@FIELD=VALUE...], e.g.
+pear@act=gelu@blocks=0+6 (list items are joined by '+'). Calling `run_suite` again skips finished runs, resumes
 crashed ones from their last complete epoch and only then aggregates, so a suite can
 be stopped and restarted at will.
 """
@@ -27,27 +29,28 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
 from ..atomic import atomic_write_file, atomic_write_text
-from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_POLICIES
+from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_ALIASES, SHARE_POLICY_NAMES, PearConfig
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
 from .data import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS, task_info
 from .files import read_mapping
-from .methods import METHODS
-from .train import TrainConfig, train
+from .methods import METHOD_ALIASES, METHODS, canonical_method
+from .options import PEAR_FIELDS, TrainConfig, flat_options, value_parser
+from .train import train
 
 # ---------------------------------------------------------------- method grammar
 
 
-def _choice(field: str, choices: tuple[str, ...]):
+def _choice(field: str, choices: tuple[str, ...], aliases: tuple[str, ...] = ()):
     def parse(text: str) -> str:
-        if text not in choices:
+        if text not in choices and text not in aliases:
             raise ValueError(text)
         return text
     return field, parse, "{" + ",".join(choices) + "}"
@@ -63,19 +66,20 @@ def _ratio(text: str) -> float:
 
 # Name prefix -> (TrainConfig field it sets on method `pear`, parser of the rest, form).
 ABLATIONS = {
-    "pear-share-": _choice("share", SHARE_POLICIES),
+    "pear-share-": _choice("share", SHARE_POLICY_NAMES, tuple(SHARE_ALIASES.values())),
     "pear-kc-": _choice("knowledge", KNOWLEDGE_MODES),
     "pear-imp-": _choice("importance", IMPORTANCE_METHODS),
     "pear-r": ("prune_ratio", _ratio, "<ratio in [0,1)>"),
     "pear-scope-": _choice("prune_scope", PRUNE_SCOPES),
 }
-GRAMMAR = (*METHODS, *(prefix + form for prefix, (_, _, form) in ABLATIONS.items()))
+GRAMMAR = (*METHODS, *(prefix + form for prefix, (_, _, form) in ABLATIONS.items()), "METHOD@FIELD=VALUE[@...]")
 
 
 def method_overrides(name: str) -> dict:
     """The TrainConfig fields suite method `name` sets, e.g. 'pear-kc-frozen' ->
-    {'method': 'pear', 'knowledge': 'frozen'}."""
-    if name in METHODS:
+    {'method': 'pear', 'knowledge': 'frozen'}, 'pear@act=gelu@rank=4' ->
+    {'method': 'pear', 'act': 'gelu', 'rank': 4}."""
+    if name in METHODS or name in METHOD_ALIASES:
         return {"method": name}
     for prefix, (field, parse, _) in ABLATIONS.items():
         if name.startswith(prefix):
@@ -83,7 +87,22 @@ def method_overrides(name: str) -> dict:
                 return {"method": "pear", field: parse(name[len(prefix):])}
             except ValueError:
                 break
+    if "@" in name and "/" not in name:
+        method, *settings = name.split("@")
+        if method in METHODS or method in METHOD_ALIASES:
+            return {"method": method, **dict(_setting(name, s) for s in settings)}
     raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(GRAMMAR)}")
+
+
+def _setting(name: str, text: str) -> tuple[str, object]:
+    """'rank=4' -> ('rank', 4), parsed as `pear train --rank 4` would be."""
+    field, eq, value = text.partition("=")
+    if not eq or field not in PEAR_FIELDS:
+        raise PearError(f"suite method {name!r}: {text!r} is not FIELD=VALUE with FIELD one of {', '.join(PEAR_FIELDS)}")
+    try:
+        return field, value_parser(PearConfig, field)(value)
+    except ValueError:
+        raise PearError(f"suite method {name!r}: {value!r} is not a valid {field}") from None
 
 
 # ---------------------------------------------------------------- running
@@ -188,12 +207,18 @@ def _check_same_options(run: _Run) -> None:
         return
     old = read_mapping(args, "run options")
     # Only options the run recorded: a field added to TrainConfig later is no difference.
-    diff = {k: (old[k], v) for k, v in asdict(run.cfg).items()
-            if k in old and k not in _EXECUTION_FIELDS and old[k] != v}
+    old = flat_options(old)
+    diff = {k: (old[k], v) for k, v in flat_options(run.cfg.to_dict()).items()
+            if k in old and k not in _EXECUTION_FIELDS and _recorded(k, old[k]) != v}
     if diff:
         shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
         raise PearError(f"run folder {run.dir} was made with other options ({shown}); use another suite "
                         f"folder, or delete that run folder to train it again")
+
+
+def _recorded(key: str, value):
+    """A recorded option in today's spelling (a method's earlier alias resolved)."""
+    return canonical_method(value) if key == "method" and isinstance(value, str) else value
 
 
 def _run_here(todo: list[_Run]) -> list[str]:
@@ -245,7 +270,7 @@ def _run_queue(todo: list[_Run], devices: list[str], out: Path) -> list[str]:
 
 
 def _spawn(run: _Run, device: str, config_file: Path, out: Path) -> tuple:
-    config_file.write_text(yaml.safe_dump(asdict(run.cfg), sort_keys=False), encoding="utf-8")
+    config_file.write_text(yaml.safe_dump(run.cfg.to_dict(), sort_keys=False), encoding="utf-8")
     log_path = out / "logs" / run.task / run.method / f"seed{run.seed}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "a", encoding="utf-8")  # a resumed run appends to its earlier output
@@ -310,6 +335,7 @@ def _task_key(task: str) -> tuple:
 
 
 def _method_key(method: str) -> tuple:
+    method = canonical_method(method)
     return (METHODS.index(method), "") if method in METHODS else (len(METHODS), method)
 
 
@@ -439,7 +465,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         y = statistics.fmean(_mean_of(runs, "test_acc") for runs in per_task)
         label = m if len(per_task) == len(tasks) else f"{m} ({len(per_task)}/{len(tasks)} tasks)"
         ax.scatter([x], [y], marker=markers[i % len(markers)], color=colors[i % len(colors)], s=50, label=label)
-        if m in METHODS:  # ablations crowd around `pear`: the legend names them
+        if canonical_method(m) in METHODS:  # ablations crowd around `pear`: the legend names them
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per task (mean over tasks, log scale)")

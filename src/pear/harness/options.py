@@ -1,0 +1,253 @@
+"""`TrainConfig`: every option of a run, declared once.
+
+Each field carries its help text; `pear train`'s flags, the YAML config (`-c`) and the
+suite's method grammar are all generated from these fields and from `PearConfig`'s,
+so an option is written in one place. The Pear options live in `TrainConfig.pear`, a
+`PearConfig`; flat Pear keys (`rank: 4`, as args.yaml files written before they were
+nested hold them) are read into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..config import PearConfig
+from ..errors import PearError
+from .methods import METHOD_ALIASES, METHODS, PRUNING_METHODS, canonical_method, pear_config_for
+
+
+def _opt(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, **kwargs) -> Any:
+    """A field with its help text; cli=False keeps it out of `pear train`'s flags."""
+    return field(default=default, metadata={"help": help, "cli": cli}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written to RUN_DIR/args.yaml."""
+
+    data: str = _opt(help="VTAB-format data root")
+    task: str = _opt(help="task folder name under --data")
+    out: str = _opt(help="run folder to create")
+    backbone: str = _opt("tf_efficientnet_lite0", "timm model name (the default has built-in ImageNet weights)")
+    weights: str | None = _opt(None, "local pretrained weights: .safetensors, .pth or Google .npz")
+    model_kwargs: dict = field(default_factory=dict, metadata={
+        "help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True})
+    method: str = _opt("pear", " | ".join(METHODS) + " (" + ", ".join(
+        f"{old!r} = {new!r}" for old, new in METHOD_ALIASES.items()) + ")")
+    img_size: int = _opt(224, "input resolution")
+    epochs: int = _opt(100, "training epochs")
+    warmup_epochs: int | None = _opt(None, "linear LR warm-up epochs (default: 10% of epochs, at least 1)")
+    batch_size: int = _opt(64, "global batch size")
+    lr: float = _opt(1e-3, "AdamW learning rate")
+    wd: float = _opt(1e-4, "AdamW weight decay")
+    seed: int = _opt(0, "random seed (also of the 'random' importance control)")
+    train_split: str = _opt("train800val200", "split to train on (train800 with --select-on)", cli=False)
+    select_on: str | None = _opt(None, "'val200': train on train800 and test the best val200 epoch")
+    pear: PearConfig = field(default_factory=PearConfig, metadata={"help": "Pear options", "cli": False})
+    prune_epoch: int | None = _opt(None, "epoch at which to prune (default: the end of the warm-up)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool | None = _opt(None, "bf16 autocast (default: on with CUDA, off on CPU)")
+    compile: bool = _opt(False, "torch.compile the model (wrapped again after pruning; a few graphs, never one "
+                                "per step)")
+    workers: int = _opt(2, "data loader worker processes")
+    cache_gb: float = _opt(4.0, "keep preprocessed images in memory up to this many GB")
+    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms(True)")
+    progress: bool = _opt(True, "progress bar")
+    overwrite: bool = _opt(False, "replace an existing run folder")
+    resume: bool = _opt(False, "continue the run in --out from its last complete epoch")
+    eval_batch_size: int = _opt(256, "evaluation batch size")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pear, dict):
+            self.pear = _pear_from_dict(self.pear)
+        if self.method not in METHODS and self.method not in METHOD_ALIASES:
+            raise PearError(f"--method {self.method!r} is unknown; expected one of {', '.join(METHODS)}")
+        self.method = canonical_method(self.method)
+        for name in ("epochs", "batch_size", "img_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PearError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise PearError(f"model_kwargs must be a mapping of timm.create_model arguments, got {self.model_kwargs!r}")
+        if self.warmup_epochs is None:
+            self.warmup_epochs = max(1, round(0.1 * self.epochs)) if self.epochs > 1 else 0
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise PearError(f"--warmup-epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.prune_epoch is None:
+            self.prune_epoch = max(1, self.warmup_epochs)
+        if self.method in PRUNING_METHODS and not 1 <= self.prune_epoch < self.epochs:
+            raise PearError(f"--prune-epoch must be in [1, epochs) = [1, {self.epochs}) so there is a scoring "
+                            f"window before pruning and training after it; got {self.prune_epoch}")
+        if self.select_on not in (None, "val200"):
+            raise PearError(f"--select-on must be 'val200' if given, got {self.select_on!r}")
+        if self.select_on:
+            self.train_split = "train800"
+        if not self.lr > 0 or not self.wd >= 0:
+            raise PearError(f"--lr must be > 0 and --wd >= 0, got lr={self.lr}, wd={self.wd}")
+        # The run's seed also seeds the 'random' importance control.
+        self.pear = _pear_from_dict({**self.pear.to_dict(), "seed": self.seed})
+
+    def pear_config(self) -> PearConfig:
+        """The Pear config this run's method trains with ('adapter' never prunes, 'prune' never shares)."""
+        return pear_config_for(self.method, self.pear)
+
+    def to_dict(self) -> dict:
+        """Plain values (YAML- and JSON-safe), the Pear options nested under 'pear'."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["pear"] = {k: v for k, v in self.pear.to_dict().items() if k != "seed"}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a mapping such as args.yaml; Pear options may be nested under 'pear' or,
+        as in earlier args.yaml files, given flat."""
+        d = dict(d)
+        pear = dict(d.pop("pear", None) or {})
+        pear.update({k: d.pop(k) for k in PEAR_FIELDS if k in d})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PearError(f"unknown training option(s) {unknown}; known: {sorted(known | set(PEAR_FIELDS))}")
+        return cls(**d, pear=_pear_from_dict(pear))
+
+
+# PearConfig's fields set through TrainConfig.pear (its seed is the run's).
+PEAR_FIELDS = tuple(f.name for f in fields(PearConfig) if f.name != "seed")
+# The names of `pear train`'s flags' values (argparse dests).
+FLAG_NAMES = frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("cli", True)) | set(PEAR_FIELDS)
+
+
+def default(name: str) -> Any:
+    """The default of TrainConfig field `name` (the recipe's, for code that trains without a TrainConfig)."""
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+
+def _pear_from_dict(d: dict) -> PearConfig:
+    try:
+        return PearConfig.from_dict(d)
+    except (TypeError, ValueError) as exc:
+        raise PearError(str(exc)) from None
+
+
+def flat_options(d: dict) -> dict:
+    """A TrainConfig mapping (nested or flat Pear options) as one flat dict, Pear
+    options under their own names: the form in which two runs' options compare."""
+    d = dict(d)
+    pear = d.pop("pear", None) or {}
+    return {**d, **{k: v for k, v in pear.items() if k != "seed"}}
+
+
+# ---------------------------------------------------------------- parsing option values from text
+
+def _hint(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _items(text: str) -> list[str]:
+    """'a,b' or 'a+b' (the suite's method names are comma-separated, so they use '+')."""
+    return [t for t in text.replace("+", ",").split(",") if t]
+
+
+def value_parser(cls, name: str):
+    """text -> value of field `name` of dataclass `cls` (TrainConfig or PearConfig)."""
+    hint = _hint(cls, name)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = typing.get_origin(hint) or hint
+    if base is typing.Union or (args and type(None) in typing.get_args(hint)):
+        base, args = (typing.get_origin(args[0]) or args[0]), list(typing.get_args(args[0]))
+    if base is tuple:
+        item = args[0]
+        return lambda text: tuple(item(t) for t in _items(text))
+    if base is dict:
+        return _json_object
+    if base is bool:
+        return _bool
+    return base
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PearError(f"--model-kwargs {text!r} is not valid JSON ({exc}); expected an object such as "
+                        "'{\"depth\": 2, \"embed_dim\": 32}'") from None
+    if not isinstance(value, dict):
+        raise PearError(f"--model-kwargs {text!r} must be a JSON object of timm.create_model arguments")
+    return value
+
+
+# ---------------------------------------------------------------- command-line flags
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata.get("help", "")
+    if f.default not in (dataclasses.MISSING, None, False, True) and "default" not in text:
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        text += f" (default {shown})"
+    return text.replace("%", "%%")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """`pear train`'s flags, one per TrainConfig and PearConfig field. Their defaults stay
+    None, so -c YAML values apply unless a flag is given and the dataclasses supply the rest."""
+    parser.add_argument("-c", "--config", help="YAML file of training options (flags override it)")
+    run = parser.add_argument_group("run")
+    for f in fields(TrainConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        if f.name == "amp":
+            run.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None, help=_help(f))
+        elif f.name == "progress":
+            run.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+        elif _hint(TrainConfig, f.name) is bool:
+            run.add_argument(_flag(f.name), dest=f.name, action="store_true", default=None, help=_help(f))
+        else:  # model_kwargs stays text here: bad JSON is a PearError, not an argparse usage error
+            typ = str if f.name == "model_kwargs" else _arg_type(TrainConfig, f.name)
+            run.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=_help(f))
+    pear = parser.add_argument_group("Pear options (pear.PearConfig)")
+    for f in fields(PearConfig):
+        if f.name in PEAR_FIELDS:
+            pear.add_argument(_flag(f.name), dest=f.name, type=_arg_type(PearConfig, f.name), default=None,
+                              help=_help(f))
+
+
+def _arg_type(cls, name: str):
+    parse = value_parser(cls, name)
+
+    def typed(text: str):
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+
+    typed.__name__ = name
+    return typed
+
+
+def train_config_from_args(values: dict) -> TrainConfig:
+    """TrainConfig from -c YAML values (`values`) with the given flags on top."""
+    missing = [k for k in ("data", "task", "out") if not values.get(k)]
+    if missing:
+        raise PearError(f"pear train needs {', '.join(_flag(m) for m in missing)} (or set them in -c CONFIG)")
+    if isinstance(values.get("model_kwargs"), str):  # a YAML string
+        values["model_kwargs"] = _json_object(values["model_kwargs"])
+    try:
+        return TrainConfig.from_dict(values)
+    except TypeError as exc:
+        raise PearError(f"bad training options: {exc}") from None
