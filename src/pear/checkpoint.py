@@ -408,9 +408,12 @@ def skeleton_config(ckpt: TaskCheckpoint) -> PearConfig:
 
 
 def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | None = None) -> nn.Module:
-    """Rebuild a Pear task on `backbone` (a plain timm model with the same weights it
-    was trained on). Validates everything first; the backbone is modified only once
-    the whole checkpoint is known to fit."""
+    """Rebuild a Pear task for `backbone` (a plain timm model with the same weights it
+    was trained on) and return the adapted model. Validates everything first, then
+    builds on a deep copy of the backbone, which is returned: `backbone` itself is never
+    modified, so nothing is half-loaded when the tensors do not fit, at the price of
+    holding the backbone twice in memory while loading (drop your reference to
+    `backbone` afterwards if you no longer need it)."""
     ckpt = read_checkpoint(directory)
     check_backbone(ckpt, backbone, backbone_name)
     base = unwrap(backbone)
