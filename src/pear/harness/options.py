@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import PearConfig
 from ..errors import PearError
+from .hub import default_backbone
 from .methods import METHOD_ALIASES, METHODS, PRUNING_METHODS, canonical_method, pear_config_for
 
 
@@ -33,8 +34,10 @@ class TrainConfig:
     data: str = _opt(help="VTAB-format data root")
     task: str = _opt(help="task folder name under --data")
     out: str = _opt(help="run folder to create")
-    backbone: str = _opt("tf_efficientnet_lite0", "timm model name (the default has built-in ImageNet weights)")
-    weights: str | None = _opt(None, "local pretrained weights: .safetensors, .pth or Google .npz")
+    backbone: str | None = _opt(None, "timm model name (default: the architecture a --weights folder's config.json "
+                                      "names, else tf_efficientnet_lite0 with its built-in ImageNet weights)")
+    weights: str | None = _opt(None, "local pretrained weights: .safetensors, .pth or Google .npz, or a HuggingFace "
+                                     "transformers ViT / timm hub folder (config.json + model.safetensors)")
     model_kwargs: dict = field(default_factory=dict, metadata={
         "help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True})
     method: str = _opt("pear", " | ".join(METHODS) + " (" + ", ".join(
@@ -65,6 +68,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.pear, dict):
             self.pear = _pear_from_dict(self.pear)
+        if self.backbone is None:
+            self.backbone = default_backbone(self.weights)
         if self.method not in METHODS and self.method not in METHOD_ALIASES:
             raise PearError(f"--method {self.method!r} is unknown; expected one of {', '.join(METHODS)}")
         self.method = canonical_method(self.method)
