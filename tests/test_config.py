@@ -32,7 +32,7 @@ INVALID = [
     ({"prune_ratio": float("nan")}, "prune_ratio"),
     ({"prune_ratio": "0.5"}, "prune_ratio"),
     ({"share": "random"}, "share"),
-    ({"knowledge": "distill"}, "knowledge"),
+    ({"knowledge": "distil"}, "knowledge"),
     ({"importance": "fisher"}, "importance"),
     ({"adapter": "prefix"}, "adapter"),
     ({"act": "tanh"}, "act"),

@@ -17,8 +17,7 @@ from .errors import PearError
 from .importance import ImportanceTracker
 from .multitask import MultiTaskModel
 from .norms import freeze_norm_stats
-from .pruning import PrunePlan, prune_and_share, prune_optimizer
-from .pruning import plan as make_plan
+from .pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
 from .report import report, share_map
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "PrunePlan",
     "make_plan",
     "prune_and_share",
+    "capture_inputs",
     "prune_optimizer",
     "freeze_norm_stats",
     "report",

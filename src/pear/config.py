@@ -23,7 +23,7 @@ IMPORTANCE_METHODS = ("taylor", "magnitude", "gradient", "output", "random")
 SHARE_POLICIES = ("rank", "nearest", "top1", "none")
 SHARE_POLICY_NAMES = ("matched", "nearest", "top1", "none")  # what users write
 SHARE_ALIASES = {"matched": "rank"}  # name -> stored value
-KNOWLEDGE_MODES = ("none", "merge", "frozen")
+KNOWLEDGE_MODES = ("none", "merge", "frozen", "distill", "svd")
 PRUNE_SCOPES = ("global", "group")
 ACTIVATIONS = ("relu", "gelu", "identity")
 
@@ -84,8 +84,15 @@ class PearConfig:
     knowledge: str = field(
         default="merge",
         metadata={"help": "Knowledge checkpoint: none (discard pruned weights), merge (importance-weighted "
-                  "average into the shared adapter, storage-free), frozen (keep pruned adapter as a "
-                  "frozen residual; costs storage)."},
+                  "average of parameters into the shared adapter, storage-free), frozen (keep pruned adapter as "
+                  "a frozen residual; costs storage), distill (ours: the shared adapter is fitted, for "
+                  "distill_steps steps at the prune step, to reproduce both its own output and each pruned "
+                  "adapter's output at their positions; storage-free), svd (ours, for adapters without a "
+                  "nonlinearity: importance-weighted sum of up @ down, truncated back to rank r by SVD)."},
+    )
+    distill_steps: int = field(
+        default=100,
+        metadata={"help": "Adam steps of the 'distill' knowledge checkpoint (ignored by the other modes)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the 'random' importance control."})
 
@@ -108,6 +115,13 @@ class PearConfig:
         self._check_choice("knowledge", KNOWLEDGE_MODES)
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"PearConfig.rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.distill_steps, bool) or not isinstance(self.distill_steps, int) or self.distill_steps < 1:
+            raise ValueError(f"PearConfig.distill_steps must be a positive integer, got {self.distill_steps!r}")
+        if self.knowledge == "svd" and self.adapter != "lora" and self.act != "identity":
+            raise ValueError(
+                f"PearConfig.knowledge='svd' merges adapters in product space (up @ down), which only keeps what "
+                f"they compute without a nonlinearity: use adapter='lora' or act='identity', not act={self.act!r}"
+            )
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
             raise ValueError(f"PearConfig.scale must be a finite number, got {self.scale!r}")
         if not isinstance(self.prune_ratio, (int, float)) or not 0.0 <= self.prune_ratio < 1.0:

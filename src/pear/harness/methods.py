@@ -3,21 +3,28 @@
 linear: head only. full: everything. adapter: Pear adapters, never pruned.
 pear: adapters + prune-and-share + knowledge checkpoint. prune: pear with share=none
 (the ablation). peft-lora: HuggingFace peft's LoRA on the same backbone (the peer
-baseline; not Pear's own `PearConfig(adapter="lora")`), also accepted as 'lora'.
+baseline; not Pear's own `PearConfig(adapter="lora")`), also accepted as 'lora', at
+rank `PearConfig.rank`. peft-lora-eq: the same LoRA at the rank whose trainable
+parameters come closest to the unpruned `adapter` method's on this backbone (an
+equal-budget baseline).
 """
 
 from __future__ import annotations
 
+import copy
+import re
+
 import torch
 from torch import nn
 
-from ..adapters import attach, is_transformer
+from ..adapters import attach, is_transformer, pear_state
 from ..checkpoint import head_name
 from ..config import PearConfig
 from ..errors import PearError
 from ..norms import freeze_norm_stats  # noqa: F401  (its home before pear.freeze_norm_stats)
 
-METHODS = ("linear", "full", "adapter", "pear", "prune", "peft-lora")
+METHODS = ("linear", "full", "adapter", "pear", "prune", "peft-lora", "peft-lora-eq")
+LORA_METHODS = ("peft-lora", "peft-lora-eq")
 METHOD_ALIASES = {"lora": "peft-lora"}  # earlier names, still accepted
 PEAR_METHODS = ("adapter", "pear", "prune")
 PRUNING_METHODS = ("pear", "prune")
@@ -38,8 +45,9 @@ def pear_config_for(method: str, config: PearConfig) -> PearConfig:
     return PearConfig.from_dict(d)
 
 
-def prepare(model: nn.Module, method: str, config: PearConfig) -> nn.Module:
-    """Freeze / wrap `model` for `method`; returns the model to train."""
+def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float | None = None) -> nn.Module:
+    """Freeze / wrap `model` for `method`; returns the model to train. lora_alpha: peft LoRA's
+    alpha (default: its rank, a scale of 1)."""
     method = canonical_method(method)
     if method not in METHODS:
         raise PearError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
@@ -54,8 +62,9 @@ def prepare(model: nn.Module, method: str, config: PearConfig) -> nn.Module:
         for p in model.get_submodule(head).parameters():
             p.requires_grad_(True)
         return model
-    if method == "peft-lora":
-        return _lora(model, config, head)
+    if method in LORA_METHODS:
+        rank = lora_rank(model, config) if method == "peft-lora-eq" else config.rank
+        return _lora(model, rank, lora_alpha, head)
     return attach(model, pear_config_for(method, config))
 
 
@@ -66,12 +75,29 @@ def lora_targets(model: nn.Module) -> str:
     return r".*blocks\.\d+\.\d+\.(conv_pwl|conv_pw)"
 
 
-def _lora(model: nn.Module, config: PearConfig, head: str) -> nn.Module:
+def lora_rank(model: nn.Module, config: PearConfig) -> int:
+    """The LoRA rank whose trainable parameters come closest to those of the unpruned Pear
+    adapters that `config` would attach to `model` (counted on a copy)."""
+    budget = pear_state(attach(copy.deepcopy(model), pear_config_for("adapter", config))).unpruned_adapter_params
+    pattern = lora_targets(model)
+    per_rank = 0  # LoRA adds r * (fan-in + fan-out) per targeted layer
+    for name, m in model.named_modules():
+        if re.fullmatch(pattern, name):
+            if isinstance(m, nn.Linear):
+                per_rank += m.in_features + m.out_features
+            elif isinstance(m, nn.Conv2d):
+                per_rank += m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels
+    if per_rank == 0:
+        raise PearError(f"peft-lora-eq: no layer of {type(model).__name__} matches the LoRA targets {pattern!r}")
+    return max(1, round(budget / per_rank))
+
+
+def _lora(model: nn.Module, rank: int, alpha: float | None, head: str) -> nn.Module:
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
         raise PearError("method 'peft-lora' needs the optional package peft: pip install 'pear-peft[lora]'") from None
-    lcfg = LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=lora_targets(model),
+    lcfg = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=lora_targets(model),
                       lora_dropout=0.0, bias="none")
     model = inject_adapter_in_model(lcfg, model)
     for n, p in model.named_parameters():
@@ -84,7 +110,7 @@ def _lora(model: nn.Module, config: PearConfig, head: str) -> nn.Module:
 
 def build_model(backbone: str, num_classes: int, method: str = "pear", config: PearConfig | None = None, *,
                 weights: str | None = None, img_size: int | None = None, model_kwargs: dict | None = None,
-                device: str | torch.device = "cpu") -> tuple[nn.Module, dict, str]:
+                device: str | torch.device = "cpu", lora_alpha: float | None = None) -> tuple[nn.Module, dict, str]:
     """A timm backbone prepared for `method`: (model on `device`, its data config, the
     frozen backbone's fingerprint, taken before any adapter goes in)."""
     from ..checkpoint import fingerprint
@@ -93,5 +119,5 @@ def build_model(backbone: str, num_classes: int, method: str = "pear", config: P
     model, data_cfg = create_backbone(backbone, num_classes, weights, img_size=img_size,
                                       model_kwargs=model_kwargs or {})
     fp = fingerprint(model)
-    model = prepare(model, method, config or PearConfig())
+    model = prepare(model, method, config or PearConfig(), lora_alpha)
     return model.to(device), data_cfg, fp

@@ -53,6 +53,7 @@ class TrainConfig:
     select_on: str | None = _opt(None, "'val200': train on train800 and test the best val200 epoch")
     pear: PearConfig = field(default_factory=PearConfig, metadata={"help": "Pear options", "cli": False})
     prune_epoch: int | None = _opt(None, "epoch at which to prune (default: the end of the warm-up)")
+    lora_alpha: float | None = _opt(None, "alpha of the peft-lora baselines (default: their rank, a scale of 1)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     amp: bool | None = _opt(None, "bf16 autocast (default: on with CUDA, off on CPU)")
     compile: bool = _opt(False, "torch.compile the model (wrapped again after pruning; a few graphs, never one "

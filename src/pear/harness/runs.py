@@ -56,7 +56,7 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
         model = load_task(ckpt, model, backbone_name=name)
     else:
         _check_plain_backbone(ckpt, info, model)
-        model = prepare(model, info.get("method", "linear"), _plain_pear_config(info))
+        model = prepare(model, info.get("method", "linear"), _plain_pear_config(info), meta.get("lora_alpha"))
         load_plain(ckpt, model)
     return model.to(device).eval(), info, data_cfg
 
@@ -66,7 +66,8 @@ _NONE = type(None)
 _REBUILD_FIELDS = {"num_classes": (int, _NONE), "head": (str, _NONE), "method": str, "backbone": (dict, _NONE),
                    "meta": (dict, _NONE)}
 _BACKBONE_FIELDS = {"name": (str, _NONE), "fingerprint": (str, _NONE)}
-_META_FIELDS = {"img_size": (int, _NONE), "model_kwargs": (dict, _NONE), "seed": int, "rank": int}
+_META_FIELDS = {"img_size": (int, _NONE), "model_kwargs": (dict, _NONE), "seed": int, "rank": int,
+                "lora_alpha": (int, float, _NONE)}
 
 
 def _validated_info(ckpt: Path, kind: str) -> dict:

@@ -32,7 +32,7 @@ from ..checkpoint import save as save_task
 from ..errors import PearError
 from ..importance import ImportanceTracker
 from ..norms import freeze_norm_stats
-from ..pruning import PrunePlan, plan as make_plan, prune_and_share, prune_optimizer
+from ..pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
 from ..report import report
 from . import distributed as D
 from .batches import GlobalBatches, Split, evaluate, resolve_device
@@ -75,7 +75,7 @@ def make_optimizer(model: nn.Module, lr: float, wd: float) -> torch.optim.Optimi
 def build(cfg: TrainConfig, num_classes: int, device: torch.device):
     """Backbone + method; returns (model, data_config, backbone fingerprint)."""
     return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear, weights=cfg.weights, img_size=cfg.img_size,
-                       model_kwargs=cfg.model_kwargs, device=device)
+                       model_kwargs=cfg.model_kwargs, device=device, lora_alpha=cfg.lora_alpha)
 
 
 def train(cfg: TrainConfig) -> dict | None:
@@ -200,7 +200,7 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
     """Prune if it is time, train one epoch, validate, log, save the state."""
     cfg, ctx = run.cfg, run.ctx
     if run.tracker is not None and epoch == cfg.prune_epoch:
-        run.plan = _prune(run.model, run.tracker, run.optimizer, ctx)
+        run.plan = _prune(run.model, run.tracker, run.optimizer, ctx, train_split, run.device)
         run.tracker = None
         run.fwd = _wrap(run.model, cfg, ctx, run.fwd)  # DDP over the new parameter set; compile once more
     run.sampler.epoch = epoch
@@ -270,13 +270,23 @@ def _wrap(model: nn.Module, cfg: TrainConfig, ctx: "D.Context", previous: nn.Mod
     return fwd
 
 
-def _prune(model: nn.Module, tracker: ImportanceTracker, optimizer, ctx: "D.Context") -> PrunePlan:
+# Images whose adapter inputs the 'distill' knowledge checkpoint fits to: the first of the
+# training split, in list order, so that a resumed or distributed run captures the same ones.
+DISTILL_IMAGES = 64
+
+
+def _prune(model: nn.Module, tracker: ImportanceTracker, optimizer, ctx: "D.Context", split: Split,
+           device: torch.device) -> PrunePlan:
     scores = tracker.scores()
     tracker.close()
     state = pear_state(model)
     p = make_plan(scores, state.config, model)
     digest = D.check_same_plan(p, ctx)
-    prune_and_share(model, p)
+    inputs = None
+    if state.config.knowledge == "distill":
+        first = [list(range(min(DISTILL_IMAGES, len(split))))]
+        inputs = capture_inputs(model, (x.to(device) for x, _ in split.loader(first)))
+    prune_and_share(model, p, inputs=inputs)
     dropped = prune_optimizer(optimizer, model)
     log.info("pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
              len(p.pruned), len(p.pruned) + len(p.kept), p.policy, state.config.knowledge, dropped, digest)
@@ -357,7 +367,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def _save_checkpoint(run: _Run, directory: Path) -> None:
     cfg, info = run.cfg, run.info
     meta = {"method": cfg.method, "task": info.name, "img_size": cfg.img_size, "model_kwargs": cfg.model_kwargs,
-            "seed": cfg.seed, "rank": cfg.pear.rank}
+            "seed": cfg.seed, "rank": cfg.pear.rank, "lora_alpha": cfg.lora_alpha}
     if cfg.method in PEAR_METHODS:
         save_task(run.model, directory, backbone=cfg.backbone, class_names=info.class_names, fingerprint_value=run.fp,
                   meta=meta)
