@@ -89,7 +89,7 @@ def cmd_suite(args) -> int:
     run_suite(data=args.data, tasks=args.tasks.split(","), methods=args.methods.split(","),
               seeds=[int(s) for s in args.seeds.split(",")], out=args.out, base=_suite_base(args),
               devices=args.devices.split(",") if args.devices else None, build_missing=args.build,
-              command=shlex.join(sys.argv))
+              command=shlex.join(sys.argv), tune=args.tune)
     return 0
 
 
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default=None, help="comma-separated devices, one run per device at a time "
                    "(e.g. cuda:0,cuda:1)")
     p.add_argument("--build", action="store_true", help="build missing built-in datasets into --data first")
+    p.add_argument("--tune", action="store_true", help="VTAB's protocol: first choose each method's adapter scale "
+                   "(LoRA: alpha) on val200 from runs on train800 (seed 0), then train every seed with it")
     p.set_defaults(func=cmd_suite)
     return parser
 

@@ -3,6 +3,7 @@
 Layout under OUT::
 
     runs/<task>/<method>/seed<k>/   one `pear train` run folder each (metrics.json when done)
+    tuning/<task>/<method>/<option>=<value>/   with --tune: the protocol's runs, and choice.json
     logs/<task>/<method>/seed<k>.log   output of runs started as subprocesses (several devices)
     results.csv  results.md  accuracy_vs_bytes.png
 
@@ -12,7 +13,8 @@ pear-share-POLICY, pear-kc-MODE, pear-imp-SCORER, pear-rRATIO, pear-scope-SCOPE,
 method with any Pear options set: METHOD@FIELD=VALUE[@FIELD=VALUE...], e.g.
 pear@act=gelu@blocks=0+6 (list items are joined by '+'). Calling `run_suite` again skips finished runs, resumes
 crashed ones from their last complete epoch and only then aggregates, so a suite can
-be stopped and restarted at will.
+be stopped and restarted at will. With `tune`, each method's one hyper-parameter is first
+chosen on val200 by VTAB's protocol (`pear.harness.tuning`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .files import read_mapping
 from .methods import METHOD_ALIASES, METHODS, canonical_method
 from .options import PEAR_FIELDS, TrainConfig, flat_options, value_parser
 from .train import train
+from . import tuning
 
 # ---------------------------------------------------------------- method grammar
 
@@ -138,7 +141,7 @@ def run_dir(out: str | Path, task: str, method: str, seed: int) -> Path:
 
 def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int], out: str,
               base: dict | None = None, devices: list[str] | None = None, build_missing: bool = False,
-              command: str | None = None) -> list[dict]:
+              command: str | None = None, tune: bool = False) -> list[dict]:
     """Train every (task, method, seed) not finished yet, then `aggregate(out)`.
 
     base: TrainConfig options shared by all runs (backbone, epochs, ...).
@@ -146,6 +149,8 @@ def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int],
         with one or none, runs go one after another in this process.
     build_missing: build the built-in datasets among `tasks` that `data` lacks.
     command: the command line, recorded in results.md.
+    tune: first choose each method's tuned option on val200 (`pear.harness.tuning`); the
+        real runs then use the chosen value.
 
     Every configuration is checked before the first run starts. A run that fails does
     not stop the others; the failures are raised as one PearError after aggregation.
@@ -161,18 +166,14 @@ def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int],
     if len(devices) == 1:
         base["device"] = devices[0]
     _ensure_data(data, tasks, build_missing)
+    chosen = _tune(data, tasks, methods, base, out, devices) if tune else {}
 
     # Seed-major order: a sweep cut short still has every (task, method) for the seeds it finished.
-    runs = [_Run(t, m, s, _config(base, data, t, m, s, out)) for s in seeds for t in tasks for m in methods]
-    todo = []
-    for run in runs:
-        if run.dir.exists():
-            _check_same_options(run)
-        if not (run.dir / "metrics.json").is_file():
-            run.cfg.resume = run.dir.exists()
-            todo.append(run)
+    runs = [_Run(t, m, s, _config({**base, **chosen.get((t, m), {})}, data, t, m, s, out))
+            for s in seeds for t in tasks for m in methods]
+    todo = _pending(runs)
     print(f"suite: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
-    failures = _run_queue(todo, devices, Path(out)) if len(devices) > 1 else _run_here(todo)
+    failures = _execute(todo, devices, Path(out))
     rows = aggregate(out, command=command)
     if failures:
         raise PearError(f"{len(failures)} of {len(todo)} runs failed (the others are in {Path(out) / 'results.md'}; "
@@ -180,9 +181,52 @@ def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int],
     return rows
 
 
-def _config(base: dict, data: str, task: str, method: str, seed: int, out: str) -> TrainConfig:
+def _pending(runs: list[_Run]) -> list[_Run]:
+    """The runs without metrics.json (those with a folder resume), after checking that every
+    existing folder was made with the same options."""
+    todo = []
+    for run in runs:
+        if run.dir.exists():
+            _check_same_options(run)
+        if not (run.dir / "metrics.json").is_file():
+            run.cfg.resume = run.dir.exists()
+            todo.append(run)
+    return todo
+
+
+def _execute(todo: list[_Run], devices: list[str], out: Path) -> list[str]:
+    return _run_queue(todo, devices, out) if len(devices) > 1 else _run_here(todo)
+
+
+def _tune(data: str, tasks: list[str], methods: list[str], base: dict, out: str,
+          devices: list[str]) -> dict[tuple[str, str], dict]:
+    """Run the protocol's train800 -> val200 runs that are not finished, choose each value,
+    and return the options every (task, method) trains with."""
+    owners = {(t, m): tuning.tuned_by(m, method_overrides(m)["method"]) for t in tasks for m in methods}
+    grids = list(dict.fromkeys((t, g) for (t, _), g in owners.items() if g))
+    fixed = sorted({tuning.GRIDS[g][0] for _, g in grids} & set(base))
+    if fixed:
+        raise PearError(f"--tune chooses {', '.join(fixed)} on val200; do not also set it for every run")
+    seed = tuning.TUNE_SEED
+    runs = [_Run(t, f"{g}@{tuning.GRIDS[g][0]}={v:g}", seed,
+                 _config({**base, **tuning.tune_overrides(g, v)}, data, t, g, seed, out, tuning.tune_run_dir(out, t, g, v)))
+            for t, g in grids for v in tuning.GRIDS[g][1]]
+    todo = _pending(runs)
+    print(f"suite: tuning, {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+    failures = _execute(todo, devices, Path(out))
+    if failures:
+        raise PearError(f"{len(failures)} tuning runs failed; run the suite again to retry:\n  " + "\n  ".join(failures))
+    records = {(t, g): tuning.choose(out, t, g) for t, g in grids}
+    for r in records.values():
+        print(f"suite: {r['task']}/{r['method']}: {r['option']} = {r['chosen']:g} (val200 {r['val200_acc']})",
+              flush=True)
+    return {(t, m): {records[(t, g)]["option"]: records[(t, g)]["chosen"]} for (t, m), g in owners.items() if g}
+
+
+def _config(base: dict, data: str, task: str, method: str, seed: int, out: str,
+            folder: Path | None = None) -> TrainConfig:
     values = {**base, **method_overrides(method), "data": str(data), "task": task, "seed": seed,
-              "out": str(run_dir(out, task, method, seed)), "progress": False}
+              "out": str(folder or run_dir(out, task, method, seed)), "progress": False}
     try:
         return TrainConfig.from_dict(values)
     except TypeError as exc:
@@ -292,7 +336,7 @@ def _last_line(path: str) -> str:
 
 CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainable_params_before", "stored_bytes",
               "adapter_params", "adapter_bytes", "train_seconds", "images_per_second", "epochs", "img_size",
-              "backbone", "device", "world_size", "plan_digest", "torch", "run")
+              "backbone", "device", "world_size", "plan_digest", "torch", "tuned", "run")
 
 
 def aggregate(out: str | Path, command: str | None = None) -> list[dict]:
@@ -302,15 +346,28 @@ def aggregate(out: str | Path, command: str | None = None) -> list[dict]:
     out = Path(out)
     rows = sorted((_read_metrics(p, out) for p in out.glob("runs/*/*/seed*/metrics.json")),
                   key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
+    choices = tuning.read_choices(out)
+    _mark_tuned(rows, choices)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", _markdown(rows, command))
+    atomic_write_text(out / "results.md", _markdown(rows, command, choices))
     if rows:
         _plot(rows, out / "accuracy_vs_bytes.png")
     return rows
+
+
+def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
+    """Each row's `tuned` cell: the option value the protocol chose for it ('scale=1'), if any."""
+    chosen = {(c.get("task"), c.get("method")): f"{c.get('option')}={c.get('chosen'):g}" for c in choices}
+    for r in rows:
+        try:
+            owner = tuning.tuned_by(r["method"], method_overrides(r["method"])["method"])
+        except PearError:  # a folder name that is no suite method: nothing was tuned for it
+            owner = None
+        r["tuned"] = chosen.get((r["task"], owner))
 
 
 def _read_metrics(path: Path, out: Path) -> dict:
@@ -368,7 +425,7 @@ def _machine() -> str:
             f"torch {torch.__version__}")
 
 
-def _markdown(rows: list[dict], command: str | None) -> str:
+def _markdown(rows: list[dict], command: str | None, choices: list[dict] = ()) -> str:
     lines = ["# Pear suite results", "", f"- Aggregated on: {_machine()}"]
     if command:
         lines.append(f"- Command: `{command}`")
@@ -402,6 +459,8 @@ def _markdown(rows: list[dict], command: str | None) -> str:
                       if any(t in means for t in ts)}
             cells += [_summary(means, ts) for _, ts in vtab] + [_summary(gmeans, [g for g, _ in vtab], "groups")]
         lines.append(_row(cells))
+
+    lines += tuning.markdown(list(choices))
 
     header = ["task", "method", "test acc (%)", "trainable params", "stored bytes", "adapter bytes",
               "adapter bytes / adapter's"]

@@ -1,0 +1,85 @@
+"""The VTAB-1k tuning protocol of `pear suite --tune`: which runs it makes, what it reads,
+what it chooses and where the choice goes."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from pear.errors import PearError
+from pear.harness import tuning
+from pear.harness.suite import run_suite
+
+from test_suite import TINY, make_task  # noqa: E402  (tests/harness is on sys.path under pytest)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_task(root)
+    return root
+
+
+def _fake_history(run: Path, val: float) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "history.json").write_text(json.dumps([{"epoch": 0, "val_acc": 10.0}, {"epoch": 1, "val_acc": val}]))
+
+
+def test_choose_takes_the_best_last_epoch_val_score_and_the_earlier_value_on_a_tie(tmp_path):
+    for value, acc in zip(tuning.SCALE_GRID, (40.0, 55.0, 55.0)):
+        _fake_history(tuning.tune_run_dir(tmp_path, "t", "adapter", value), acc)
+    record = tuning.choose(tmp_path, "t", "adapter")
+    assert record["chosen"] == tuning.SCALE_GRID[1]
+    assert record["val200_acc"] == {"0.1": 40.0, "1": 55.0, "4": 55.0}
+    assert tuning.read_choices(tmp_path) == [json.loads(json.dumps(record))]
+
+
+def test_a_tuning_run_without_val_scores_is_named(tmp_path):
+    (tuning.tune_run_dir(tmp_path, "t", "pear", 0.1)).mkdir(parents=True)
+    with pytest.raises(PearError, match="scale=0.1"):
+        tuning.choose(tmp_path, "t", "pear")
+
+
+def test_who_is_tuned_by_what():
+    assert tuning.tuned_by("adapter", "adapter") == "adapter"
+    assert tuning.tuned_by("peft-lora-eq", "peft-lora-eq") == "peft-lora-eq"
+    assert tuning.tuned_by("pear-kc-none", "pear") == "pear"  # ablations use pear's choice
+    assert tuning.tuned_by("linear", "linear") is None
+    assert tuning.tune_overrides("peft-lora", 32.0) == {"lora_alpha": 32.0, "seed": 0, "select_on": "val200"}
+
+
+@pytest.mark.slow
+def test_suite_tune_runs_the_grid_on_train800_then_every_seed_with_the_choice(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "GRIDS", {"adapter": ("scale", (0.1, 2.0)), "pear": ("scale", (0.1, 2.0))})
+    out = tmp_path / "suite"
+    rows = run_suite(str(data), ["toy"], ["linear", "adapter", "pear-kc-none"], [0, 1], str(out), base=TINY,
+                     tune=True)
+    # Tuning runs: one per (task, grid owner, value), trained on train800 and validated.
+    for owner in ("adapter", "pear"):
+        record = json.loads((out / "tuning" / "toy" / owner / "choice.json").read_text())
+        assert set(record["val200_acc"]) == {"0.1", "2"} and record["chosen"] in (0.1, 2.0)
+        for value in (0.1, 2.0):
+            args = (tuning.tune_run_dir(out, "toy", owner, value) / "args.yaml").read_text()
+            assert "train_split: train800\n" in args and "select_on: val200" in args
+    assert not (out / "tuning" / "toy" / "linear").exists()
+    # Real runs: every seed with the chosen value, on train800val200.
+    chosen = {o: json.loads((out / "tuning" / "toy" / o / "choice.json").read_text())["chosen"] for o in ("adapter", "pear")}
+    for method, owner in (("adapter", "adapter"), ("pear-kc-none", "pear")):
+        for seed in (0, 1):
+            args = (out / "runs" / "toy" / method / f"seed{seed}" / "args.yaml").read_text()
+            assert f"scale: {chosen[owner]}" in args and "train_split: train800val200" in args
+    table = {(r["method"], r["seed"]): r for r in csv.DictReader((out / "results.csv").open())}
+    assert table[("adapter", "0")]["tuned"] == f"scale={chosen['adapter']:g}"
+    assert table[("pear-kc-none", "1")]["tuned"] == f"scale={chosen['pear']:g}"
+    assert table[("linear", "0")]["tuned"] == ""
+    assert "## Tuning (val200)" in (out / "results.md").read_text()
+    assert len(rows) == 6
+    # A second call trains nothing more and chooses the same.
+    assert run_suite(str(data), ["toy"], ["linear", "adapter", "pear-kc-none"], [0, 1], str(out), base=TINY,
+                     tune=True) == rows
+
+
+def test_tune_refuses_a_fixed_value_of_the_tuned_option(data, tmp_path):
+    with pytest.raises(PearError, match="--tune chooses scale"):
+        run_suite(str(data), ["toy"], ["adapter"], [0], str(tmp_path), base={**TINY, "scale": 1.0}, tune=True)
