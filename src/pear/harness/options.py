@@ -42,7 +42,8 @@ class TrainConfig:
         "help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True})
     method: str = _opt("pear", " | ".join(METHODS) + " (" + ", ".join(
         f"{old!r} = {new!r}" for old, new in METHOD_ALIASES.items()) + ")")
-    img_size: int = _opt(224, "input resolution")
+    img_size: int | None = _opt(None, "input resolution (default: the backbone's own: 224 for ViT-B/16 and "
+                                      "Lite0, 32 for pear_vit_tiny6_patch4_32)")
     epochs: int = _opt(100, "training epochs")
     warmup_epochs: int | None = _opt(None, "linear LR warm-up epochs (default: 10% of epochs, at least 1)")
     batch_size: int = _opt(64, "global batch size")
@@ -71,6 +72,8 @@ class TrainConfig:
             self.pear = _pear_from_dict(self.pear)
         if self.backbone is None:
             self.backbone = default_backbone(self.weights)
+        if self.img_size is None:
+            self.img_size = native_img_size(self.backbone)
         if self.method not in METHODS and self.method not in METHOD_ALIASES:
             raise PearError(f"--method {self.method!r} is unknown; expected one of {', '.join(METHODS)}")
         self.method = canonical_method(self.method)
@@ -120,6 +123,19 @@ class TrainConfig:
         if unknown:
             raise PearError(f"unknown training option(s) {unknown}; known: {sorted(known | set(PEAR_FIELDS))}")
         return cls(**d, pear=_pear_from_dict(pear))
+
+
+def native_img_size(backbone: str) -> int:
+    """The input resolution a timm model (name or name.tag) is made for; 224 when timm does not say."""
+    from timm.models import get_pretrained_cfg  # timm is slow to import: only when a run is configured
+
+    from . import pear_vit  # noqa: F401  (registers the built-in ViT with timm)
+
+    try:
+        cfg = get_pretrained_cfg(backbone)
+    except RuntimeError:  # an unknown tag: create_backbone names the problem
+        cfg = None
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
 
 
 # PearConfig's fields set through TrainConfig.pear (its seed is the run's).
