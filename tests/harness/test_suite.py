@@ -12,7 +12,9 @@ from PIL import Image
 
 from pear.errors import PearError
 from pear.harness import suite
-from pear.harness.suite import aggregate, method_overrides, run_suite
+from pear.harness.results import aggregate
+from pear.harness.suite import run_suite
+from pear.harness.suite_methods import method_overrides
 
 TINY = {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32,
                                                              "num_heads": 2},

@@ -5,27 +5,18 @@ Layout under OUT::
     runs/<task>/<method>/seed<k>/   one `pear train` run folder each (metrics.json when done)
     tuning/<task>/<method>/<option>=<value>/   with --tune: the protocol's runs, and choice.json
     logs/<task>/<method>/seed<k>.log   output of runs started as subprocesses (several devices)
-    results.csv  results.md  accuracy_vs_bytes.png
+    results.csv  results.md  accuracy_vs_bytes.png   (`pear.harness.results`)
 
-A suite method is a training method (linear, full, adapter, prune, pear, peft-lora; 'lora'
-is an alias of peft-lora), a Pear ablation that changes one option of `pear`:
-pear-share-POLICY, pear-kc-MODE, pear-imp-SCORER, pear-rRATIO, pear-scope-SCOPE, or a
-method with any Pear options set: METHOD@FIELD=VALUE[@FIELD=VALUE...], e.g.
-pear@act=gelu@blocks=0+6 (list items are joined by '+'). Calling `run_suite` again skips finished runs, resumes
-crashed ones from their last complete epoch and only then aggregates, so a suite can
-be stopped and restarted at will. With `tune`, each method's one hyper-parameter is first
-chosen on val200 by VTAB's protocol (`pear.harness.tuning`).
+The methods are named by the suite's grammar (`pear.harness.suite_methods`): a training
+method, a Pear ablation such as pear-kc-frozen, or METHOD@FIELD=VALUE[@...]. Calling
+`run_suite` again skips finished runs, resumes crashed ones from their last complete
+epoch and only then aggregates, so a suite can be stopped and restarted at will. With
+`tune`, each method's one hyper-parameter is first chosen on val200 by VTAB's protocol
+(`pear.harness.tuning`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import platform
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,81 +25,18 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
-from ..atomic import atomic_write_file, atomic_write_text
-from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_ALIASES, SHARE_POLICY_NAMES, PearConfig
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
-from .data import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS, task_info
+from .data import task_info
 from .files import read_mapping
-from .methods import METHOD_ALIASES, METHODS, canonical_method
-from .options import PEAR_FIELDS, TrainConfig, flat_options, value_parser
+from .methods import canonical_method
+from .options import TrainConfig, flat_options
+from .results import aggregate
+from .suite_methods import method_overrides
 from .train import train
 from . import tuning
-
-# ---------------------------------------------------------------- method grammar
-
-
-def _choice(field: str, choices: tuple[str, ...], aliases: tuple[str, ...] = ()):
-    def parse(text: str) -> str:
-        if text not in choices and text not in aliases:
-            raise ValueError(text)
-        return text
-    return field, parse, "{" + ",".join(choices) + "}"
-
-
-def _ratio(text: str) -> float:
-    # Digits only: float() would also take 'nan', 'inf' or '1e-1', none of which is a
-    # sensible folder name for a ratio.
-    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text) or not 0.0 <= float(text) < 1.0:
-        raise ValueError(text)
-    return float(text)
-
-
-# Name prefix -> (TrainConfig field it sets on method `pear`, parser of the rest, form).
-ABLATIONS = {
-    "pear-share-": _choice("share", SHARE_POLICY_NAMES, tuple(SHARE_ALIASES.values())),
-    "pear-kc-": _choice("knowledge", KNOWLEDGE_MODES),
-    "pear-imp-": _choice("importance", IMPORTANCE_METHODS),
-    "pear-r": ("prune_ratio", _ratio, "<ratio in [0,1)>"),
-    "pear-scope-": _choice("prune_scope", PRUNE_SCOPES),
-}
-GRAMMAR = (*METHODS, *(prefix + form for prefix, (_, _, form) in ABLATIONS.items()), "METHOD@FIELD=VALUE[@...]")
-
-
-def method_overrides(name: str) -> dict:
-    """The TrainConfig fields suite method `name` sets, e.g. 'pear-kc-frozen' ->
-    {'method': 'pear', 'knowledge': 'frozen'}, 'pear@act=gelu@rank=4' ->
-    {'method': 'pear', 'act': 'gelu', 'rank': 4}."""
-    if name in METHODS or name in METHOD_ALIASES:
-        return {"method": name}
-    for prefix, (field, parse, _) in ABLATIONS.items():
-        if name.startswith(prefix):
-            try:
-                return {"method": "pear", field: parse(name[len(prefix):])}
-            except ValueError:
-                break
-    if "@" in name and "/" not in name:
-        method, *settings = name.split("@")
-        if method in METHODS or method in METHOD_ALIASES:
-            return {"method": method, **dict(_setting(name, s) for s in settings)}
-    raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(GRAMMAR)}")
-
-
-def _setting(name: str, text: str) -> tuple[str, object]:
-    """'rank=4' -> ('rank', 4), parsed as `pear train --rank 4` would be."""
-    field, eq, value = text.partition("=")
-    if not eq or field not in PEAR_FIELDS:
-        raise PearError(f"suite method {name!r}: {text!r} is not FIELD=VALUE with FIELD one of {', '.join(PEAR_FIELDS)}")
-    try:
-        return field, value_parser(PearConfig, field)(value)
-    except ValueError:
-        raise PearError(f"suite method {name!r}: {value!r} is not a valid {field}") from None
-
-
-# ---------------------------------------------------------------- running
 
 # The suite owns these: they name and place each run.
 _SUITE_FIELDS = ("data", "task", "method", "seed", "out", "resume", "overwrite")
@@ -330,205 +258,3 @@ def _train_command(config_file: Path, device: str) -> list[str]:
 def _last_line(path: str) -> str:
     lines = [ln for ln in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     return lines[-1] if lines else "no output"
-
-
-# ---------------------------------------------------------------- aggregation
-
-CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainable_params_before", "stored_bytes",
-              "adapter_params", "adapter_bytes", "train_seconds", "images_per_second", "epochs", "img_size",
-              "backbone", "device", "world_size", "plan_digest", "torch", "tuned", "run")
-
-
-def aggregate(out: str | Path, command: str | None = None) -> list[dict]:
-    """Read every OUT/runs/*/*/seed*/metrics.json; write results.csv (one row per run),
-    results.md (tables of mean and sample std over seeds) and accuracy_vs_bytes.png.
-    Returns the rows, sorted by task, method and seed."""
-    out = Path(out)
-    rows = sorted((_read_metrics(p, out) for p in out.glob("runs/*/*/seed*/metrics.json")),
-                  key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
-    choices = tuning.read_choices(out)
-    _mark_tuned(rows, choices)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", _markdown(rows, command, choices))
-    if rows:
-        _plot(rows, out / "accuracy_vs_bytes.png")
-    return rows
-
-
-def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
-    """Each row's `tuned` cell: the option value the protocol chose for it ('scale=1'), if any."""
-    chosen = {(c.get("task"), c.get("method")): f"{c.get('option')}={c.get('chosen'):g}" for c in choices}
-    for r in rows:
-        try:
-            owner = tuning.tuned_by(r["method"], method_overrides(r["method"])["method"])
-        except PearError:  # a folder name that is no suite method: nothing was tuned for it
-            owner = None
-        r["tuned"] = chosen.get((r["task"], owner))
-
-
-def _read_metrics(path: Path, out: Path) -> dict:
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-        float(m["test_acc"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise PearError(f"{path} is not a readable metrics file ({type(exc).__name__}: {exc}); delete its run "
-                        f"folder and run the suite again") from None
-    seed_dir = path.parent
-    # The method is the suite's name for it (the folder): an ablation trains method 'pear'.
-    row = {k: m.get(k) for k in CSV_FIELDS}
-    row.update(task=m.get("task") or TASK_ALIASES.get(seed_dir.parent.parent.name, seed_dir.parent.parent.name),
-               method=seed_dir.parent.name, seed=int(m.get("seed", seed_dir.name[len("seed"):])),
-               run=str(seed_dir.relative_to(out)))
-    return row
-
-
-def _task_key(task: str) -> tuple:
-    order = list(VTAB_TASKS)
-    return (order.index(task), "") if task in VTAB_TASKS else (len(order), task)
-
-
-def _method_key(method: str) -> tuple:
-    method = canonical_method(method)
-    return (METHODS.index(method), "") if method in METHODS else (len(METHODS), method)
-
-
-def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(task, method) -> its runs."""
-    out: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        out.setdefault((r["task"], r["method"]), []).append(r)
-    return out
-
-
-def _acc_cell(values: list[float]) -> str:
-    """Mean ± sample standard deviation (n - 1), which one seed does not have."""
-    mean, n = statistics.fmean(values), len(values)
-    return f"{mean:.2f} (n=1)" if n == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f} (n={n})"
-
-
-def _summary(means: dict[str, float], keys: list[str], unit: str = "tasks") -> str:
-    """Mean of the given means, flagged when some have no finished run yet."""
-    have = [means[k] for k in keys if k in means]
-    if not have:
-        return "–"
-    mean = statistics.fmean(have)
-    return f"{mean:.2f}" if len(have) == len(keys) else f"{mean:.2f} ({len(have)}/{len(keys)} {unit})"
-
-
-def _machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{platform.platform()}, {os.cpu_count()} CPUs, GPU {gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
-
-
-def _markdown(rows: list[dict], command: str | None, choices: list[dict] = ()) -> str:
-    lines = ["# Pear suite results", "", f"- Aggregated on: {_machine()}"]
-    if command:
-        lines.append(f"- Command: `{command}`")
-    if not rows:
-        return "\n".join(lines + ["", "No run has finished yet.", ""])
-    for key, what in (("device", "Runs trained on"), ("backbone", "Backbone"), ("torch", "Runs' torch")):
-        values = sorted({str(r[key]) for r in rows if r[key] is not None})
-        if values:
-            lines.append(f"- {what}: {', '.join(values)}")
-    groups = _groups(rows)
-    tasks = sorted({r["task"] for r in rows}, key=_task_key)
-    methods = sorted({r["method"] for r in rows}, key=_method_key)
-    acc = {key: _mean_of(runs, "test_acc") for key, runs in groups.items()}
-    vtab = [(g, [t for t in members if t in tasks]) for g, members in VTAB_GROUPS.items()]
-    vtab = [(g, ts) for g, ts in vtab if ts] if all(t in VTAB_TASKS for t in tasks) else []
-
-    header = ["method", *tasks, "Mean over tasks"]
-    if vtab:
-        header += [f"{g} mean" for g, _ in vtab] + ["Mean of group means"]
-    lines += ["", "## Test accuracy (%)", "",
-              "Mean ± sample standard deviation over seeds (n seeds). *Mean over tasks* averages the per-task "
-              "means" + ("; each VTAB group mean averages its tasks' means, and *Mean of group means* (the "
-                         "usual VTAB-1k summary) averages the group means." if vtab else "."), "",
-              _row(header), _row(["---"] * len(header))]
-    for m in methods:
-        means = {t: acc[(t, m)] for t in tasks if (t, m) in acc}
-        cells = [m, *(_acc_cell([r["test_acc"] for r in groups[(t, m)]]) if (t, m) in groups else "–"
-                      for t in tasks), _summary(means, tasks)]
-        if vtab:
-            gmeans = {g: statistics.fmean(means[t] for t in ts if t in means) for g, ts in vtab
-                      if any(t in means for t in ts)}
-            cells += [_summary(means, ts) for _, ts in vtab] + [_summary(gmeans, [g for g, _ in vtab], "groups")]
-        lines.append(_row(cells))
-
-    lines += tuning.markdown(list(choices))
-
-    header = ["task", "method", "test acc (%)", "trainable params", "stored bytes", "adapter bytes",
-              "adapter bytes / adapter's"]
-    lines += ["", "## Cost per task", "",
-              "Trainable parameters after pruning (before → after where pruning changed them); stored bytes: "
-              "the files of the task checkpoint; the last column compares unique adapter bytes with the "
-              "unpruned `adapter` method on the same task.", "", _row(header), _row(["---"] * len(header))]
-    for t in tasks:
-        ref = _mean_of(groups.get((t, "adapter"), []), "adapter_bytes")
-        for m in methods:
-            runs = groups.get((t, m))
-            if not runs:
-                continue
-            after, before = _mean_of(runs, "trainable_params"), _mean_of(runs, "trainable_params_before")
-            params = _count(after) if before in (None, after) else f"{_count(before)} → {_count(after)}"
-            adapter = _mean_of(runs, "adapter_bytes")
-            ratio = f"{adapter / ref:.2f}×" if adapter is not None and ref else "–"
-            lines.append(_row([t, m, _acc_cell([r["test_acc"] for r in runs]), params,
-                               _count(_mean_of(runs, "stored_bytes")), _count(adapter), ratio]))
-    lines += ["", "![accuracy vs stored bytes](accuracy_vs_bytes.png)", ""]
-    return "\n".join(lines)
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _count(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f}"
-
-
-def _mean_of(runs: list[dict], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _plot(rows: list[dict], path: Path) -> None:
-    # A bare Figure (no pyplot) leaves matplotlib's global backend and state alone.
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-
-    groups = _groups(rows)
-    tasks = {r["task"] for r in rows}
-    fig = Figure(figsize=(8.4, 4.6), layout="constrained")
-    ax = fig.add_subplot()
-    colors = colormaps["tab20"].colors  # 20 distinct colours: ablations make many methods
-    markers = "os^Dv<>pP*Xh"
-    points = {}
-    for m in sorted({r["method"] for r in rows}, key=_method_key):
-        per_task = [groups[(t, m)] for t in tasks if (t, m) in groups and _mean_of(groups[(t, m)], "stored_bytes")]
-        if per_task:
-            points[m] = per_task
-    # A mean over fewer tasks is not comparable with the others: where some methods ran on
-    # every task, only those are drawn (the others stay in the tables).
-    complete = {m: p for m, p in points.items() if len(p) == len(tasks)}
-    if complete and len(complete) < len(points):
-        ax.set_title(f"methods run on every task; {len(points) - len(complete)} others: see results.md", fontsize=9)
-        points = complete
-    for i, (m, per_task) in enumerate(points.items()):
-        x = statistics.fmean(_mean_of(runs, "stored_bytes") for runs in per_task)
-        y = statistics.fmean(_mean_of(runs, "test_acc") for runs in per_task)
-        label = m if len(per_task) == len(tasks) else f"{m} ({len(per_task)}/{len(tasks)} tasks)"
-        ax.scatter([x], [y], marker=markers[i % len(markers)], color=colors[i % len(colors)], s=50, label=label)
-        if canonical_method(m) in METHODS:  # ablations crowd around `pear`: the legend names them
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("stored bytes per task (mean over tasks, log scale)")
-    ax.set_ylabel("test accuracy, % (mean over tasks and seeds)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    atomic_write_file(path, lambda fh: fig.savefig(fh, format="png", dpi=120))

@@ -1,0 +1,75 @@
+"""The suite's method names: what each one trains.
+
+A suite method is a training method (linear, full, adapter, pear, prune, peft-lora; 'lora'
+is an alias of peft-lora), a Pear ablation that changes one option of `pear`:
+pear-share-POLICY, pear-kc-MODE, pear-imp-SCORER, pear-rRATIO, pear-scope-SCOPE, or a
+method with any Pear options set: METHOD@FIELD=VALUE[@FIELD=VALUE...], e.g.
+pear@act=gelu@blocks=0+6 (list items are joined by '+'). The name is also the run's
+folder, so the suite's results show it as given.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_ALIASES, SHARE_POLICY_NAMES, PearConfig
+from ..errors import PearError
+from .methods import METHOD_ALIASES, METHODS
+from .options import PEAR_FIELDS, value_parser
+
+
+def _choice(field: str, choices: tuple[str, ...], aliases: tuple[str, ...] = ()):
+    def parse(text: str) -> str:
+        if text not in choices and text not in aliases:
+            raise ValueError(text)
+        return text
+    return field, parse, "{" + ",".join(choices) + "}"
+
+
+def _ratio(text: str) -> float:
+    # Digits only: float() would also take 'nan', 'inf' or '1e-1', none of which is a
+    # sensible folder name for a ratio.
+    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text) or not 0.0 <= float(text) < 1.0:
+        raise ValueError(text)
+    return float(text)
+
+
+# Name prefix -> (TrainConfig field it sets on method `pear`, parser of the rest, form).
+ABLATIONS = {
+    "pear-share-": _choice("share", SHARE_POLICY_NAMES, tuple(SHARE_ALIASES.values())),
+    "pear-kc-": _choice("knowledge", KNOWLEDGE_MODES),
+    "pear-imp-": _choice("importance", IMPORTANCE_METHODS),
+    "pear-r": ("prune_ratio", _ratio, "<ratio in [0,1)>"),
+    "pear-scope-": _choice("prune_scope", PRUNE_SCOPES),
+}
+GRAMMAR = (*METHODS, *(prefix + form for prefix, (_, _, form) in ABLATIONS.items()), "METHOD@FIELD=VALUE[@...]")
+
+
+def method_overrides(name: str) -> dict:
+    """The TrainConfig fields suite method `name` sets, e.g. 'pear-kc-frozen' ->
+    {'method': 'pear', 'knowledge': 'frozen'}, 'pear@act=gelu@rank=4' ->
+    {'method': 'pear', 'act': 'gelu', 'rank': 4}."""
+    if name in METHODS or name in METHOD_ALIASES:
+        return {"method": name}
+    for prefix, (field, parse, _) in ABLATIONS.items():
+        if name.startswith(prefix):
+            try:
+                return {"method": "pear", field: parse(name[len(prefix):])}
+            except ValueError:
+                break
+    if "@" in name and "/" not in name:
+        method, *settings = name.split("@")
+        if method in METHODS or method in METHOD_ALIASES:
+            return {"method": method, **dict(_setting(name, s) for s in settings)}
+    raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(GRAMMAR)}")
+
+
+def _setting(name: str, text: str) -> tuple[str, object]:
+    """'rank=4' -> ('rank', 4), parsed as `pear train --rank 4` would be."""
+    field, eq, value = text.partition("=")
+    if not eq or field not in PEAR_FIELDS:
+        raise PearError(f"suite method {name!r}: {text!r} is not FIELD=VALUE with FIELD one of {', '.join(PEAR_FIELDS)}")
+    try:
+        return field, value_parser(PearConfig, field)(value)
+    except ValueError:
+        raise PearError(f"suite method {name!r}: {value!r} is not a valid {field}") from None
