@@ -62,7 +62,10 @@ class TrainConfig:
     workers: int = _opt(2, "data loader worker processes")
     cache_gb: float = _opt(4.0, "keep preprocessed images in memory up to this many GB")
     deterministic: bool = _opt(False, "torch.use_deterministic_algorithms(True)")
-    progress: bool = _opt(True, "progress bar")
+    progress: bool = _opt(True, "progress bar (on a terminal; elsewhere a plain line every few seconds)")
+    tensorboard: bool = _opt(False, "write TensorBoard event files to RUN/tensorboard: loss, train/val accuracy, "
+                                    "learning rate, images/s, trainable parameters before and after pruning, the "
+                                    "pruning map (needs the tensorboard package)")
     overwrite: bool = _opt(False, "replace an existing run folder")
     resume: bool = _opt(False, "continue the run in --out from its last complete epoch")
     eval_batch_size: int = _opt(256, "evaluation batch size")

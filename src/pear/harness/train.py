@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import platform
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from .methods import PEAR_METHODS, PRUNING_METHODS, build_model
 from .options import TrainConfig
 from .rundir import guarded, prepare_run_dir, setup_logging, write_text
 from .state import load_plain, load_state, save_plain, save_state
+from .watch import Board, progress
 
 __all__ = ["TrainConfig", "train", "build", "make_optimizer", "lr_factor", "prepare_run_dir"]
 
@@ -114,6 +114,7 @@ class _Run:
     history: list = field(default_factory=list)
     plan: PrunePlan | None = None
     best: dict | None = None
+    board: Board | None = None  # rank 0 of a run with --tensorboard
 
     @property
     def total_steps(self) -> int:
@@ -131,9 +132,14 @@ class _Run:
 def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
     run, splits = _start(cfg, ctx)
     _resume(run)
-    run.fwd = _wrap(run.model, cfg, ctx)
-    for epoch in range(run.start_epoch, cfg.epochs):
-        _epoch(run, epoch, splits["train"], splits.get("val"))
+    run.board = _board(run)
+    try:
+        run.fwd = _wrap(run.model, cfg, ctx)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            _epoch(run, epoch, splits["train"], splits.get("val"))
+    finally:
+        if run.board is not None:
+            run.board.close()
     if run.best is not None and cfg.select_on:
         if ctx.is_main:  # only rank 0's disk is sure to hold RUN/best
             _restore_best(run.model, run.out / "best", cfg, run.device)
@@ -174,6 +180,17 @@ def _start(cfg: TrainConfig, ctx: "D.Context") -> tuple[_Run, dict[str, Split]]:
     return run, splits
 
 
+def _board(run: _Run) -> Board | None:
+    """Rank 0's TensorBoard writer with --tensorboard; a fresh run logs its trainable
+    parameters before pruning at step 0."""
+    if not (run.cfg.tensorboard and run.ctx.is_main):
+        return None
+    board = Board(run.out / "tensorboard", purge_step=run.step if run.start_epoch else None)
+    if run.start_epoch == 0:
+        board.params(0, _trainable(run.model))
+    return board
+
+
 def _resume(run: _Run) -> None:
     """With --resume, continue from RUN/state when there is one (every rank must agree)."""
     cfg, ctx, state_dir = run.cfg, run.ctx, run.out / "state"
@@ -202,6 +219,10 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
     if run.tracker is not None and epoch == cfg.prune_epoch:
         run.plan = _prune(run.model, run.tracker, run.optimizer, ctx, train_split, run.device)
         run.tracker = None
+        if run.board is not None:
+            run.board.params(run.step, _trainable(run.model))
+            run.board.pruning_map(run.step, {"method": cfg.method, "task": run.info.name,
+                                             "backbone": {"name": cfg.backbone}, **report(run.model)})
         run.fwd = _wrap(run.model, cfg, ctx, run.fwd)  # DDP over the new parameter set; compile once more
     run.sampler.epoch = epoch
     t0 = time.perf_counter()
@@ -218,6 +239,8 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
             if ctx.is_main:
                 guarded(lambda: _save_checkpoint(run, run.out / "best"), run.out / "best")
     run.history.append(rec)
+    if run.board is not None:
+        run.board.epoch(run.step, rec)
     if ctx.is_main:
         log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  %.1f img/s%s", epoch + 1, cfg.epochs, rec["loss"],
                  rec["train_acc"], rec["images_per_second"],
@@ -236,7 +259,7 @@ def write_results(run: _Run, test_acc: float) -> dict:
     guarded(lambda: _save_checkpoint(run, ckpt), ckpt)
     stored = sum(f.stat().st_size for f in ckpt.iterdir())
     rep = report(model) if cfg.method in PEAR_METHODS else None
-    trainable = sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
+    trainable = _trainable(model)
     # Over every epoch, including those a resumed run's earlier processes trained.
     train_time = sum(r.get("seconds", 0.0) for r in run.history)
     images_seen = sum(r.get("images", 0) for r in run.history)
@@ -304,7 +327,7 @@ def _train_epoch(run: _Run, split: Split, epoch: int) -> tuple[float, int, int]:
     loss_sum, correct, seen = 0.0, 0, 0
     batches = run.sampler.batches()
     sizes = run.sampler.global_sizes()
-    bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and ctx.is_main)
+    bar = progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and ctx.is_main)
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(split.loader(batches)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -325,14 +348,14 @@ def _train_epoch(run: _Run, split: Split, epoch: int) -> tuple[float, int, int]:
         if run.tracker is not None:
             run.tracker.update()
         run.optimizer.step()
+        if run.board is not None:
+            run.board.step(run.step, value / y.numel(), cfg.lr * factor)
         run.step += 1
         loss_sum += value
         correct += (logits.argmax(-1) == y).sum().item()
         seen += y.numel()
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen * ctx.world / (time.perf_counter() - t0):.0f}")
+            bar.update(loss_sum / seen, 100 * correct / seen, seen * ctx.world / (time.perf_counter() - t0))
     if bar is not None:
         bar.close()
     loss_sum, correct, seen = D.all_sum([loss_sum, correct, seen], ctx, device)
@@ -356,12 +379,8 @@ def _check_finite(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
                         f"stopped. {_last_good(cfg, epoch)}; try a lower --lr")
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+def _trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
 
 
 def _save_checkpoint(run: _Run, directory: Path) -> None:
