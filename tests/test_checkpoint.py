@@ -169,10 +169,12 @@ def test_drifted_batchnorm_statistics_are_named_as_the_cause(tmp_path, model_fac
     assert_untouched(fresh, before)
 
 
-def _edit_json(ckpt, change):
+def _edit_json(ckpt, change, reseal=True):
+    """Edit the JSON; `reseal` recomputes its field hashes (as a careful forger would), so
+    the checks behind the seal are what refuses the edit."""
     info = json.loads((ckpt / CONFIG_FILE).read_text())
     change(info)
-    (ckpt / CONFIG_FILE).write_text(json.dumps(info))
+    (ckpt / CONFIG_FILE).write_text(json.dumps(pear.checkpoint.seal(info) if reseal else info))
 
 
 def _rewrite_tensors(ckpt, change, declare=True):
@@ -226,7 +228,10 @@ CORRUPTIONS = {
     "one byte edited": (_flip_byte, "does not match the SHA-256"),
     "JSON cut short": (lambda c: (c / CONFIG_FILE).write_text((c / CONFIG_FILE).read_text()[:-20]),
                        "is not valid UTF-8 JSON"),
-    "JSON share map edited": (lambda c: _edit_json(c, _share_unknown), "shares unknown position 'blocks.99.mlp'"),
+    "JSON share map edited": (lambda c: _edit_json(c, _share_unknown), "is kept but its source is 'blocks.99.mlp'"),
+    "JSON edited, not resealed": (lambda c: _edit_json(c, lambda i: i["positions"][0].update(importance=0.5),
+                                                       reseal=False),
+                                  r"was edited after it was saved \(changed 'positions'"),
     "unknown format_version": (lambda c: _edit_json(c, lambda i: i.update(format_version=99)),
                                "format_version 99 is not supported"),
     "tensor file missing": (lambda c: (c / TENSORS_FILE).unlink(), "has no adapters.safetensors"),

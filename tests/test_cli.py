@@ -54,9 +54,9 @@ def test_each_method_writes_a_complete_run_folder(runs, method):
     assert metrics["task"] == "toy" and metrics["method"] == method and metrics["epochs"] == 2
     assert 0 <= metrics["test_acc"] <= 100 and (metrics["test_acc"] * N_TEST / 100).is_integer()  # a percentage
     assert isinstance(metrics["trainable_params"], int) and metrics["trainable_params"] > 0
-    assert metrics["stored_bytes"] == sum(f.stat().st_size for f in (run / "checkpoint").iterdir())
+    assert metrics["checkpoint_file_bytes"] == sum(f.stat().st_size for f in (run / "checkpoint").iterdir())
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
-    summary = {k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params", "stored_bytes")}
+    summary = {k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params", "checkpoint_file_bytes")}
     assert json.loads(printed[printed.index("{\n"):]) == summary
     for name in ("args.yaml", "metrics.json", "train.log", "history.json"):
         assert (run / name).is_file(), name
@@ -250,8 +250,7 @@ def test_yaml_model_kwargs_that_are_not_a_mapping(tiny_vtab, tmp_path, capsys):
     config.write_text("model_kwargs: [1, 2]\n")
     rc, _, err = _run_cli(["train", "-c", config, "--data", tiny_vtab, "--task", "toy", "--out", tmp_path / "run",
                            "--backbone", "vit_tiny_patch16_224", "--method", "linear"], capsys)
-    assert rc == 2 and err == "pear: error: model_kwargs must be a mapping of timm.create_model arguments, " \
-                              "got [1, 2]\n"
+    assert rc == 2 and err == "pear: error: --model-kwargs must be a mapping, got [1, 2] (list)\n"
 
 
 def test_every_pear_option_is_a_train_flag(tmp_path):

@@ -25,7 +25,7 @@ def _pruned_vit(model_factory, **cfg):
 
 
 def _check_byte_sums(t):
-    assert t["stored_bytes"] == t["adapter_bytes"] + t["head_bytes"] + t["frozen_bytes"] + t["share_map_bytes"]
+    assert t["stored_tensor_bytes"] == t["adapter_bytes"] + t["head_bytes"] + t["frozen_bytes"] + t["share_map_bytes"]
     assert t["adapter_bytes"] == 4 * t["adapter_params"]  # float32
     assert t["head_bytes"] == 4 * t["head_params"]
     assert t["frozen_bytes"] == 4 * t["frozen_params"]
@@ -95,7 +95,7 @@ def test_report_counts_frozen_checkpoints_as_stored_but_not_trainable(model_fact
     assert t["frozen_bytes"] == 4 * 3 * PER_ADAPTER > 0
     assert t["adapter_params"] == 3 * PER_ADAPTER
     assert t["trainable_params"] == t["adapter_params"] + t["head_params"]
-    assert t["stored_bytes"] > t["adapter_bytes_unpruned"] + t["head_bytes"]  # frozen costs storage
+    assert t["stored_tensor_bytes"] > t["adapter_bytes_unpruned"] + t["head_bytes"]  # frozen costs storage
     _check_byte_sums(t)
     for row in r["positions"]:
         if row["name"] in PRUNED:

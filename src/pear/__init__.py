@@ -5,7 +5,7 @@
     tracker = pear.ImportanceTracker(model)          # tracker.update() after each backward
     p = pear.make_plan(tracker.scores(), config, model)  # who is pruned, who shares whom
     pear.prune_and_share(model, p)
-    pear.report(model)                               # per-position table + stored bytes
+    pear.report(model)                               # per-position table + stored tensor bytes
 """
 
 from importlib import metadata as _metadata

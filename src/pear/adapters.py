@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import PearConfig
+from .errors import PearError
 
 _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "identity": nn.Identity}
 
@@ -140,7 +141,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def pear_state(model: nn.Module) -> PearState:
     state = getattr(unwrap(model), "pear_state", None)
     if state is None:
-        raise ValueError("model has no Pear adapters: call pear.attach(model, config) first")
+        raise PearError("model has no Pear adapters: call pear.attach(model, config) first")
     return state
 
 
@@ -166,7 +167,7 @@ def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
 def _blocks(model: nn.Module) -> nn.Module:
     blocks = getattr(model, "blocks", None)
     if blocks is None or len(blocks) == 0:
-        raise ValueError(
+        raise PearError(
             f"pear.attach supports timm VisionTransformer-style models (model.blocks[i].attn/.mlp) and "
             f"EfficientNet/MobileNet-style CNNs (model.blocks[stage][i]); {type(model).__name__} has no 'blocks'"
         )
@@ -191,7 +192,7 @@ def _candidates(model: nn.Module, cfg: PearConfig) -> list[tuple[str, nn.Module,
                     out.append((f"blocks.{i}.{kind}", block, kind, i))
     else:
         if cfg.adapter != "parallel":
-            raise ValueError(f"PearConfig.adapter={cfg.adapter!r} is for ViTs; CNN backbones take 'parallel'")
+            raise PearError(f"PearConfig.adapter={cfg.adapter!r} is for ViTs; CNN backbones take 'parallel'")
         depth = 0
         for s, stage in enumerate(blocks):
             for j, _ in enumerate(stage):
@@ -224,7 +225,7 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
     config = config or PearConfig()
     model = unwrap(model)
     if getattr(model, "pear_state", None) is not None:
-        raise ValueError("model already has Pear adapters attached")
+        raise PearError("model already has Pear adapters attached")
     cands = _candidates(model, config)
     if config.blocks is not None:
         lo, hi = config.blocks
@@ -232,13 +233,10 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
     if config.target is not None:
         cands = [c for c in cands if re.search(config.target, c[0])]
     if not cands:
-        raise ValueError(
+        raise PearError(
             f"PearConfig selects no positions (adapter={config.adapter!r}, sublayers={config.sublayers!r}, "
             f"blocks={config.blocks!r}, target={config.target!r}) in {type(model).__name__}"
         )
-    for p in model.parameters():
-        p.requires_grad_(False)
-
     bases = [getattr(parent, attr) for _, parent, attr, _ in cands]
     if is_transformer(model):
         dims = []
@@ -254,6 +252,9 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
             stride = max(1, round(shp_in[-1] / shp_out[-1]))
             dims.append((shp_in[1], shp_out[1], stride))
 
+    _check_size(model, config, [c[0] for c in cands], dims)
+    for p in model.parameters():
+        p.requires_grad_(False)
     p = next(model.parameters())
     zero = config.init == "zero"
     mode = "sequential" if config.adapter == "sequential" else "parallel"
@@ -282,6 +283,19 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
         unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
     )
     return model
+
+
+def _check_size(model: nn.Module, config: PearConfig, names: list[str], dims: list[tuple[int, int, int]]) -> None:
+    """Refuse, before allocating anything, adapters larger than the backbone itself (a
+    typo such as rank=1000000000 would otherwise ask for terabytes)."""
+    adapter_params = sum(config.rank * (din + dout) for din, dout, _ in dims)
+    backbone_params = sum(t.numel() for t in model.parameters())
+    if adapter_params > backbone_params:
+        name, (din, dout, _) = names[0], dims[0]
+        raise PearError(f"adapter rank {config.rank} (--rank, PearConfig.rank) would give adapters of {adapter_params:,} parameters "
+                        f"({len(names)} positions, e.g. {name}: {din} -> {config.rank} -> {dout}), more than the "
+                        f"{backbone_params:,} of the backbone itself; a bottleneck's rank is at most its width "
+                        f"({max(din, dout)})")
 
 
 def classifier(model: nn.Module) -> nn.Module | None:

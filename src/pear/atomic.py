@@ -18,6 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import PearError
+
 
 def _umask() -> int:
     try:
@@ -111,6 +113,25 @@ def recover_dir(dest: Path) -> None:
         os.replace(olds.pop(), dest)
     for leftover in [*olds, *dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_replaceable(dest: Path, names, what: str) -> None:
+    """Refuse to replace `dest` unless it is missing or a folder of the kind Pear writes
+    there: `names` lists what such a folder holds (a name ending in '/' is a folder).
+    Anything else is the user's and is never deleted: the error names it. Hidden
+    leftovers of Pear's own interrupted writes (`.NAME.tmp-*`, `.NAME.old-*`) are allowed."""
+    dest = Path(dest)
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if dest.is_symlink() or not dest.is_dir():
+        raise PearError(f"{dest} exists and is not a folder; Pear will not replace it with a {what}")
+    allowed = {n.rstrip("/") for n in names}
+    foreign = sorted(p.name for p in dest.iterdir()
+                     if p.name not in allowed and not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise PearError(f"{dest} holds files Pear did not write there ({shown}); it is not a {what}, so Pear will "
+                        f"not replace it. Move them away or choose another folder")
 
 
 def atomic_write_file(path: Path, write) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_dir_write, sha256_file
+from .atomic import atomic_dir_write, check_replaceable, sha256_file
 from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
 from .config import PearConfig
 from .errors import PearError
 
 FORMAT = "pear-task"
-FORMAT_VERSION = 1
+# Version 2 seals the JSON: `parts_sha256` holds a SHA-256 of each top-level field's
+# canonical JSON. Version 1 files (written before) are still read, checked by the
+# consistency rules alone.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 TENSORS_FILE = "adapters.safetensors"
 CONFIG_FILE = "pear_config.json"
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -162,9 +167,42 @@ def write_tensor_dir(directory: str | Path, tensors: dict[str, torch.Tensor], in
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / tensors_file), metadata={"format": str(info.get("format"))})
         info["tensors_sha256"] = sha256_file(tmp / tensors_file)
-        (tmp / info_file).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        (tmp / info_file).write_text(json.dumps(seal(info), indent=1, allow_nan=False), encoding="utf-8")
 
+    check_replaceable(Path(directory), {tensors_file, info_file}, "checkpoint folder")
     atomic_dir_write(Path(directory), write)
+
+
+def _part_hash(value) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def seal(info: dict) -> dict:
+    """`info` with `parts_sha256`: the SHA-256 of each top-level field's canonical JSON
+    (sorted keys, no spaces), so any edit is refused and the refusal names the field."""
+    info = {k: v for k, v in info.items() if k != "parts_sha256"}
+    info["parts_sha256"] = {k: _part_hash(v) for k, v in info.items()}
+    return info
+
+
+def _check_seal(info: dict, cfg_path: Path) -> None:
+    recorded = info.get("parts_sha256")
+    if not isinstance(recorded, dict):
+        raise _bad(cfg_path, "has no valid 'parts_sha256' (the hashes of its fields): it was edited by hand or "
+                             "written by another program")
+    fields = set(info) - {"parts_sha256"}
+    changed = sorted(k for k in fields & set(recorded) if recorded[k] != _part_hash(info[k]))
+    added, removed = sorted(fields - set(recorded)), sorted(set(recorded) - fields)
+    if changed or added or removed:
+        parts = [f"{what} {', '.join(map(repr, keys))}" for what, keys in
+                 (("changed", changed), ("added", added), ("removed", removed)) if keys]
+        raise _bad(cfg_path, f"was edited after it was saved ({'; '.join(parts)} differ from the recorded "
+                             f"SHA-256 of each field); restore the original file or save the checkpoint again")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 # ---------------------------------------------------------------- load
@@ -205,14 +243,17 @@ def read_tensor_dir(directory: str | Path, fmt: str, tensors_file: str = TENSORS
     if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
         raise _bad(cfg_path, f"is larger than {MAX_CONFIG_BYTES} bytes; not a Pear config")
     try:
-        info = json.loads(cfg_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        info = json.loads(cfg_path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _bad(cfg_path, f"is not valid UTF-8 JSON ({exc})") from None
     if not isinstance(info, dict) or info.get("format") != fmt:
         raise _bad(cfg_path, f"field 'format' must be {fmt!r}; this is not that kind of Pear checkpoint")
     version = info.get("format_version")
-    if version != FORMAT_VERSION:
-        raise _bad(cfg_path, f"format_version {version!r} is not supported (this Pear reads version {FORMAT_VERSION})")
+    if isinstance(version, bool) or version not in READ_VERSIONS:
+        raise _bad(cfg_path, f"format_version {version!r} is not supported (this Pear reads versions "
+                             f"{', '.join(map(str, READ_VERSIONS))})")
+    if version >= 2:
+        _check_seal(info, cfg_path)
     declared, expected_sha = info.get("tensors"), info.get("tensors_sha256")
     if not isinstance(declared, dict) or not isinstance(expected_sha, str) or not all(
             isinstance(v, dict) for v in declared.values()):
@@ -280,6 +321,8 @@ def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
         positions[p["name"]] = p
     for name, p in positions.items():
         src = p["source"]
+        if p["pruned"] == (src == name):
+            raise ValueError(f"position {name!r} is {'pruned' if p['pruned'] else 'kept'} but its source is {src!r}")
         if src is not None and src not in positions:
             raise ValueError(f"position {name!r} shares unknown position {src!r}")
         if src is not None and positions[src]["source"] != src:
@@ -288,6 +331,24 @@ def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
             raise ValueError(f"position {name!r} owns an adapter but no tensors are stored for it")
         if p["frozen"] and not any(k.startswith(f"frozen.{name}.") for k in tensors):
             raise ValueError(f"position {name!r} keeps a frozen knowledge checkpoint but no tensors are stored for it")
+    for key in tensors:
+        kind, _, rest = key.partition(".")
+        pos = max((n for n in positions if rest.startswith(n + ".")), key=len, default=None)
+        if kind == "adapters" and (pos is None or positions[pos]["source"] != pos):
+            raise ValueError(f"tensor {key!r} is stored for a position that owns no adapter")
+        if kind == "frozen" and (pos is None or not positions[pos]["frozen"]):
+            raise ValueError(f"tensor {key!r} is stored for a position without a frozen knowledge checkpoint")
+    share_map = info.get("share_map")
+    if share_map is not None:
+        derived = {n: p["source"] for n, p in positions.items() if p["source"] not in (None, n)}
+        if share_map != derived:
+            wrong = sorted(set(share_map.items()) ^ set(derived.items()) if isinstance(share_map, dict) else [])
+            raise ValueError(f"'share_map' disagrees with the positions' sources (first difference: "
+                             f"{wrong[:1] or share_map!r})")
+    for p in positions.values():
+        imp = p.get("importance")
+        if isinstance(imp, float) and not math.isfinite(imp):
+            raise ValueError(f"position {p['name']!r} has importance {imp}")
     _expect(info, "pruned", bool, "the checkpoint", required=False)
     _expect(info, "unpruned_adapter_params", int, "the checkpoint", required=False)
     _expect(info, "head", (str, type(None)), "the checkpoint", required=False)

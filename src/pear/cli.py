@@ -39,7 +39,7 @@ def cmd_train(args) -> int:
     metrics = train(_train_config(args))
     if metrics is not None:
         print(json.dumps({k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params",
-                                                  "stored_bytes")}, indent=1))
+                                                  "checkpoint_file_bytes")}, indent=1))
     return 0
 
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import PearError
+
 ADAPTER_KINDS = ("parallel", "sequential", "lora")
 SUBLAYERS = ("attn", "mlp")
 IMPORTANCE_METHODS = ("taylor", "magnitude", "gradient", "output", "random")
@@ -103,7 +105,7 @@ class PearConfig:
                 self.blocks = tuple(self.blocks)
         except TypeError:
             name = "sublayers" if not isinstance(self.sublayers, tuple) else "blocks"
-            raise ValueError(f"PearConfig.{name} must be a sequence, got {getattr(self, name)!r}") from None
+            raise PearError(f"PearConfig.{name} must be a sequence, got {getattr(self, name)!r}") from None
         self._check_choice("adapter", ADAPTER_KINDS)
         self._check_choice("act", ACTIVATIONS)
         self._check_choice("init", ("zero", "random"))
@@ -113,40 +115,47 @@ class PearConfig:
         self._check_choice("share", SHARE_POLICIES)
         self._check_choice("prune_scope", PRUNE_SCOPES)
         self._check_choice("knowledge", KNOWLEDGE_MODES)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise PearError(f"PearConfig.seed must be an integer, got {self.seed!r}")
+        if self.target is not None and not isinstance(self.target, str):
+            raise PearError(f"PearConfig.target must be a regex string or None, got {self.target!r}")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"PearConfig.rank must be a positive integer, got {self.rank!r}")
+            raise PearError(f"PearConfig.rank must be a positive integer, got {self.rank!r}")
         if isinstance(self.distill_steps, bool) or not isinstance(self.distill_steps, int) or self.distill_steps < 1:
-            raise ValueError(f"PearConfig.distill_steps must be a positive integer, got {self.distill_steps!r}")
+            raise PearError(f"PearConfig.distill_steps must be a positive integer, got {self.distill_steps!r}")
         if self.knowledge == "svd" and self.adapter != "lora" and self.act != "identity":
-            raise ValueError(
+            raise PearError(
                 f"PearConfig.knowledge='svd' merges adapters in product space (up @ down), which only keeps what "
                 f"they compute without a nonlinearity: use adapter='lora' or act='identity', not act={self.act!r}"
             )
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
-            raise ValueError(f"PearConfig.scale must be a finite number, got {self.scale!r}")
-        if not isinstance(self.prune_ratio, (int, float)) or not 0.0 <= self.prune_ratio < 1.0:
-            raise ValueError(f"PearConfig.prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) \
+                or self.scale <= 0:
+            # s = 0 turns every adapter off (and with zero-initialised up projections no gradient reaches them).
+            raise PearError(f"PearConfig.scale must be a finite number > 0, got {self.scale!r}")
+        if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, (int, float)) \
+                or not 0.0 <= self.prune_ratio < 1.0:
+            raise PearError(f"PearConfig.prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
         if not self.sublayers or any(s not in SUBLAYERS for s in self.sublayers):
-            raise ValueError(
+            raise PearError(
                 f"PearConfig.sublayers must be a non-empty subset of {SUBLAYERS}, got {self.sublayers!r}"
             )
         if self.blocks is not None:
             if len(self.blocks) != 2 or not all(isinstance(b, int) for b in self.blocks) or not (
                 0 <= self.blocks[0] < self.blocks[1]
             ):
-                raise ValueError(
+                raise PearError(
                     f"PearConfig.blocks must be a range (start, stop) with 0 <= start < stop, got {self.blocks!r}"
                 )
         if self.target is not None:
             try:
                 re.compile(self.target)
             except (re.error, TypeError) as exc:
-                raise ValueError(f"PearConfig.target is not a valid regex: {self.target!r} ({exc})") from None
+                raise PearError(f"PearConfig.target is not a valid regex: {self.target!r} ({exc})") from None
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
         if value not in choices:
-            raise ValueError(f"PearConfig.{name} must be one of {', '.join(choices)}; got {value!r}")
+            raise PearError(f"PearConfig.{name} must be one of {', '.join(choices)}; got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -157,9 +166,9 @@ class PearConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PearConfig":
         if not isinstance(d, dict):
-            raise ValueError(f"PearConfig must be built from a JSON object, got {type(d).__name__}")
+            raise PearError(f"PearConfig must be built from a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"PearConfig has no field(s) {', '.join(map(repr, unknown))}")
+            raise PearError(f"PearConfig has no field(s) {', '.join(map(repr, unknown))}")
         return cls(**d)

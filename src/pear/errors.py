@@ -3,8 +3,12 @@
 Anything that is the user's fault (a bad path, a malformed file, an impossible option)
 raises `PearError` with a message that names the file, field or value and what was
 expected. The CLI prints the message and exits with code 2, no traceback.
+
+`PearError` is a `ValueError`, so code written against the library's earlier contract
+(`except ValueError`) still catches every user error; Pear itself raises only
+`PearError` for them.
 """
 
 
-class PearError(Exception):
+class PearError(ValueError):
     """A user-facing error: the message alone must tell the user what to fix."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from .adapters import count_params, pear_state, slots
 from .config import PearConfig
+from .errors import PearError
 
 
 @dataclass
@@ -49,10 +50,10 @@ class PrunePlan:
                        policy=str(d["policy"]), pruned_params=int(d.get("pruned_params", 0)),
                        total_params=int(d.get("total_params", 0)), scope=str(d.get("scope", "global")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"prune plan is malformed: {exc!r}") from None
+            raise PearError(f"prune plan is malformed: {exc!r}") from None
         bad = [p for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept]
         if bad or set(plan.pruned) & set(plan.kept):
-            raise ValueError(f"prune plan is inconsistent: shares {bad} do not map pruned -> kept positions")
+            raise PearError(f"prune plan is inconsistent: shares {bad} do not map pruned -> kept positions")
         return plan
 
     def digest(self) -> str:
@@ -78,7 +79,7 @@ def _describe(scores: dict[str, float], model: nn.Module | None) -> list[_Pos]:
         missing = [n for n in sl if n not in scores]
         extra = [n for n in scores if n not in sl]
         if missing or extra:
-            raise ValueError(f"scores do not match the model's positions: missing {missing[:3]}, unknown {extra[:3]}")
+            raise PearError(f"scores do not match the model's positions: missing {missing[:3]}, unknown {extra[:3]}")
         out = []
         for i, (n, s) in enumerate(sl.items()):
             size = count_params(s.adapter) if s.adapter is not None else 0
@@ -112,10 +113,10 @@ def make_plan(scores: dict[str, float], config: PearConfig, model: nn.Module | N
     compatibility come from its slots; without, all positions count as equal and
     compatible (true inside one ViT)."""
     if not scores:
-        raise ValueError("scores is empty: there are no adapter positions to plan over")
+        raise PearError("scores is empty: there are no adapter positions to plan over")
     bad = {k: v for k, v in scores.items() if not math.isfinite(float(v))}
     if bad:
-        raise ValueError(f"importance scores must be finite; got {bad}")
+        raise PearError(f"importance scores must be finite; got {bad}")
     pos = _describe(scores, model)
     # Least important first; ties broken by model order so a plan is deterministic.
     ranked = sorted(pos, key=lambda p: (p.score, p.index))
@@ -173,7 +174,7 @@ def _share(pruned: list[_Pos], kept: list[_Pos], policy: str) -> dict[str, str]:
             if same_kind:
                 shares[p.name] = min(same_kind, key=lambda k: (abs(k.depth - p.depth), -k.score, k.index)).name
     else:
-        raise ValueError(f"PearConfig.share must be one of matched, nearest, top1, none; got {policy!r}")
+        raise PearError(f"PearConfig.share must be one of matched, nearest, top1, none; got {policy!r}")
     return shares
 
 
@@ -189,21 +190,21 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     state = pear_state(model)
     config = config or state.config
     if state.pruned:
-        raise ValueError("this model was already pruned; prune_and_share runs once")
+        raise PearError("this model was already pruned; prune_and_share runs once")
     if config.knowledge == "distill" and plan.shares:
         missing = [n for n in [*plan.shares, *plan.shares.values()] if inputs is None or n not in inputs]
         if missing:
-            raise ValueError(f"knowledge='distill' needs the adapter inputs at every sharing position "
+            raise PearError(f"knowledge='distill' needs the adapter inputs at every sharing position "
                              f"(pear.capture_inputs(model, batches)); missing {sorted(set(missing))[:4]}")
     sl = slots(model)
     if set(plan.pruned) | set(plan.kept) != set(sl) or set(plan.pruned) & set(plan.kept):
-        raise ValueError("the prune plan's positions do not match the model's positions")
+        raise PearError("the prune plan's positions do not match the model's positions")
     bad = {p: k for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept}
     if bad:
-        raise ValueError(f"the prune plan shares must map pruned -> kept positions; got {bad}")
+        raise PearError(f"the prune plan shares must map pruned -> kept positions; got {bad}")
     for p, k in plan.shares.items():
         if sl[p].info.signature != sl[k].info.signature:
-            raise ValueError(f"cannot share {k} into {p}: adapter shapes differ "
+            raise PearError(f"cannot share {k} into {p}: adapter shapes differ "
                              f"({sl[k].info.signature} vs {sl[p].info.signature})")
     for name, slot in sl.items():
         slot.info.importance = plan.scores.get(name)

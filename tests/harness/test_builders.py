@@ -175,9 +175,12 @@ def test_existing_destination_needs_overwrite(tmp_path, small_builds):
     first = build_dataset("sprites_loc", tmp_path, seed=0)
     with pytest.raises(PearError, match="already exists"):
         build_dataset("sprites_loc", tmp_path, seed=1)
-    (first / "stale.txt").write_text("from the old build")
+    (first / "notes.txt").write_text("the user's")  # a folder holding files it did not build is never replaced
+    with pytest.raises(PearError, match=r"holds files Pear did not write there \(notes.txt\)"):
+        build_dataset("sprites_loc", tmp_path, seed=1, overwrite=True)
+    assert (first / "notes.txt").read_text() == "the user's"
+    (first / "notes.txt").unlink()
     assert build_dataset("sprites_loc", tmp_path, seed=1, overwrite=True) == first
-    assert not (first / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sprites_loc"]
 
 

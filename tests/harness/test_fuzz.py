@@ -1,5 +1,6 @@
 """Fuzzing every file format Pear reads from users: VTAB list files, IDX files, task
-checkpoints (pear_config.json and the safetensors file) and the CLI on top of them.
+checkpoints (pear_config.json and the safetensors file), run options (as YAML, flags
+and the suite hand them over), the training state's state.json, and the CLI on top of them.
 
 The property is always the same: whatever the bytes, the reader returns a valid result
 or raises PearError; no other exception, no read outside the task folder, no large
@@ -13,32 +14,38 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import struct
 import sys
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import pear
-from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
+from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint, seal
 from pear.cli import main
 from pear.errors import PearError
 from pear.harness.builders import read_idx
 from pear.harness.data import MAX_INFERRED_CLASSES, read_list, task_info
-from pear.harness.state import PLAIN_FILES
+from pear.harness import train as T
+from pear.harness.options import PEAR_FIELDS, TrainConfig, train_config_from_args
+from pear.harness.state import PLAIN_FILES, STATE_FILES, load_state
 
 EXAMPLES = int(os.environ.get("PEAR_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -268,12 +275,22 @@ def config_texts(draw, pristine: bytes):
     return draw(st.binary(max_size=300))
 
 
+def _resealed(text: bytes) -> bytes:
+    """`text` with its field hashes recomputed (when it is a JSON object), so a fuzzed edit
+    reaches the type and consistency checks instead of stopping at the seal."""
+    try:
+        return json.dumps(seal(json.loads(text))).encode()
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return text
+
+
 @FUZZ
-@given(data=st.data())
-def test_pear_config_json(checkpoint, tmp_path_factory, data):
+@given(data=st.data(), reseal=st.booleans())
+def test_pear_config_json(checkpoint, tmp_path_factory, data, reseal):
     folder, pristine, backbone = checkpoint
+    text = data.draw(config_texts(pristine[CONFIG_FILE]))
     fuzzed = tmp_path_factory.getbasetemp() / "fuzzed-config"
-    _write(fuzzed, {**pristine, CONFIG_FILE: data.draw(config_texts(pristine[CONFIG_FILE]))})
+    _write(fuzzed, {**pristine, CONFIG_FILE: _resealed(text) if reseal else text})
     _only_pear_errors(fuzzed, backbone)
 
 
@@ -308,7 +325,7 @@ def test_safetensors_file(checkpoint, tmp_path_factory, data, rehash):
     raw = data.draw(safetensors_files(pristine[TENSORS_FILE]))
     config = json.loads(pristine[CONFIG_FILE])
     if rehash:
-        config["tensors_sha256"] = hashlib.sha256(raw).hexdigest()
+        config = seal({**config, "tensors_sha256": hashlib.sha256(raw).hexdigest()})
     fuzzed = tmp_path_factory.getbasetemp() / "fuzzed-tensors"
     _write(fuzzed, {TENSORS_FILE: raw, CONFIG_FILE: json.dumps(config).encode()})
     _only_pear_errors(fuzzed, backbone)
@@ -348,8 +365,7 @@ def checkpoint_files(draw, names: tuple[str, str], pristine: dict[str, bytes]):
     if draw(st.booleans()):
         return {**pristine, config_file: draw(config_texts(pristine[config_file]))}
     raw = draw(safetensors_files(pristine[tensors_file]))
-    config = json.loads(pristine[config_file])
-    config["tensors_sha256"] = hashlib.sha256(raw).hexdigest()
+    config = seal({**json.loads(pristine[config_file]), "tensors_sha256": hashlib.sha256(raw).hexdigest()})
     return {tensors_file: raw, config_file: json.dumps(config).encode()}
 
 
@@ -381,3 +397,65 @@ def test_cli_on_fuzzed_checkpoints(run, command):
         fuzz()
     finally:
         _write(folder / "checkpoint", pristine)
+
+
+# ---------------------------------------------------------------- run options (YAML / CLI / suite) and state.json
+
+# Values of every kind for every option: whatever a YAML file or the suite hands
+# TrainConfig, it is a valid config or one PearError, never another exception.
+OPTION_VALUES = JSON | st.sampled_from(["tpu", "cuda:99x", "nan", "-1", "1e-3", "yes", "no", ""]) | st.floats() \
+    | st.integers(-3, 300)
+
+
+OPTION_NAMES = sorted({f.name for f in dataclasses.fields(TrainConfig)} | set(PEAR_FIELDS) | {"bogus"})
+
+
+@FUZZ
+@given(values=st.dictionaries(st.sampled_from(OPTION_NAMES), OPTION_VALUES, max_size=5))
+def test_train_options(values):
+    base = {"data": "d", "task": "t", "out": "o", "backbone": "vit_tiny_patch16_224", "img_size": 32}
+    try:
+        cfg = train_config_from_args({**base, **values})
+    except PearError:
+        return
+    assert isinstance(cfg, TrainConfig) and cfg.epochs >= 1 and cfg.workers >= 0 and math.isfinite(cfg.cache_gb)
+    assert not (cfg.overwrite and cfg.resume)
+
+
+@pytest.fixture(scope="module")
+def saved_state(tiny_run):
+    """(run folder, pristine state files) of the session's finished tiny run."""
+    state = tiny_run.run / "state"
+    return Quiet((tiny_run.run, {f.name: f.read_bytes() for f in state.iterdir()}))
+
+
+@FUZZ
+@given(data=st.data(), reseal=st.booleans())
+def test_state_json(saved_state, tmp_path_factory, data, reseal):
+    """`reseal`: the fuzzed state.json gets its field hashes recomputed, so the edit
+    reaches the type and consistency checks instead of stopping at the seal."""
+    run, pristine = saved_state
+    text = data.draw(config_texts(pristine[STATE_FILES[1]]))
+    text = _resealed(text) if reseal else text
+    fuzzed = tmp_path_factory.getbasetemp() / "fuzzed-state"
+    _write(fuzzed, {**pristine, STATE_FILES[1]: text})
+    cfg = TrainConfig.from_dict({**yaml.safe_load((run / "args.yaml").read_text()), "resume": False,
+                                 "overwrite": False})
+    model = _state_model(cfg)
+    optimizer = T.make_optimizer(model, cfg.lr, cfg.wd)
+    try:
+        load_state(fuzzed, model, optimizer, None, torch.device("cpu"))
+    except PearError:
+        pass
+
+
+_STATE_MODELS: dict = {}
+
+
+def _state_model(cfg):
+    """A fresh copy of the run's model (built once: building is the slow part)."""
+    if "model" not in _STATE_MODELS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tiny backbone is randomly initialised by design
+            _STATE_MODELS["model"] = T.build(cfg, 3, torch.device("cpu"))[0]
+    return copy.deepcopy(_STATE_MODELS["model"])

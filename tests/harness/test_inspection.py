@@ -24,12 +24,11 @@ def test_run_and_checkpoint_folders_agree_with_the_model_report(tiny_run):
     assert info["class_names"] == ["red", "green", "blue"]
     assert info["positions"] == rep["positions"]
     t = info["totals"]
-    assert {k: t[k] for k in rep["totals"] if k not in ("stored_bytes", "share_map_bytes")} == \
-        {k: v for k, v in rep["totals"].items() if k not in ("stored_bytes", "share_map_bytes")}
+    assert {k: v for k, v in t.items() if k != "checkpoint_file_bytes"} == rep["totals"]
     assert t["pruned"] == 2 and t["shared"] == 2 and t["adapter_ratio"] == 0.5
-    assert t["stored_bytes"] == sum(f.stat().st_size for f in ckpt.iterdir())
+    assert t["checkpoint_file_bytes"] == sum(f.stat().st_size for f in ckpt.iterdir())
     assert info["metrics"] == json.loads((tiny_run.run / "metrics.json").read_text())
-    assert t["stored_bytes"] == info["metrics"]["stored_bytes"]
+    assert t["checkpoint_file_bytes"] == info["metrics"]["checkpoint_file_bytes"]
 
     alone = inspect_path(ckpt)
     assert alone["metrics"] is None
@@ -47,7 +46,7 @@ def test_table_shows_every_position_and_the_totals(tiny_run):
         if row["shares"]:
             assert row["shares"] in line
     assert f"adapter bytes     {t['adapter_bytes']:,} of {t['adapter_bytes_unpruned']:,} unpruned (50.0%)" in text
-    assert f"stored bytes      {t['stored_bytes']:,}" in text
+    assert f"checkpoint files  {t['checkpoint_file_bytes']:,} bytes" in text
     assert "test_acc" in text
 
 
@@ -92,7 +91,7 @@ def test_plain_checkpoint_shows_what_it_stores(tmp_path, model_factory):
     head = sum(p.numel() for p in model.head.parameters())
     assert info["kind"] == "plain" and info["method"] == "linear"
     assert info["totals"]["stored_params"] == info["totals"]["head_params"] == head
-    assert info["totals"]["stored_bytes"] == sum(f.stat().st_size for f in (tmp_path / "linear").iterdir())
+    assert info["totals"]["checkpoint_file_bytes"] == sum(f.stat().st_size for f in (tmp_path / "linear").iterdir())
     assert "linear" in render_table(info)
     with pytest.raises(pear.PearError, match="no adapter positions to plot"):
         inspect_path(tmp_path / "linear", plot=tmp_path / "p.png")

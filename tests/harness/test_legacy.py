@@ -33,6 +33,8 @@ def test_old_run_folder_evaluates_and_inspects(legacy):
         "test_acc"]
     info = inspect_path(legacy / "finished")
     assert info["config"]["share"] in ("rank", "matched") and info["totals"]["pruned"] == 2
+    # Its metrics.json calls the checkpoint's size on disk 'stored_bytes', today's 'checkpoint_file_bytes'.
+    assert info["metrics"]["checkpoint_file_bytes"] == info["totals"]["checkpoint_file_bytes"] == 8612
 
 
 def test_old_interrupted_run_resumes_bit_for_bit(legacy):

@@ -102,7 +102,7 @@ def test_suite_runs_skips_resumes_and_refuses_other_options(data, tmp_path, monk
     linear_mtime = linear_metrics.stat().st_mtime_ns
     (pear_run / "metrics.json").unlink()
     resumed = run_suite(**suite_args, base=TINY)
-    for key in ("test_acc", "plan_digest", "stored_bytes"):
+    for key in ("test_acc", "plan_digest", "checkpoint_file_bytes"):
         assert resumed[1][key] == rows[1][key]
     assert "resumed from" in (pear_run / "train.log").read_text()
     assert linear_metrics.stat().st_mtime_ns == linear_mtime
@@ -122,7 +122,7 @@ if cfg["seed"] == 1:
     sys.exit(2)
 time.sleep(0.2)
 Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
-metrics = {"task": cfg["task"], "seed": cfg["seed"], "test_acc": 40.0 + cfg["seed"], "stored_bytes": 100,
+metrics = {"task": cfg["task"], "seed": cfg["seed"], "test_acc": 40.0 + cfg["seed"], "checkpoint_file_bytes": 100,
            "device": sys.argv[2], "trainable_params": 10}
 (Path(cfg["out"]) / "metrics.json").write_text(json.dumps(metrics))
 print("done on", sys.argv[2], "resume", cfg["resume"])
@@ -159,7 +159,7 @@ def test_failed_run_is_reported_after_the_others(data, tmp_path, monkeypatch):
             raise PearError("loss became nan")
         Path(cfg.out).mkdir(parents=True)
         (Path(cfg.out) / "metrics.json").write_text(json.dumps({"task": cfg.task, "seed": cfg.seed,
-                                                                "test_acc": 50.0, "stored_bytes": 10}))
+                                                                "test_acc": 50.0, "checkpoint_file_bytes": 10}))
     monkeypatch.setattr(suite, "train", train)
     with pytest.raises(PearError, match=r"(?s)1 of 3 runs failed.*toy/linear/seed1: PearError: loss became nan"):
         run_suite(data=data, tasks=["toy"], methods=["linear"], seeds=[0, 1, 2], out=tmp_path, base=TINY)
@@ -191,7 +191,7 @@ def write_metrics(out: Path, task: str, method: str, seed: int, acc: float, **ex
     run = out / "runs" / task / method / f"seed{seed}"
     run.mkdir(parents=True)
     metrics = {"task": task, "method": method.split("-")[0], "seed": seed, "test_acc": acc,
-               "trainable_params": 100, "stored_bytes": 4000, "device": "cpu", "backbone": "vit", **extra}
+               "trainable_params": 100, "checkpoint_file_bytes": 4000, "device": "cpu", "backbone": "vit", **extra}
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -228,6 +228,17 @@ def test_aggregate_means_over_seeds_tasks_and_vtab_groups(tmp_path):
     assert "| dtd | pear-share-top1 | 59.50 ± 2.12 (n=2) | 200 → 100 | 4,000 | 1,000 | 0.50× |" in md
     assert "pear suite --tasks dtd,eurosat" in md and "CPUs" in md
     assert (tmp_path / "accuracy_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_aggregate_reads_older_metrics_names(tmp_path):
+    """Before the rename, metrics.json called the checkpoint's size on disk 'stored_bytes'."""
+    write_metrics(tmp_path, "toy", "pear", 0, 40.0)
+    path = tmp_path / "runs/toy/pear/seed0/metrics.json"
+    old = json.loads(path.read_text())
+    old["stored_bytes"] = old.pop("checkpoint_file_bytes")
+    path.write_text(json.dumps(old))
+    assert aggregate(tmp_path)[0]["checkpoint_file_bytes"] == 4000
+    assert "| toy | pear | 40.00 (n=1) | 100 | 4,000 |" in (tmp_path / "results.md").read_text()
 
 
 def test_aggregate_without_vtab_tasks_or_runs(tmp_path):

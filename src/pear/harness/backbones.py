@@ -291,6 +291,16 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        raise PearError(f"cannot read weights file {path}: {err.strerror or err}") from None
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle, which starts with
+    # its protocol byte 0x80); anything else (a text file, an HTML error page) is not one.
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise PearError(f"weights file {path} is not a PyTorch checkpoint (it starts with {magic!r}, not a zip "
+                        f"archive or a pickle); expected a file written by torch.save, or a .safetensors file")
+    try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
@@ -301,7 +311,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 "(torch.save(model.state_dict(), ...)) or a .safetensors file"
             ) from err
         raise PearError(f"weights file {path} is damaged or not a PyTorch checkpoint") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
         raise PearError(f"weights file {path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
     return _unwrap(checkpoint, path)
 

@@ -111,10 +111,17 @@ class Split:
 
 
 def resolve_device(name: str) -> torch.device:
+    from .options import check_device
+
+    check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PearError(f"--device {name}: CUDA is not available on this machine")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise PearError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise PearError("--device mps: MPS is not available on this machine")
     return torch.device(name)
 
 

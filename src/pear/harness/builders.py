@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pear.atomic import atomic_dir_write
+from pear.atomic import atomic_dir_write, check_replaceable
 from pear.errors import PearError
 from pear.harness.data import read_at_most
 
@@ -245,6 +245,10 @@ def _sprites(target: str, seed: int):
     return splits, names
 
 
+# What a built task folder holds (`_write_task`): only such a folder is ever replaced.
+BUILT_FILES = ("images/", "classes.txt", "train800.txt", "val200.txt", "train800val200.txt", "test.txt")
+
+
 def _write_task(folder: Path, splits, class_names: list[str]) -> None:
     lines = {}
     for split, (images, labels) in splits.items():
@@ -293,6 +297,7 @@ def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | 
     dest = out_root / name
     if dest.exists() and not overwrite:
         raise PearError(f"{dest} already exists; pass overwrite=True (or remove it) to rebuild")
+    check_replaceable(dest, BUILT_FILES, "dataset Pear built")
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):

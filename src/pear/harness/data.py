@@ -107,7 +107,27 @@ def read_at_most(fh, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_text(path: Path, what: str) -> str:
+def _quote(text: str, limit: int = 40) -> str:
+    """A short, escaped snippet of a line for an error message: list files may be large
+    or hostile, and a message should point at the problem, not reprint the file."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _inside(path: Path, task_root: Path, what: str) -> Path:
+    """`path` resolved, refused unless it lies inside the (resolved) task folder: a list
+    or classes.txt that is a symlink to /etc/passwd is never read."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop on Python < 3.13
+        raise PearError(f"cannot resolve {what} {path}: {e}") from None
+    if not resolved.is_relative_to(task_root):
+        raise PearError(f"{what} {path} resolves to {resolved}, outside the task folder {task_root}; Pear reads "
+                        f"only files inside the task folder")
+    return resolved
+
+
+def _read_text(path: Path, what: str, task_root: Path) -> str:
+    path = _inside(path, task_root, what)
     try:
         size = path.stat().st_size
         if size > MAX_LIST_BYTES:
@@ -133,7 +153,7 @@ def _read_text(path: Path, what: str) -> str:
         line = raw[: e.start].count(b"\n") + 1
         bad = raw[e.start : e.end]
         raise PearError(
-            f"{path}:{line}: byte(s) {bad!r} are not valid UTF-8; expected a UTF-8 text file"
+            f"{path}:{line}: byte(s) {bad[:8]!r} are not valid UTF-8; expected a UTF-8 text file"
         ) from None
 
 
@@ -145,7 +165,7 @@ def _lines(text: str) -> list[str]:
 
 def _parse_label(field: str, where: str, num_classes: int | None) -> int:
     if not _INT_RE.fullmatch(field):
-        raise PearError(f"{where}: label {field!r} is not an integer; expected "
+        raise PearError(f"{where}: label {_quote(field)} is not an integer; expected "
                         "'<relative image path> <integer label>'")
     expected = "a label >= 0" if num_classes is None else f"a label in [0, {num_classes})"
     digits = field.lstrip("-")
@@ -159,33 +179,37 @@ def _parse_label(field: str, where: str, num_classes: int | None) -> int:
 
 def _resolve_image(rel: str, where: str, task_root: Path) -> Path:
     if "\x00" in rel:
-        raise PearError(f"{where}: image path {rel!r} contains a NUL byte")
+        raise PearError(f"{where}: image path {_quote(rel)} contains a NUL byte")
     if Path(rel).is_absolute():
-        raise PearError(f"{where}: image path {rel!r} is absolute; expected a path "
+        raise PearError(f"{where}: image path {_quote(rel)} is absolute; expected a path "
                         f"relative to the task folder {task_root}")
     try:
         resolved = (task_root / rel).resolve()
     except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop on Python < 3.13
-        raise PearError(f"{where}: cannot resolve image path {rel!r}: {e}") from None
+        raise PearError(f"{where}: cannot resolve image path {_quote(rel)}: {e}") from None
     if not resolved.is_relative_to(task_root):
-        raise PearError(f"{where}: image path {rel!r} resolves to {resolved}, outside the "
+        raise PearError(f"{where}: image path {_quote(rel)} resolves to {resolved}, outside the "
                         f"task folder {task_root}; expected a path inside it")
     try:
         is_file = resolved.is_file()
     except OSError as e:
-        raise PearError(f"{where}: cannot access image {rel!r}: {e.strerror or e}") from None
+        raise PearError(f"{where}: cannot access image {_quote(rel)}: {e.strerror or e}") from None
     if not is_file:
-        raise PearError(f"{where}: image {resolved} (listed as {rel!r}) does not exist "
+        raise PearError(f"{where}: image {resolved} (listed as {_quote(rel)}) does not exist "
                         "or is not a file")
     return resolved
 
 
-def _parse_list(path: Path, task_dir: Path, num_classes: int | None) -> list[tuple[Path, int]]:
-    text = _read_text(path, "list file")
+def _task_root(task_dir: Path) -> Path:
     try:
-        task_root = task_dir.resolve(strict=True)
+        return task_dir.resolve(strict=True)
     except (OSError, RuntimeError):
         raise PearError(f"task folder {task_dir} does not exist") from None
+
+
+def _parse_list(path: Path, task_dir: Path, num_classes: int | None) -> list[tuple[Path, int]]:
+    task_root = _task_root(task_dir)
+    text = _read_text(path, "list file", task_root)
     items: list[tuple[Path, int]] = []
     for lineno, line in enumerate(_lines(text), start=1):
         fields = line.split()
@@ -194,7 +218,7 @@ def _parse_list(path: Path, task_dir: Path, num_classes: int | None) -> list[tup
         where = f"{path}:{lineno}"
         if len(fields) != 2:
             raise PearError(
-                f"{where}: {len(fields)} field(s) in {line[:200]!r}; expected "
+                f"{where}: {len(fields)} field(s) in {_quote(line)}; expected "
                 "'<relative image path> <integer label>' (paths may not contain spaces)"
             )
         label = _parse_label(fields[1], where, num_classes)
@@ -215,8 +239,8 @@ def read_list(path: str | Path, task_dir: str | Path, num_classes: int) -> list[
     return _parse_list(Path(path), Path(task_dir), num_classes)
 
 
-def _read_class_names(path: Path) -> list[str]:
-    lines = _lines(_read_text(path, "class names file"))
+def _read_class_names(path: Path, task_dir: Path) -> list[str]:
+    lines = _lines(_read_text(path, "class names file", _task_root(task_dir)))
     while lines and not lines[-1].strip():
         lines.pop()
     names = []
@@ -227,7 +251,7 @@ def _read_class_names(path: Path) -> list[str]:
             raise PearError(f"{path}:{lineno}: empty class name; expected one class name "
                             "per line (line n names label n-1)")
         if name in seen:
-            raise PearError(f"{path}:{lineno}: class name {name!r} repeats line "
+            raise PearError(f"{path}:{lineno}: class name {_quote(name)} repeats line "
                             f"{seen[name]}; expected distinct names")
         seen[name] = lineno
         names.append(name)
@@ -276,7 +300,7 @@ def task_info(root: str | Path, task: str) -> TaskInfo:
             raise PearError(f"task folder {task_dir} has no {list_name}; expected the VTAB "
                             f"list files {', '.join(s + '.txt' for s in SPLITS)}")
     classes_file = task_dir / "classes.txt"
-    class_names = _read_class_names(classes_file) if classes_file.is_file() else None
+    class_names = _read_class_names(classes_file, task_dir) if classes_file.is_file() else None
     if canonical in VTAB_TASKS:
         num_classes = VTAB_TASKS[canonical]
         if class_names is not None and len(class_names) != num_classes:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from ..errors import PearError
 from .builders import build_dataset
-from .files import read_mapping
 from .inspection import inspect_path, render_table
+from .rundir import check_same_run
+from .runs import read_metrics
 from .train import TrainConfig, train
 
 DEMO = dict(task="fashion_mnist", backbone="tf_efficientnet_lite0", method="pear", img_size=112, epochs=5,
@@ -21,23 +22,28 @@ DEMO = dict(task="fashion_mnist", backbone="tf_efficientnet_lite0", method="pear
 
 def run_demo(out: str = "runs/demo", data: str = "data", epochs: int | None = None, overwrite: bool = False) -> dict:
     out_dir, data_dir = Path(out), Path(data)
+    # The options first (an --epochs 0 is refused before anything is built or trained).
+    cfg = TrainConfig(**{**DEMO, "epochs": DEMO["epochs"] if epochs is None else epochs}, data=str(data_dir),
+                      out=str(out_dir), overwrite=overwrite, resume=out_dir.is_dir() and not overwrite)
+    metrics_file = out_dir / "metrics.json"
+    if out_dir.is_dir() and not overwrite:
+        try:
+            check_same_run(out_dir, cfg)
+        except PearError as exc:
+            raise PearError(f"demo: {out_dir} holds a run that is not the demo's ({exc}); pass another --out, or "
+                            f"--overwrite to replace it") from None
     if not (data_dir / DEMO["task"]).is_dir():
         print(f"demo: building the Fashion-MNIST 1k task into {data_dir}")
         build_dataset(DEMO["task"], data_dir)
-    metrics_file = out_dir / "metrics.json"
     if metrics_file.is_file() and not overwrite:
         print(f"demo: {out_dir} already holds a finished demo run (pass --overwrite to train again)")
-        metrics = read_mapping(metrics_file, "metrics file")
+        metrics = read_metrics(metrics_file)
     else:
-        cfg = TrainConfig(**{**DEMO, "epochs": epochs or DEMO["epochs"]}, data=str(data_dir), out=str(out_dir),
-                          overwrite=overwrite, resume=out_dir.is_dir() and not overwrite)
-        if not cfg.prune_epoch < cfg.epochs:
-            raise PearError(f"demo: --epochs must be at least {cfg.prune_epoch + 1} so there is training after pruning")
         metrics = train(cfg)
     print()
     print(render_table(inspect_path(out_dir)))
     print()
     print(f"test accuracy {metrics['test_acc']:.2f}%   trainable parameters {metrics['trainable_params']:,} "
           f"(before pruning {metrics['trainable_params_before']:,})   stored task checkpoint "
-          f"{metrics['stored_bytes']:,} bytes in {out_dir / 'checkpoint'}")
+          f"{metrics['checkpoint_file_bytes']:,} bytes in {out_dir / 'checkpoint'}")
     return metrics

@@ -1,22 +1,21 @@
 """`pear inspect`: what a saved task pruned, who shares whom, and what it stores.
 
 Works from the checkpoint files alone (no backbone is built), so it is instant even
-for ViT-B checkpoints. The numbers match `pear.report` of the loaded model, except
-`stored_bytes`, which here is the real size of the checkpoint's files on disk.
+for ViT-B checkpoints. The numbers are `pear.report`'s of the loaded model (both come from
+`pear.report.summarize`), plus `checkpoint_file_bytes`, the size of the checkpoint's
+files on disk.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-
-import torch
 
 from ..atomic import atomic_write_file
 from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..errors import PearError
-from .files import read_mapping
-from .runs import checkpoint_kind
+from ..jsontypes import checkpoint_problems
+from ..report import checkpoint_report, tensors_size
+from .runs import checkpoint_kind, read_metrics
 from .state import PLAIN_FILES, read_plain
 
 _KIND_COLOURS = {"attn": "#3b75af", "mlp": "#ef8636", "qkv": "#519e3e", "block": "#3b75af"}
@@ -35,7 +34,8 @@ def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
     ckpt = path / "checkpoint" if run else path
     info = _inspect_pear(ckpt) if checkpoint_kind(ckpt) == "pear" else _inspect_plain(ckpt)
     info["path"] = str(path)
-    info["metrics"] = read_mapping(run / "metrics.json", "metrics file") if run and (run / "metrics.json").is_file() else None
+    metrics = run / "metrics.json" if run else None
+    info["metrics"] = read_metrics(metrics) if metrics and metrics.is_file() else None
     if plot is not None:
         if info["kind"] != "pear":
             raise PearError(f"{ckpt} is a plain {info['method']!r} checkpoint: it has no adapter positions to plot")
@@ -44,26 +44,8 @@ def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
     return info
 
 
-def _sizes(tensors: dict[str, torch.Tensor], prefix: str) -> tuple[int, int]:
-    """(parameters, bytes) of the tensors whose names start with `prefix`."""
-    sel = [t for k, t in tensors.items() if k.startswith(prefix)]
-    return sum(t.numel() for t in sel), sum(t.numel() * t.element_size() for t in sel)
-
-
 def _files(ckpt: Path, names) -> dict[str, int]:
     return {n: (ckpt / n).stat().st_size for n in names}
-
-
-# read_checkpoint validates a Pear checkpoint's JSON; a plain one's is checked here for
-# the fields shown (the JSON is not covered by the tensor file's hash, so a hand edit
-# must give a clear error, not a crash).
-_PLAIN_FIELDS = {
-    "backbone": lambda v: v is None or (isinstance(v, dict) and all(
-        isinstance(v.get(k), (str, type(None))) for k in ("name", "fingerprint"))),
-    "meta": lambda v: v is None or isinstance(v, dict),
-    "num_classes": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
-    "class_names": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
-}
 
 
 def _described(kind: str, ckpt: Path, info: dict) -> dict:
@@ -76,57 +58,23 @@ def _described(kind: str, ckpt: Path, info: dict) -> dict:
 
 def _inspect_pear(ckpt: Path) -> dict:
     task = read_checkpoint(ckpt)
-    info, tensors = task.info, task.tensors
-    rows = []
-    for p in info["positions"]:
-        name = p["name"]
-        if p.get("importance") is not None and not math.isfinite(p["importance"]):
-            raise PearError(f"{ckpt / CONFIG_FILE}: position {name!r} has importance {p['importance']}")
-        rows.append({
-            "name": name,
-            "kind": p["kind"],
-            "depth": p["depth"],
-            "importance": p.get("importance"),
-            "state": "pruned" if p["pruned"] else ("kept" if info.get("pruned") else "active"),
-            "shares": p["source"] if p["source"] not in (None, name) else None,
-            "params": _sizes(tensors, f"adapters.{name}.")[0],
-            "frozen_params": _sizes(tensors, f"frozen.{name}.")[0],
-        })
-    adapter_params, adapter_bytes = _sizes(tensors, "adapters.")
-    frozen_params, frozen_bytes = _sizes(tensors, "frozen.")
-    head_params, head_bytes = _sizes(tensors, "head.")
-    unpruned = info.get("unpruned_adapter_params", adapter_params)
-    # Adapters of one checkpoint share one dtype, so the unpruned budget costs the same per parameter.
-    per_param = adapter_bytes // adapter_params if adapter_params else 4
+    rep = checkpoint_report(task)
     files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE))
-    totals = {
-        "positions": len(rows),
-        "pruned": sum(r["state"] == "pruned" for r in rows),
-        "shared": sum(r["shares"] is not None for r in rows),
-        "adapter_params": adapter_params,
-        "adapter_params_unpruned": unpruned,
-        "frozen_params": frozen_params,
-        "head_params": head_params,
-        "trainable_params": adapter_params + head_params,
-        "trainable_params_before": unpruned + head_params,
-        "adapter_bytes": adapter_bytes,
-        "adapter_bytes_unpruned": unpruned * per_param,
-        "adapter_ratio": adapter_bytes / (unpruned * per_param) if unpruned else None,
-        "frozen_bytes": frozen_bytes,
-        "head_bytes": head_bytes,
-        "stored_bytes": sum(files.values()),
-    }
-    return {**_described("pear", ckpt, info), "config": task.config.to_dict(), "positions": rows, "totals": totals, "files": files}
+    rep["totals"]["checkpoint_file_bytes"] = sum(files.values())
+    return {**_described("pear", ckpt, task.info), **rep, "files": files}
 
 
 def _inspect_plain(ckpt: Path) -> dict:
     info, tensors = read_plain(ckpt)
-    for key, ok in _PLAIN_FIELDS.items():
-        if not ok(info.get(key)):
-            raise PearError(f"{ckpt / PLAIN_FILES[1]}: field {key!r} is malformed: {info.get(key)!r}")
+    # read_checkpoint validates a Pear checkpoint's JSON; a plain one's fields shown here
+    # are checked here (its JSON is not covered by the tensor file's hash, so a hand
+    # edit must give a clear error, not a crash).
+    problems = checkpoint_problems(info)
+    if problems:
+        raise PearError(f"{ckpt / PLAIN_FILES[1]} is malformed: {'; '.join(problems)}")
     head = info.get("head")
-    stored_params, stored = _sizes(tensors, "")
-    head_params, head_bytes = _sizes(tensors, f"{head}.") if isinstance(head, str) else (0, 0)
+    stored_params, stored = tensors_size(tensors, "")
+    head_params, head_bytes = tensors_size(tensors, f"{head}.") if isinstance(head, str) else (0, 0)
     files = _files(ckpt, PLAIN_FILES)
     return {
         **_described("plain", ckpt, info),
@@ -137,11 +85,10 @@ def _inspect_plain(ckpt: Path) -> dict:
             "other_params": stored_params - head_params,
             "tensor_bytes": stored,
             "head_bytes": head_bytes,
-            "stored_bytes": sum(files.values()),
+            "checkpoint_file_bytes": sum(files.values()),
         },
         "files": files,
     }
-
 
 
 # ---------------------------------------------------------------- text
@@ -216,11 +163,11 @@ def render_table(info: dict) -> str:
     lines = _header(info) + [""]
     lines += _pear_table(info) if info["kind"] == "pear" else _plain_table(info)
     files = " + ".join(f"{n} {_num(s)}" for n, s in info["files"].items())
-    lines.append(f"stored bytes      {_num(info['totals']['stored_bytes'])} ({files})")
+    lines.append(f"checkpoint files  {_num(info['totals']['checkpoint_file_bytes'])} bytes ({files})")
     if info.get("metrics"):
         m = info["metrics"]
-        shown = {k: m[k] for k in ("test_acc", "trainable_params", "stored_bytes", "epochs", "train_seconds")
-                 if m.get(k) is not None}
+        keys = ("test_acc", "trainable_params", "checkpoint_file_bytes", "epochs", "train_seconds")
+        shown = {k: m[k] for k in keys if m.get(k) is not None}
         lines += ["", "metrics.json      " + "   ".join(f"{k} {_value(v)}" for k, v in shown.items())]
     if info.get("plot"):
         lines.append(f"plot              {info['plot']}")

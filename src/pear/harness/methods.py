@@ -118,6 +118,11 @@ def build_model(backbone: str, num_classes: int, method: str = "pear", config: P
 
     model, data_cfg = create_backbone(backbone, num_classes, weights, img_size=img_size,
                                       model_kwargs=model_kwargs or {})
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if img_size is not None and patch is not None and img_size < max(patch):
+        raise PearError(f"--img-size {img_size} is smaller than the patch size {max(patch)} of {backbone}: the image "
+                        f"would give no tokens; use at least {max(patch)} (the backbone is made for "
+                        f"{data_cfg.get('input_size', ['?'])[-1]})")
     fp = fingerprint(model)
     model = prepare(model, method, config or PearConfig(), lora_alpha)
     return model.to(device), data_cfg, fp

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from ..config import PearConfig
@@ -73,6 +76,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.pear, dict):
             self.pear = _pear_from_dict(self.pear)
+        _check_types(self)
+        if self.overwrite and self.resume:
+            raise PearError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         if self.backbone is None:
             self.backbone = default_backbone(self.weights)
         if self.img_size is None:
@@ -80,12 +86,19 @@ class TrainConfig:
         if self.method not in METHODS and self.method not in METHOD_ALIASES:
             raise PearError(f"--method {self.method!r} is unknown; expected one of {', '.join(METHODS)}")
         self.method = canonical_method(self.method)
-        for name in ("epochs", "batch_size", "img_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise PearError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if not isinstance(self.model_kwargs, dict):
-            raise PearError(f"model_kwargs must be a mapping of timm.create_model arguments, got {self.model_kwargs!r}")
+        for name in ("epochs", "batch_size", "img_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise PearError(f"{_flag(name)} must be a positive integer, got {getattr(self, name)!r}")
+        check_device(self.device)
+        if self.workers < 0:
+            raise PearError(f"--workers must be 0 (load in the main process) or more, got {self.workers}")
+        if not 0 <= self.cache_gb < math.inf:
+            raise PearError(f"--cache-gb must be a finite number >= 0 (0: no cache), got {self.cache_gb}")
+        if not 0 <= self.seed < 2**32:
+            raise PearError(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
+            raise PearError(f"--lora-alpha must be a finite number > 0, got {self.lora_alpha}")
+        defaulted_prune_epoch = self.prune_epoch is None
         if self.warmup_epochs is None:
             self.warmup_epochs = max(1, round(0.1 * self.epochs)) if self.epochs > 1 else 0
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -93,14 +106,20 @@ class TrainConfig:
         if self.prune_epoch is None:
             self.prune_epoch = max(1, self.warmup_epochs)
         if self.method in PRUNING_METHODS and not 1 <= self.prune_epoch < self.epochs:
+            if defaulted_prune_epoch:
+                raise PearError(f"--method {self.method} prunes after a scoring epoch (by default at the end of the "
+                                f"warm-up, epoch {self.prune_epoch}) and then trains on, so it needs --epochs "
+                                f"{self.prune_epoch + 1} or more; got --epochs {self.epochs}. Pass --epochs "
+                                f"{self.prune_epoch + 1} or more, or --method adapter (no pruning)")
             raise PearError(f"--prune-epoch must be in [1, epochs) = [1, {self.epochs}) so there is a scoring "
                             f"window before pruning and training after it; got {self.prune_epoch}")
         if self.select_on not in (None, "val200"):
             raise PearError(f"--select-on must be 'val200' if given, got {self.select_on!r}")
         if self.select_on:
             self.train_split = "train800"
-        if not self.lr > 0 or not self.wd >= 0:
-            raise PearError(f"--lr must be > 0 and --wd >= 0, got lr={self.lr}, wd={self.wd}")
+        if not 0 < self.lr < math.inf or not 0 <= self.wd < math.inf:
+            raise PearError(f"--lr must be a finite number > 0 and --wd a finite number >= 0, got lr={self.lr}, "
+                            f"wd={self.wd}")
         # The run's seed also seeds the 'random' importance control.
         self.pear = _pear_from_dict({**self.pear.to_dict(), "seed": self.seed})
 
@@ -153,10 +172,50 @@ def default(name: str) -> Any:
 
 
 def _pear_from_dict(d: dict) -> PearConfig:
+    """PearConfig from run options; its messages name the flags (--prune-ratio), not the fields."""
     try:
         return PearConfig.from_dict(d)
     except (TypeError, ValueError) as exc:
-        raise PearError(str(exc)) from None
+        raise PearError(re.sub(r"PearConfig\.(\w+)", lambda m: _flag(m.group(1)), str(exc))) from None
+
+
+# Kinds of value a field may hold, by its type hint's name, as a message says them.
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+
+
+def _check_types(cfg: "TrainConfig") -> None:
+    """Every option holds a value of its declared type, whether it came from a flag, YAML
+    or the suite: a YAML `overwrite: "no"` is a string, not false, and `lr: "0.01"` is
+    refused here instead of failing deep inside training. Integers are accepted as floats."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if hint is PearConfig:
+            continue
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        base = typing.get_origin(base) or base
+        if value is None and optional:
+            continue
+        ok = isinstance(value, base) and not (isinstance(value, bool) and base is not bool)
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+            setattr(cfg, f.name, value)
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise PearError(f"{_flag(f.name)} must be {_KINDS.get(base, base.__name__)}"
+                            f"{' or unset' if optional else ''}, got {shown} ({type(value).__name__})")
+
+
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
+
+
+def check_device(name) -> None:
+    """--device of every command: auto, cpu, cuda, cuda:N or mps."""
+    if not isinstance(name, str) or not _DEVICE_RE.fullmatch(name):
+        raise PearError(f"--device {name!r} is not a device this Pear runs on; expected auto, cpu, cuda, cuda:N "
+                        f"or mps")
 
 
 def flat_options(d: dict) -> dict:
@@ -165,6 +224,32 @@ def flat_options(d: dict) -> dict:
     d = dict(d)
     pear = d.pop("pear", None) or {}
     return {**d, **{k: v for k, v in pear.items() if k != "seed"}}
+
+
+# Options that change how or where a run executes, not what it computes: a resumed run
+# may differ from its first part in these, in nothing else.
+EXECUTION_FIELDS = ("out", "device", "workers", "cache_gb", "progress", "overwrite", "resume", "eval_batch_size",
+                    "compile", "deterministic")
+
+
+def differences(recorded: dict, cfg: TrainConfig) -> list[str]:
+    """How `cfg` differs from a run's recorded options (args.yaml) in options that change
+    the result, one '--flag: ...' per option; paths compare resolved."""
+    try:
+        old = TrainConfig.from_dict({**recorded, "resume": False, "overwrite": False})
+    except PearError as exc:
+        raise PearError(f"its recorded options are not valid ({exc})") from None
+    old_flat, new_flat = flat_options(old.to_dict()), flat_options(cfg.to_dict())
+    out = []
+    for key, value in new_flat.items():
+        before = old_flat.get(key)
+        if key in EXECUTION_FIELDS:
+            continue
+        if key in ("data", "weights") and before is not None and value is not None:
+            before, value = str(Path(before).resolve()), str(Path(value).resolve())
+        if before != value:
+            out.append(f"{_flag(key)} {value!r} (the run has {before!r})")
+    return out
 
 
 # ---------------------------------------------------------------- parsing option values from text
@@ -220,10 +305,26 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+REQUIRED = ("data", "task", "out")
+
+
 def _help(f: dataclasses.Field) -> str:
+    """The field's help with its default (or that it is required) at the end."""
     text = f.metadata.get("help", "")
-    if f.default not in (dataclasses.MISSING, None, False, True) and "default" not in text:
-        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    if f.name in REQUIRED:
+        text += " (required: here or in -c CONFIG)"
+    elif "default" not in text:
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        elif default is None:
+            shown = "none"
+        elif isinstance(default, tuple):
+            shown = ",".join(map(str, default))
+        elif isinstance(default, dict):
+            shown = json.dumps(default)
+        else:
+            shown = default
         text += f" (default {shown})"
     return text.replace("%", "%%")
 
@@ -239,7 +340,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "amp":
             run.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None, help=_help(f))
         elif f.name == "progress":
-            run.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+            run.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                             help="no progress bar (default: a progress bar)")
         elif _hint(TrainConfig, f.name) is bool:
             run.add_argument(_flag(f.name), dest=f.name, action="store_true", default=None, help=_help(f))
         else:  # model_kwargs stays text here: bad JSON is a PearError, not an argparse usage error
@@ -267,7 +369,7 @@ def _arg_type(cls, name: str):
 
 def train_config_from_args(values: dict) -> TrainConfig:
     """TrainConfig from -c YAML values (`values`) with the given flags on top."""
-    missing = [k for k in ("data", "task", "out") if not values.get(k)]
+    missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
         raise PearError(f"pear train needs {', '.join(_flag(m) for m in missing)} (or set them in -c CONFIG)")
     if isinstance(values.get("model_kwargs"), str):  # a YAML string

@@ -49,8 +49,8 @@ def predict(ckpt: str | Path, images, *, backbone: str | None = None, weights: s
     for name, v in (("top_k", top_k), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise PearError(f"{name} must be a positive integer, got {v!r}")
-    files = image_files(images)  # before the model is built: a typo should not wait for it
     dev = resolve_device(device)
+    files = image_files(images)  # before the model is built: a typo should not wait for it
     model, info, data_cfg = rebuild(ckpt, backbone=backbone, weights=weights, device=dev)
     img_size = (info.get("meta") or {}).get("img_size") or model.pretrained_cfg["input_size"][-1]
     transform = build_transform(img_size, data_cfg["mean"], data_cfg["std"])

@@ -18,12 +18,13 @@ from ..atomic import atomic_write_file, atomic_write_text
 from ..errors import PearError
 from .data import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS
 from .methods import METHODS, canonical_method
+from .runs import current_metrics
 from .suite_methods import method_overrides
 from . import tuning
 
-CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainable_params_before", "stored_bytes",
-              "adapter_params", "adapter_bytes", "train_seconds", "images_per_second", "epochs", "img_size",
-              "backbone", "device", "world_size", "plan_digest", "torch", "tuned", "run")
+CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainable_params_before",
+              "checkpoint_file_bytes", "adapter_params", "adapter_bytes", "train_seconds", "images_per_second",
+              "epochs", "img_size", "backbone", "device", "world_size", "plan_digest", "torch", "tuned", "run")
 
 
 def aggregate(out: str | Path, command: str | None = None) -> list[dict]:
@@ -59,7 +60,7 @@ def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
 
 def _read_metrics(path: Path, out: Path) -> dict:
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        m = current_metrics(json.loads(path.read_text(encoding="utf-8")))
         float(m["test_acc"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise PearError(f"{path} is not a readable metrics file ({type(exc).__name__}: {exc}); delete its run "
@@ -149,12 +150,12 @@ def _markdown(rows: list[dict], command: str | None, choices: list[dict] = ()) -
 
     lines += tuning.markdown(list(choices))
 
-    header = ["task", "method", "test acc (%)", "trainable params", "stored bytes", "adapter bytes",
+    header = ["task", "method", "test acc (%)", "trainable params", "checkpoint bytes", "adapter bytes",
               "adapter bytes / adapter's"]
     lines += ["", "## Cost per task", "",
-              "Trainable parameters after pruning (before → after where pruning changed them); stored bytes: "
-              "the files of the task checkpoint; the last column compares unique adapter bytes with the "
-              "unpruned `adapter` method on the same task.", "", _row(header), _row(["---"] * len(header))]
+              "Trainable parameters after pruning (before → after where pruning changed them); checkpoint "
+              "bytes: the size of the task checkpoint's files on disk; the last column compares unique adapter "
+              "bytes with the unpruned `adapter` method on the same task.", "", _row(header), _row(["---"] * len(header))]
     for t in tasks:
         ref = _mean_of(groups.get((t, "adapter"), []), "adapter_bytes")
         for m in methods:
@@ -166,8 +167,8 @@ def _markdown(rows: list[dict], command: str | None, choices: list[dict] = ()) -
             adapter = _mean_of(runs, "adapter_bytes")
             ratio = f"{adapter / ref:.2f}×" if adapter is not None and ref else "–"
             lines.append(_row([t, m, _acc_cell([r["test_acc"] for r in runs]), params,
-                               _count(_mean_of(runs, "stored_bytes")), _count(adapter), ratio]))
-    lines += ["", "![accuracy vs stored bytes](accuracy_vs_bytes.png)", ""]
+                               _count(_mean_of(runs, "checkpoint_file_bytes")), _count(adapter), ratio]))
+    lines += ["", "![accuracy vs checkpoint bytes](accuracy_vs_bytes.png)", ""]
     return "\n".join(lines)
 
 
@@ -197,7 +198,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     markers = "os^Dv<>pP*Xh"
     points = {}
     for m in sorted({r["method"] for r in rows}, key=_method_key):
-        per_task = [groups[(t, m)] for t in tasks if (t, m) in groups and _mean_of(groups[(t, m)], "stored_bytes")]
+        per_task = [groups[(t, m)] for t in tasks
+                    if (t, m) in groups and _mean_of(groups[(t, m)], "checkpoint_file_bytes")]
         if per_task:
             points[m] = per_task
     # A mean over fewer tasks is not comparable with the others: where some methods ran on
@@ -207,14 +209,14 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"methods run on every task; {len(points) - len(complete)} others: see results.md", fontsize=9)
         points = complete
     for i, (m, per_task) in enumerate(points.items()):
-        x = statistics.fmean(_mean_of(runs, "stored_bytes") for runs in per_task)
+        x = statistics.fmean(_mean_of(runs, "checkpoint_file_bytes") for runs in per_task)
         y = statistics.fmean(_mean_of(runs, "test_acc") for runs in per_task)
         label = m if len(per_task) == len(tasks) else f"{m} ({len(per_task)}/{len(tasks)} tasks)"
         ax.scatter([x], [y], marker=markers[i % len(markers)], color=colors[i % len(colors)], s=50, label=label)
         if canonical_method(m) in METHODS:  # ablations crowd around `pear`: the legend names them
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("stored bytes per task (mean over tasks, log scale)")
+    ax.set_xlabel("checkpoint file bytes per task (mean over tasks, log scale)")
     ax.set_ylabel("test accuracy, % (mean over tasks and seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -1,54 +1,193 @@
-"""The run folder: created once by rank 0, written only through guarded atomic writes,
-and `train.log` beside the console output."""
+"""The run folder: validated before anything is created or removed, held by one writer
+at a time (an flock the kernel drops when the process dies), written only through
+guarded atomic writes, and `train.log` beside the console output.
+
+`--overwrite` never deletes first: the new run trains in a hidden folder beside the old
+one (`.NAME.new-PID`) and replaces it in one atomic swap when it is complete, so a
+failure at any point leaves the old run as it was. Only a folder that holds nothing but
+what a run writes is ever replaced, and never the data root, a folder inside it or one
+that contains it.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_dir_write, atomic_write_text, check_replaceable
 from ..errors import PearError
 from . import distributed as D
+from .files import read_mapping
+from .options import differences
 
 log = logging.getLogger("pear")
 
+LOCK_FILE = ".pear-lock"
+# Everything `pear train` writes into a run folder (a name ending in '/' is a folder).
+RUN_FILES = ("args.yaml", "metrics.json", "report.json", "plan.json", "history.json", "train.log", "checkpoint/",
+             "state/", "best/", LOCK_FILE)
 
-def prepare_run_dir(cfg, ctx: "D.Context") -> Path:
-    """Rank 0 checks and creates the run folder `cfg.out`; the other ranks wait for its
+
+def lock_folder(folder: Path, what: str) -> int:
+    """Hold `folder` for this process (flock on FOLDER/.pear-lock, which records the PID)
+    and return the lock's file descriptor; a folder another live process holds is refused
+    at once, naming it. A killed holder's lock is gone with it, so it never blocks."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise PearError(f"cannot write to {what} {folder}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise PearError(f"{what} {folder} is in use by another Pear process (PID {holder}); wait for it to end or "
+                        f"stop it, or choose another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+@dataclass
+class RunFolder:
+    """Where a run writes (`path`) and where its result ends up (`dest`); they differ while
+    an --overwrite run trains beside the run it replaces."""
+
+    path: Path
+    dest: Path
+    locks: list[int] = field(default_factory=list)
+
+    @property
+    def staged(self) -> bool:
+        return self.path != self.dest
+
+    def finish(self) -> None:
+        """Put a staged run in place of the old one: one atomic swap (`atomic_dir_write`),
+        then the old run is removed."""
+        if self.staged:
+            atomic_dir_write(self.dest, lambda tmp: [os.replace(p, tmp / p.name) for p in self.path.iterdir()])
+            self.path.rmdir()
+            self.path = self.dest
+
+    def close(self) -> None:
+        """Release the locks; a staged run that did not finish is removed (the old run stays)."""
+        if self.staged:
+            shutil.rmtree(self.path, ignore_errors=True)
+        for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+            log.removeHandler(h)
+            h.close()
+        for fd in self.locks:
+            unlock(fd)
+        self.locks.clear()
+
+
+def prepare_run_dir(cfg, ctx: "D.Context") -> RunFolder:
+    """Rank 0 checks, locks and creates the run folder; the other ranks wait for its
     verdict and stop with a one-line error of their own when it failed, instead of
     losing their connection to rank 0 in the next collective."""
-    out = Path(cfg.out)
-    error = None
+    folder, error = None, None
     if ctx.is_main:
         try:
-            _make_run_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
+            folder = _make_run_dir(cfg)
         except PearError as exc:
             error = exc
-    failed = D.broadcast_object(error is not None, ctx)
+    verdict = D.broadcast_object(None if error is not None else (str(folder.path) if folder else None), ctx)
     if error is not None:
         raise error
-    if failed:
-        raise PearError(f"rank {ctx.rank} stopped: rank 0 could not prepare the run folder {out} (its error is above)")
-    return out
+    if verdict is None:
+        raise PearError(f"rank {ctx.rank} stopped: rank 0 could not prepare the run folder {cfg.out} (its error is "
+                        f"above)")
+    return folder if folder is not None else RunFolder(Path(verdict), Path(cfg.out))
 
 
-def _make_run_dir(out: Path, overwrite: bool, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
+def _make_run_dir(cfg) -> RunFolder:
+    out = Path(cfg.out)
+    _outside_data(out, Path(cfg.data))
+    if out.is_symlink() and not out.is_dir() or out.exists() and not out.is_dir():
         raise PearError(f"run folder {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+    existing = out.is_dir() and any(out.iterdir())
+    if existing and not (cfg.overwrite or cfg.resume):
         raise PearError(f"run folder {out} already exists; pass --resume to continue it or --overwrite to replace it")
-    if out.exists() and overwrite and not resume:
-        shutil.rmtree(out)
+    if existing:
+        check_replaceable(out, RUN_FILES, "Pear run folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+    except OSError as exc:
+        raise PearError(f"cannot create run folder {out}: {exc.strerror or exc}") from None
+    folder = RunFolder(out, out, [lock_folder(out, "run folder")])
+    try:
+        if cfg.resume:
+            check_same_run(out, cfg)
+        if existing and cfg.overwrite:
+            _remove_stale_stages(out)
+            folder.path = out.parent / f".{out.name}.new-{os.getpid()}"
+            folder.path.mkdir()
+            folder.locks.append(lock_folder(folder.path, "run folder"))
+        probe = folder.path / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        folder.close()
         raise PearError(f"cannot write to run folder {out}: {exc.strerror or exc}") from None
+    except PearError:
+        folder.close()
+        raise
+    return folder
+
+
+def _outside_data(out: Path, data: Path) -> None:
+    o, d = out.resolve(), data.resolve()
+    if o == d or d.is_relative_to(o) or o.is_relative_to(d):
+        raise PearError(f"--out {out} is {'the data root' if o == d else 'inside' if o.is_relative_to(d) else 'a parent of'} "
+                        f"--data {data}; a run folder must lie outside the data root, whose files Pear never "
+                        f"writes or removes")
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Staging folders of --overwrite runs that were killed (nobody holds their lock)."""
+    for stale in out.parent.glob(f".{out.name}.new-*"):
+        try:
+            fd = lock_folder(stale, "run folder")
+        except PearError:
+            continue  # a live run: not ours to remove
+        unlock(fd)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def check_same_run(out: Path, cfg) -> None:
+    """--resume continues the run in `out` only with the options it was started with
+    (those that change the result); each difference is named."""
+    args = out / "args.yaml"
+    if not args.is_file():
+        if (out / "state").exists() or (out / "metrics.json").exists():
+            raise PearError(f"run folder {out} has no args.yaml, so --resume cannot check that it continues the same "
+                            f"run; start again with --overwrite")
+        return
+    try:
+        diff = differences(read_mapping(args, "run options"), cfg)
+    except PearError as exc:
+        raise PearError(f"{args}: {exc}") from None
+    if diff:
+        raise PearError(f"--resume continues the run in {out} with its own options, but these differ: "
+                        f"{'; '.join(diff)}. Resume with the run's options, or train into another --out")
+
+
+def log_failure(exc: BaseException) -> None:
+    """Write the error that ended the run into train.log (the console already shows it)."""
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (exc,), None))
 
 
 def write_text(path: Path, text: str) -> None:

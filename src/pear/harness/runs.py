@@ -10,6 +10,7 @@ from torch import nn
 
 from ..checkpoint import CONFIG_FILE, load as load_task
 from ..errors import PearError
+from ..jsontypes import NONE, checkpoint_problems, wrong_types
 from .files import read_mapping
 from .methods import METHODS, canonical_method, prepare
 from .state import PLAIN_FILES, load_plain, read_plain
@@ -61,13 +62,10 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     return model.to(device).eval(), info, data_cfg
 
 
-# The JSON fields `rebuild` reads before any model exists, and their types when present.
-_NONE = type(None)
-_REBUILD_FIELDS = {"num_classes": (int, _NONE), "head": (str, _NONE), "method": str, "backbone": (dict, _NONE),
-                   "meta": (dict, _NONE)}
-_BACKBONE_FIELDS = {"name": (str, _NONE), "fingerprint": (str, _NONE)}
-_META_FIELDS = {"img_size": (int, _NONE), "model_kwargs": (dict, _NONE), "seed": int, "rank": int,
-                "lora_alpha": (int, float, _NONE)}
+# The fields `rebuild` reads before any model exists, besides those every checkpoint has
+# (`pear.jsontypes.checkpoint_problems`), and their types when present.
+_META_FIELDS = {"img_size": (int, NONE), "model_kwargs": (dict, NONE), "seed": int, "rank": int,
+                "lora_alpha": (int, float, NONE)}
 
 
 def _validated_info(ckpt: Path, kind: str) -> dict:
@@ -80,11 +78,9 @@ def _validated_info(ckpt: Path, kind: str) -> dict:
         info, path = read_checkpoint(ckpt).info, ckpt / CONFIG_FILE
     else:
         (info, tensors), path = read_plain(ckpt), ckpt / PLAIN_FILES[1]
-    problems = _wrong_types(info, _REBUILD_FIELDS, "")
-    if problems:
-        raise PearError(f"{path} is malformed: {'; '.join(problems)}")
-    problems = _wrong_types(info.get("backbone") or {}, _BACKBONE_FIELDS, "backbone.")
-    problems += _wrong_types(info.get("meta") or {}, _META_FIELDS, "meta.")
+    problems = wrong_types(info, {"method": str}) + checkpoint_problems(info)
+    if not problems:
+        problems = wrong_types(info.get("meta") or {}, _META_FIELDS, "meta.")
     if problems:
         raise PearError(f"{path} is malformed: {'; '.join(problems)}")
     n, meta = info.get("num_classes"), info.get("meta") or {}
@@ -94,21 +90,9 @@ def _validated_info(ckpt: Path, kind: str) -> dict:
             raise PearError(f"{path} is malformed: num_classes {n} does not match the stored head")
         if canonical_method(info.get("method")) not in METHODS:
             raise PearError(f"{path} is malformed: method {info.get('method')!r} is not one of {', '.join(METHODS)}")
-    names = info.get("class_names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(c, str) for c in names)
-                              or (n is not None and len(names) != n)):
-        raise PearError(f"{path} is malformed: class_names must be a list of {n if n is not None else ''} "
-                        "class name strings")
     if (meta.get("img_size") or 1) < 1 or meta.get("rank", 1) < 1:
         raise PearError(f"{path} is malformed: meta.img_size and meta.rank must be positive")
     return info
-
-
-def _wrong_types(d: dict, fields: dict, prefix: str) -> list[str]:
-    """'key is value' for each present field of the wrong type (a bool is never taken
-    for an int)."""
-    return [f"{prefix}{k} is {d[k]!r}" for k, t in fields.items()
-            if k in d and (not isinstance(d[k], t) or isinstance(d[k], bool))]
 
 
 def _plain_pear_config(info: dict):
@@ -124,6 +108,25 @@ def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
     if info.get("method") != "full" and want and fingerprint(model) != want:
         raise PearError(f"{ckpt} was trained on other backbone weights (fingerprint {want}); "
                         f"pass the same --weights file used for training")
+
+
+# metrics.json keys renamed since older runs wrote them: old name -> today's.
+_RENAMED_METRICS = {"stored_bytes": "checkpoint_file_bytes"}
+
+
+def current_metrics(metrics: dict) -> dict:
+    """A metrics.json mapping under today's key names ('stored_bytes' was the checkpoint's
+    size on disk, now 'checkpoint_file_bytes')."""
+    metrics = dict(metrics)
+    for old, new in _RENAMED_METRICS.items():
+        if old in metrics and new not in metrics:
+            metrics[new] = metrics.pop(old)
+    return metrics
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A run's metrics.json, under today's key names."""
+    return current_metrics(read_mapping(path, "metrics file"))
 
 
 def load_run_config(run: Path) -> dict:
@@ -151,5 +154,5 @@ def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     recorded = None
     metrics = run / "metrics.json"
     if metrics.is_file():
-        recorded = read_mapping(metrics, "metrics file").get("test_acc")
+        recorded = read_metrics(metrics).get("test_acc")
     return {"run": str(run), "task": cfg.task, "method": cfg.method, "test_acc": acc, "recorded_test_acc": recorded}

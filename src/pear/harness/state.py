@@ -98,6 +98,7 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Restore everything `save_state` wrote; replays the prune plan first so the
     model and optimizer have the structure the tensors were saved from."""
     info, tensors = read_tensor_dir(directory, STATE_FORMAT, *STATE_FILES)
+    _check_state_info(info, Path(directory) / STATE_FILES[1])
     try:
         if info.get("plan"):
             prune_and_share(model, PrunePlan.from_dict(info["plan"]))
@@ -119,11 +120,52 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         random.setstate(_tuplify(info["rng_python"]))
         n = info["rng_numpy"]
         np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except PearError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError, AttributeError) as exc:
         raise PearError(f"{directory}: the saved training state is inconsistent ({exc!r}); "
                         f"start again with --overwrite") from None
     model.to(device)
     return {k: info[k] for k in ("epoch", "step", "history", "plan", "best")}
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# state.json's fields: what each must hold for `load_state` and the training loop.
+_STATE_FIELDS = {
+    "epoch": ("a count", _is_count),
+    "step": ("a count", _is_count),
+    "history": ("a list of epoch records (objects of numbers)",
+                lambda v: isinstance(v, list) and all(isinstance(r, dict) and all(
+                    _is_number(x) or x is None for x in r.values()) for r in v)),
+    "best": ("null or an object with a count 'epoch' and a number 'val_acc'",
+             lambda v: v is None or (isinstance(v, dict) and _is_count(v.get("epoch")) and _is_number(v.get("val_acc")))),
+    "plan": ("null or a prune plan object", lambda v: v is None or isinstance(v, dict)),
+    "tracker": ("null or an importance tracker object", lambda v: v is None or isinstance(v, dict)),
+    "optim_groups": ("a list of objects", lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v)),
+    "optim_state_keys": ("a list of counts", lambda v: isinstance(v, list) and all(_is_count(k) for k in v)),
+    "optim_values": ("an object of objects", lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())),
+    "rng_python": ("a list", lambda v: isinstance(v, list)),
+    "rng_numpy": ("a list", lambda v: isinstance(v, list)),
+}
+
+
+def _check_state_info(info: dict, path: Path) -> None:
+    """Types first, so an edited state.json (one written before states were sealed) is
+    refused with the field's name instead of failing somewhere in the training loop."""
+    for key, (what, ok) in _STATE_FIELDS.items():
+        if key not in info:
+            raise PearError(f"{path}: has no {key!r}; start again with --overwrite")
+        if not ok(info[key]):
+            shown = repr(info[key])
+            raise PearError(f"{path}: {key!r} must be {what}, got {shown[:60] + ('...' if len(shown) > 60 else '')}; "
+                            f"start again with --overwrite")
 
 
 # ---------------------------------------------------------------- plain runs

@@ -38,7 +38,7 @@ from .batches import GlobalBatches, Split, evaluate, resolve_device
 from .data import VtabDataset, build_transform, task_info
 from .methods import PEAR_METHODS, PRUNING_METHODS, build_model
 from .options import TrainConfig
-from .rundir import guarded, prepare_run_dir, setup_logging, write_text
+from .rundir import RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
 from .state import load_plain, load_state, save_plain, save_state
 from .watch import Board, progress
 
@@ -99,7 +99,7 @@ class _Run:
 
     cfg: TrainConfig
     ctx: "D.Context"
-    out: Path
+    folder: RunFolder
     device: torch.device
     amp: bool
     info: object  # data.TaskInfo
@@ -117,6 +117,11 @@ class _Run:
     board: Board | None = None  # rank 0 of a run with --tensorboard
 
     @property
+    def out(self) -> Path:
+        """The folder the run writes into (a staging folder while --overwrite replaces a run)."""
+        return self.folder.path
+
+    @property
     def total_steps(self) -> int:
         return len(self.sampler) * self.cfg.epochs
 
@@ -130,7 +135,19 @@ class _Run:
 
 
 def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
-    run, splits = _start(cfg, ctx)
+    device, model, fp, info, splits = _validate(cfg, ctx)
+    folder = prepare_run_dir(cfg, ctx)
+    try:
+        return _run(_start(cfg, ctx, folder, device, model, fp, info, splits), splits)
+    except PearError as exc:
+        log_failure(exc)
+        raise
+    finally:
+        folder.close()
+
+
+def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
+    cfg, ctx = run.cfg, run.ctx
     _resume(run)
     run.board = _board(run)
     try:
@@ -148,16 +165,19 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
     # The eager model, not the compiled one: compiled kernels may round differently, and the
     # recorded accuracy must be the one `pear eval --run` recomputes from the checkpoint.
     test_acc = evaluate(run.model, splits["test"], run.device, run.amp, ctx, cfg.eval_batch_size)
-    metrics = write_results(run, test_acc) if ctx.is_main else None
+    metrics = None
+    if ctx.is_main:
+        metrics = write_results(run, test_acc)
+        guarded(run.folder.finish, run.folder.dest)
     D.barrier()  # when train() returns on any rank, the run folder is complete
     return metrics
 
 
-def _start(cfg: TrainConfig, ctx: "D.Context") -> tuple[_Run, dict[str, Split]]:
-    """Run folder, log, model, data splits and optimizer of a fresh run."""
+def _validate(cfg: TrainConfig, ctx: "D.Context"):
+    """Everything a run needs that can be wrong (device, data, lists, backbone, weights),
+    checked before its folder is created or an old run touched: (device, model,
+    fingerprint, task info, splits)."""
     device = resolve_device(cfg.device) if not ctx.enabled else ctx.device
-    out = prepare_run_dir(cfg, ctx)
-    setup_logging(out, ctx)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
@@ -167,17 +187,25 @@ def _start(cfg: TrainConfig, ctx: "D.Context") -> tuple[_Run, dict[str, Split]]:
     names = {"train": cfg.train_split, **({"val": "val200"} if cfg.select_on else {}), "test": "test"}
     splits = {k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
               for k, split in names.items()}
+    return device, model, fp, info, splits
+
+
+def _start(cfg: TrainConfig, ctx: "D.Context", folder: RunFolder, device: torch.device, model: nn.Module, fp: str,
+           info, splits: dict[str, Split]) -> _Run:
+    """Log, args.yaml and optimizer of a fresh run in its folder."""
+    out = folder.path
+    setup_logging(out, ctx)
     if ctx.is_main:
         write_text(out / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         log.info("run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
                  out, cfg.method, cfg.data, info.name, cfg.backbone, len(splits["train"]), len(splits["test"]),
                  device, ctx.world)
-    run = _Run(cfg, ctx, out, device, amp=(device.type == "cuda") if cfg.amp is None else cfg.amp, info=info, fp=fp,
+    run = _Run(cfg, ctx, folder, device, amp=(device.type == "cuda") if cfg.amp is None else cfg.amp, info=info, fp=fp,
                model=model, optimizer=make_optimizer(model, cfg.lr, cfg.wd),
                sampler=GlobalBatches(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.rank, ctx.world),
                tracker=None)
     run.tracker = ImportanceTracker(model) if run.pruning else None
-    return run, splits
+    return run
 
 
 def _board(run: _Run) -> Board | None:
@@ -267,7 +295,7 @@ def write_results(run: _Run, test_acc: float) -> dict:
         "task": run.info.name, "method": cfg.method, "backbone": cfg.backbone, "seed": cfg.seed,
         "test_acc": test_acc, "trainable_params": trainable,
         "trainable_params_before": rep["totals"]["trainable_params_before"] if rep else trainable,
-        "stored_bytes": stored, "epochs": cfg.epochs, "img_size": cfg.img_size,
+        "checkpoint_file_bytes": stored, "epochs": cfg.epochs, "img_size": cfg.img_size,
         "train_seconds": train_time,
         "images_per_second": images_seen / train_time if train_time else None,
         "world_size": run.ctx.world, "device": str(run.device), "plan_digest": run.plan.digest() if run.plan else None,
