@@ -28,6 +28,7 @@ from .atomic import atomic_dir_write, check_replaceable, sha256_file
 from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
 from .config import PearConfig
 from .errors import PearError
+from .jsontypes import NONE, checkpoint_problems, wrong_types
 
 FORMAT = "pear-task"
 # Version 2 seals the JSON: `parts_sha256` holds a SHA-256 of each top-level field's
@@ -292,19 +293,9 @@ def read_checkpoint(directory: str | Path) -> TaskCheckpoint:
 
 
 _POSITION_FIELDS = {"name": str, "kind": str, "depth": int, "signature": list, "pruned": bool, "frozen": bool,
-                    "source": (str, type(None)), "importance": (int, float, type(None))}
-
-
-def _expect(d: dict, key: str, types, where: str, required: bool = True) -> None:
-    if key not in d:
-        if required:
-            raise KeyError(f"{where} has no {key!r}")
-        return
-    v = d[key]
-    # bool is an int subclass; a flag is never a count and a count never a flag.
-    if not isinstance(v, types) or (isinstance(v, bool) and bool not in (types if isinstance(types, tuple)
-                                                                         else (types,))):
-        raise TypeError(f"{where}[{key!r}] is {v!r}")
+                    "source": (str, NONE), "importance": (int, float, NONE)}
+_POSITION_REQUIRED = [k for k in _POSITION_FIELDS if k != "importance"]
+_TASK_FIELDS = {"pruned": bool, "unpruned_adapter_params": int}
 
 
 def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -313,9 +304,10 @@ def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
     if not isinstance(info.get("positions"), list) or not all(isinstance(p, dict) for p in info["positions"]):
         raise TypeError("'positions' must be a list of objects")
     positions = {}
-    for p in info["positions"]:
-        for key, types in _POSITION_FIELDS.items():
-            _expect(p, key, types, "a position", required=key != "importance")
+    for i, p in enumerate(info["positions"]):
+        problems = wrong_types(p, _POSITION_FIELDS, f"positions[{i}].", _POSITION_REQUIRED)
+        if problems:
+            raise TypeError("; ".join(problems))
         if p["name"] in positions:
             raise ValueError(f"position {p['name']!r} is listed twice")
         positions[p["name"]] = p
@@ -349,22 +341,13 @@ def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
         imp = p.get("importance")
         if isinstance(imp, float) and not math.isfinite(imp):
             raise ValueError(f"position {p['name']!r} has importance {imp}")
-    _expect(info, "pruned", bool, "the checkpoint", required=False)
-    _expect(info, "unpruned_adapter_params", int, "the checkpoint", required=False)
-    _expect(info, "head", (str, type(None)), "the checkpoint", required=False)
-    _expect(info, "num_classes", (int, type(None)), "the checkpoint", required=False)
-    _expect(info, "class_names", (list, type(None)), "the checkpoint", required=False)
-    _expect(info, "backbone", (dict, type(None)), "the checkpoint", required=False)
-    _expect(info, "meta", (dict, type(None)), "the checkpoint", required=False)
-    for key in ("name", "fingerprint", "weights_fingerprint"):
-        _expect(info.get("backbone") or {}, key, (str, type(None)), "'backbone'", required=False)
+    problems = wrong_types(info, _TASK_FIELDS) + checkpoint_problems(info)
+    if problems:
+        raise TypeError("; ".join(problems))
     n, head = info.get("num_classes"), tensors.get("head.weight")
     if n is not None and (n < 1 or (head is not None and (head.ndim == 0 or head.shape[0] != n))):
         raise ValueError(f"num_classes {n} does not match the stored head "
                          f"{list(head.shape) if head is not None else '(none)'}")
-    names = info.get("class_names")
-    if names is not None and (not all(isinstance(c, str) for c in names) or (n is not None and len(names) != n)):
-        raise ValueError(f"class_names must be {n if n is not None else 'the'} class name strings")
 
 
 def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str | None = None) -> None:
