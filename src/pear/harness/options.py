@@ -138,7 +138,10 @@ class TrainConfig:
         """From a mapping such as args.yaml; Pear options may be nested under 'pear' or,
         as in earlier args.yaml files, given flat."""
         d = dict(d)
-        pear = dict(d.pop("pear", None) or {})
+        pear = d.pop("pear", None) or {}
+        if not isinstance(pear, dict):
+            raise PearError(f"'pear' must be a mapping of Pear options (rank: 4, ...), got {pear!r:.60}")
+        pear = dict(pear)
         pear.update({k: d.pop(k) for k in PEAR_FIELDS if k in d})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -229,7 +232,7 @@ def flat_options(d: dict) -> dict:
 # Options that change how or where a run executes, not what it computes: a resumed run
 # may differ from its first part in these, in nothing else.
 EXECUTION_FIELDS = ("out", "device", "workers", "cache_gb", "progress", "overwrite", "resume", "eval_batch_size",
-                    "compile", "deterministic")
+                    "compile", "deterministic", "tensorboard")
 
 
 def differences(recorded: dict, cfg: TrainConfig) -> list[str]:
