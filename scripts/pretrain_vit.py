@@ -283,7 +283,9 @@ def export(model: Distiller, path: Path, meta: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("pretrain"), help="work folder: state, snapshots, log")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=3000, help="length of the LR schedule (cosine to 0)")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="stop (and export) after this step, on the --steps schedule; run again without it to go on")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.05)
@@ -304,7 +306,8 @@ def main() -> None:
     start, rows = load_state(args.out, model, opt)
     snapshots = {int(s) for s in args.snapshots.split(",") if s}
     log(f"pretraining {pear_vit.PEAR_VIT}: steps {start}..{args.steps}, batch {args.batch}, seed {args.seed}")
-    stream = Stream(start, args.steps, args.seed, args.batch, args.out / "photos.npz")
+    end = min(args.steps, args.stop_at or args.steps)
+    stream = Stream(start, end, args.seed, args.batch, args.out / "photos.npz")
     loader = DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
     t0, seen = time.time(), 0
     for step, x, tgt in loader:
@@ -318,17 +321,18 @@ def main() -> None:
         opt.step()
         seen += len(x)
         done = step + 1
-        if done % 25 == 0 or done == args.steps:
+        if done % 25 == 0 or done == end:
             row = {"step": done, "loss": round(loss.item(), 4), **{k: round(v.item(), 4) for k, v in parts.items()},
                    "img_s": round(seen / (time.time() - t0), 1)}
             rows.append(row)
             log(json.dumps(row))
         if done in snapshots:
             export(model, args.out / f"snapshot_{done:05d}.safetensors", {"step": done})
-        if done % args.save_every == 0 or done == args.steps:
+        if done % args.save_every == 0 or done == end:
             save_state(args.out, done, model, opt, rows)
     if args.export is not None:
-        meta = {"architecture": pear_vit.PEAR_VIT, "steps": args.steps, "batch": args.batch, "seed": args.seed,
+        meta = {"architecture": pear_vit.PEAR_VIT, "steps": end, "schedule_steps": args.steps, "batch": args.batch,
+                "seed": args.seed,
                 "teacher": "tf_efficientnet_lite0 (built-in ImageNet weights)"}
         export(model, args.export, meta)
         log(f"exported {args.export}")
