@@ -84,13 +84,57 @@ def cmd_predict(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from .harness.suite import run_suite
+    from .harness import suite
 
-    run_suite(data=args.data, tasks=args.tasks.split(","), methods=args.methods.split(","),
-              seeds=[int(s) for s in args.seeds.split(",")], out=args.out, base=_suite_base(args),
-              devices=args.devices.split(",") if args.devices else None, build_missing=args.build,
-              command=shlex.join(sys.argv), tune=args.tune)
+    modes = [f for f, on in (("--list", args.list), ("--index", args.index is not None),
+                             ("--aggregate", args.aggregate), ("--emit-slurm", args.emit_slurm)) if on]
+    if len(modes) > 1:
+        raise PearError(f"pass one of {', '.join(modes)}")
+    preset = suite.PRESETS[args.preset] if args.preset else {}
+    if args.preset and not args.tasks:
+        args.tasks = ",".join(suite.check_preset(args.preset, args.data))
+    args.methods = args.methods or ("pear" if args.preset else None)
+    args.out = args.out or (f"suites/{args.preset}" if args.preset else None)
+    missing = [flag for flag, v in (("--tasks", args.tasks), ("--methods", args.methods), ("--out", args.out))
+               if not v]
+    if missing:
+        raise PearError(f"pear suite needs {', '.join(missing)} (or --preset vtab1k)")
+    sweep = dict(data=args.data, tasks=args.tasks.split(","), methods=args.methods.split(","),
+                 seeds=[int(s) for s in args.seeds.split(",")], out=args.out,
+                 base={**preset.get("recipe", {}), **_suite_base(args)}, tune=args.tune)
+    if args.index is not None:
+        suite.run_index(args.index, **sweep, build_missing=args.build)
+    elif args.list or args.aggregate or args.emit_slurm:
+        runs = suite.sweep(**sweep)
+        if args.list:
+            print(suite.list_runs(runs))
+        elif args.aggregate:
+            suite.finish(runs, args.out, command=shlex.join(["pear", *args.argv]))
+        else:
+            _emit_slurm(args, runs)
+    else:
+        suite.run_suite(**sweep, devices=args.devices.split(",") if args.devices else None, build_missing=args.build,
+                        command=shlex.join(["pear", *args.argv]))
     return 0
+
+
+def _emit_slurm(args, runs) -> None:
+    from pathlib import Path
+
+    from .atomic import atomic_write_text
+    from .harness.slurm import slurm_script
+
+    argv, skip = [], False
+    for a in args.argv:  # the same suite, without --emit-slurm FILE
+        if skip or a == "--emit-slurm" or a.startswith("--emit-slurm="):
+            skip = a == "--emit-slurm"
+            continue
+        argv.append(a)
+    (Path(args.out) / "logs").mkdir(parents=True, exist_ok=True)  # sbatch does not create --output's folder
+    script = slurm_script([sys.executable, "-m", "pear", *argv], len(runs), sum(r.tuning for r in runs), args.out,
+                          Path.cwd())
+    atomic_write_text(Path(args.emit_slurm), script)
+    print(f"wrote {args.emit_slurm}: {len(runs)} runs as a job array; submit with `sbatch {args.emit_slurm}`")
 
 
 def _suite_base(args) -> dict:
@@ -101,6 +145,8 @@ def _suite_base(args) -> dict:
         v = getattr(args, k)
         if v is not None:
             base[k] = v
+    if args.tensorboard:
+        base["tensorboard"] = True
     return base
 
 
@@ -154,12 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("suite", help="run every (task, method, seed); resumable; writes results.csv/.md + plot")
     p.add_argument("--data", required=True)
-    p.add_argument("--tasks", required=True, help="comma-separated task names")
-    p.add_argument("--methods", required=True, help="comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too) and "
+    p.add_argument("--tasks", default=None, help="comma-separated task names (required unless --preset)")
+    p.add_argument("--methods", default=None, help="(required unless --preset, which defaults to pear) ""comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too) and "
                    "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group, "
                    "or any Pear option as pear@FIELD=VALUE[@FIELD=VALUE...], e.g. pear@act=gelu@blocks=0+6")
     p.add_argument("--seeds", default="0")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None, help="suite folder (required unless --preset: suites/PRESET)")
+    p.add_argument("--preset", default=None, choices=["vtab1k"], help="vtab1k: the 19 VTAB-1k tasks (every "
+                   "folder must be in --data) with the paper-style recipe: 100 epochs (10 warm-up), AdamW lr 1e-3, "
+                   "wd 1e-4, batch 64, cosine, 224 px; flags override the recipe")
     p.add_argument("-c", "--config", default=None, help="YAML of training options shared by all runs")
     p.add_argument("--backbone", default=None)
     p.add_argument("--weights", default=None)
@@ -174,12 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", action="store_true", help="build missing built-in datasets into --data first")
     p.add_argument("--tune", action="store_true", help="VTAB's protocol: first choose each method's adapter scale "
                    "(LoRA: alpha) on val200 from runs on train800 (seed 0), then train every seed with it")
+    p.add_argument("--tensorboard", action="store_true", help="every run writes TensorBoard event files")
+    sched = p.add_argument_group("on a cluster's scheduler (one run per job-array task)")
+    sched.add_argument("--list", action="store_true", help="print the runs with their indices and states")
+    sched.add_argument("--index", type=int, default=None, help="train only run I (e.g. --index "
+                       "$SLURM_ARRAY_TASK_ID); with --tune the tuning runs come first, and a tuned run refuses to "
+                       "start until its task's tuning runs have finished")
+    sched.add_argument("--aggregate", action="store_true", help="write the tables from whatever has finished and "
+                       "name the runs that have not")
+    sched.add_argument("--emit-slurm", default=None, metavar="FILE", help="write an sbatch --array script that "
+                       "runs every index of this suite")
     p.set_defaults(func=cmd_suite)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("once")
     try:
         return args.func(args)

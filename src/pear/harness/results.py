@@ -27,10 +27,11 @@ CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainab
               "epochs", "img_size", "backbone", "device", "world_size", "plan_digest", "torch", "tuned", "run")
 
 
-def aggregate(out: str | Path, command: str | None = None) -> list[dict]:
+def aggregate(out: str | Path, command: str | None = None, missing: list[str] = ()) -> list[dict]:
     """Read every OUT/runs/*/*/seed*/metrics.json; write results.csv (one row per run),
-    results.md (tables of mean and sample std over seeds) and accuracy_vs_bytes.png.
-    Returns the rows, sorted by task, method and seed."""
+    results.md (tables of mean and sample std over seeds; `missing` names the runs that
+    have not finished) and accuracy_vs_bytes.png. Returns the rows, sorted by task, method
+    and seed."""
     out = Path(out)
     rows = sorted((_read_metrics(p, out) for p in out.glob("runs/*/*/seed*/metrics.json")),
                   key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
@@ -41,7 +42,7 @@ def aggregate(out: str | Path, command: str | None = None) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", _markdown(rows, command, choices))
+    atomic_write_text(out / "results.md", _markdown(rows, command, choices, list(missing)))
     if rows:
         _plot(rows, out / "accuracy_vs_bytes.png")
     return rows
@@ -113,10 +114,43 @@ def _machine() -> str:
             f"torch {torch.__version__}")
 
 
-def _markdown(rows: list[dict], command: str | None, choices: list[dict] = ()) -> str:
+def _vtab(tasks: list[str]) -> list[tuple[str, list[str]]]:
+    """(group, its tasks among `tasks`) when every task is a VTAB-1k task, else []."""
+    if not all(t in VTAB_TASKS for t in tasks):
+        return []
+    return [(g, ts) for g, members in VTAB_GROUPS.items() if (ts := [t for t in members if t in tasks])]
+
+
+def _group_cells(means: dict[str, float], vtab: list[tuple[str, list[str]]]) -> list[str]:
+    """Each group's mean of its tasks' means, then the mean of the group means."""
+    gmeans = {g: statistics.fmean(means[t] for t in ts if t in means) for g, ts in vtab
+              if any(t in means for t in ts)}
+    return [_summary(means, ts) for _, ts in vtab] + [_summary(gmeans, [g for g, _ in vtab], "groups")]
+
+
+def vtab_summary(rows: list[dict]) -> list[str]:
+    """Per method, both VTAB-1k summaries, named (when every task is a VTAB task): the mean
+    over tasks and the mean of the group means."""
+    tasks = sorted({r["task"] for r in rows}, key=_task_key)
+    vtab = _vtab(tasks)
+    if not rows or not vtab:
+        return []
+    groups = _groups(rows)
+    lines = []
+    for m in sorted({r["method"] for r in rows}, key=_method_key):
+        means = {t: _mean_of(groups[(t, m)], "test_acc") for t in tasks if (t, m) in groups}
+        *per_group, of_groups = _group_cells(means, vtab)
+        named = ", ".join(f"{g} {cell}" for (g, _), cell in zip(vtab, per_group))
+        lines.append(f"{m}: Mean over tasks {_summary(means, tasks)}; Mean of group means {of_groups} ({named})")
+    return lines
+
+
+def _markdown(rows: list[dict], command: str | None, choices: list[dict] = (), missing: list[str] = ()) -> str:
     lines = ["# Pear suite results", "", f"- Aggregated on: {_machine()}"]
     if command:
         lines.append(f"- Command: `{command}`")
+    if missing:
+        lines.append(f"- Not finished ({len(missing)}, by index): " + ", ".join(f"`{m}`" for m in missing))
     if not rows:
         return "\n".join(lines + ["", "No run has finished yet.", ""])
     for key, what in (("device", "Runs trained on"), ("backbone", "Backbone"), ("torch", "Runs' torch")):
@@ -127,8 +161,7 @@ def _markdown(rows: list[dict], command: str | None, choices: list[dict] = ()) -
     tasks = sorted({r["task"] for r in rows}, key=_task_key)
     methods = sorted({r["method"] for r in rows}, key=_method_key)
     acc = {key: _mean_of(runs, "test_acc") for key, runs in groups.items()}
-    vtab = [(g, [t for t in members if t in tasks]) for g, members in VTAB_GROUPS.items()]
-    vtab = [(g, ts) for g, ts in vtab if ts] if all(t in VTAB_TASKS for t in tasks) else []
+    vtab = _vtab(tasks)
 
     header = ["method", *tasks, "Mean over tasks"]
     if vtab:
@@ -143,9 +176,7 @@ def _markdown(rows: list[dict], command: str | None, choices: list[dict] = ()) -
         cells = [m, *(_acc_cell([r["test_acc"] for r in groups[(t, m)]]) if (t, m) in groups else "–"
                       for t in tasks), _summary(means, tasks)]
         if vtab:
-            gmeans = {g: statistics.fmean(means[t] for t in ts if t in means) for g, ts in vtab
-                      if any(t in means for t in ts)}
-            cells += [_summary(means, ts) for _, ts in vtab] + [_summary(gmeans, [g for g, _ in vtab], "groups")]
+            cells += _group_cells(means, vtab)
         lines.append(_row(cells))
 
     lines += tuning.markdown(list(choices))

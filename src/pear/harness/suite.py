@@ -13,6 +13,12 @@ method, a Pear ablation such as pear-kc-frozen, or METHOD@FIELD=VALUE[@...]. Cal
 epoch and only then aggregates, so a suite can be stopped and restarted at will. With
 `tune`, each method's one hyper-parameter is first chosen on val200 by VTAB's protocol
 (`pear.harness.tuning`).
+
+On a cluster the scheduler runs the runs instead (`sweep`, `run_index`, `finish`): every run
+of a suite has an index, the tuning runs first, then the real runs in seed-major order; a
+job array runs one index per task and `finish` aggregates whatever has finished. Two
+processes started for one index never both train it: the second is refused by the run
+folder's lock (`pear.harness.rundir`).
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ import yaml
 
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
-from .data import task_info
+from .data import TASK_ALIASES, VTAB_TASKS, task_info
 from .files import read_mapping
 from .methods import canonical_method
 from .options import TrainConfig, flat_options
-from .results import aggregate
+from .results import aggregate, vtab_summary
 from .suite_methods import method_overrides
 from .train import train
 from . import tuning
@@ -44,7 +50,16 @@ _SUITE_FIELDS = ("data", "task", "method", "seed", "out", "resume", "overwrite")
 # change when folders move between machines); a resumed or finished run may differ
 # from the current call in these.
 _EXECUTION_FIELDS = ("data", "out", "device", "workers", "cache_gb", "progress", "overwrite", "resume",
-                     "eval_batch_size", "compile", "deterministic")
+                     "eval_batch_size", "compile", "deterministic", "tensorboard")
+
+# `pear suite --preset NAME`: the tasks and the recipe (TrainConfig options) of a benchmark.
+PRESETS: dict[str, dict] = {
+    # The paper-style VTAB-1k recipe: 100 epochs, AdamW lr 1e-3, wd 1e-4, batch 64, cosine
+    # with 10 warm-up epochs (the scoring window before Pear prunes), 224 px.
+    "vtab1k": {"tasks": list(VTAB_TASKS),
+               "recipe": {"epochs": 100, "warmup_epochs": 10, "lr": 1e-3, "wd": 1e-4, "batch_size": 64,
+                          "img_size": 224}},
+}
 
 
 @dataclass
@@ -53,6 +68,8 @@ class _Run:
     method: str
     seed: int
     cfg: TrainConfig
+    tuned_by: tuple[str, str] | None = None  # (task, grid method) whose val200 choice this run trains with
+    tuning: bool = False  # one of --tune's train800 -> val200 runs
 
     @property
     def dir(self) -> Path:
@@ -61,6 +78,10 @@ class _Run:
     @property
     def label(self) -> str:
         return f"{self.task}/{self.method}/seed{self.seed}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.dir / "metrics.json").is_file()
 
 
 def run_dir(out: str | Path, task: str, method: str, seed: int) -> Path:
@@ -83,6 +104,25 @@ def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int],
     Every configuration is checked before the first run starts. A run that fails does
     not stop the others; the failures are raised as one PearError after aggregation.
     """
+    devices = list(devices or [])
+    base = {**(base or {}), **({"device": devices[0]} if len(devices) == 1 else {})}
+    tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
+    _ensure_data(data, tasks, build_missing)
+    chosen = _tune(data, tasks, methods, base, out, devices) if tune else {}
+
+    runs = _real_runs(data, tasks, methods, seeds, out, base, tune, chosen)
+    todo = _pending(runs)
+    print(f"suite: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+    failures = _execute(todo, devices, Path(out))
+    rows = aggregate(out, command=command)
+    _print_vtab_means(rows)
+    if failures:
+        raise PearError(f"{len(failures)} of {len(todo)} runs failed (the others are in {Path(out) / 'results.md'}; "
+                        f"run the suite again to retry):\n  " + "\n  ".join(failures))
+    return rows
+
+
+def _checked(tasks, methods, seeds, base: dict | None) -> tuple[list, list, list, dict]:
     base = dict(base or {})
     owned = sorted(set(base) & set(_SUITE_FIELDS))
     if owned:
@@ -90,23 +130,124 @@ def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int],
     tasks, methods, seeds = (list(dict.fromkeys(x)) for x in (tasks, methods, seeds))
     if not tasks or not methods or not seeds:
         raise PearError("a suite needs at least one task, one method and one seed")
-    devices = list(devices or [])
-    if len(devices) == 1:
-        base["device"] = devices[0]
-    _ensure_data(data, tasks, build_missing)
-    chosen = _tune(data, tasks, methods, base, out, devices) if tune else {}
+    return tasks, methods, seeds, base
 
-    # Seed-major order: a sweep cut short still has every (task, method) for the seeds it finished.
-    runs = [_Run(t, m, s, _config({**base, **chosen.get((t, m), {})}, data, t, m, s, out))
-            for s in seeds for t in tasks for m in methods]
-    todo = _pending(runs)
-    print(f"suite: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
-    failures = _execute(todo, devices, Path(out))
-    rows = aggregate(out, command=command)
-    if failures:
-        raise PearError(f"{len(failures)} of {len(todo)} runs failed (the others are in {Path(out) / 'results.md'}; "
-                        f"run the suite again to retry):\n  " + "\n  ".join(failures))
+
+def _real_runs(data: str, tasks: list[str], methods: list[str], seeds: list[int], out: str, base: dict,
+               tune: bool, chosen: dict | None = None) -> list[_Run]:
+    """The suite's (task, method, seed) runs in seed-major order (a sweep cut short still has every
+    (task, method) for the seeds it finished). chosen: (task, method) -> the options --tune chose;
+    a tuned run not in it is configured with its grid's first value, as a check only."""
+    runs = []
+    for s in seeds:
+        for t in tasks:
+            for m in methods:
+                grid = tuning.tuned_by(m, method_overrides(m)["method"]) if tune else None
+                option = {}
+                if grid:
+                    name, values = tuning.GRIDS[grid]
+                    option = (chosen or {}).get((t, m)) or {name: values[0]}
+                runs.append(_Run(t, m, s, _config({**base, **option}, data, t, m, s, out), (t, grid) if grid else None))
+    return runs
+
+
+def sweep(data: str, tasks: list[str], methods: list[str], seeds: list[int], out: str, base: dict | None = None,
+          tune: bool = False) -> list[_Run]:
+    """Every run of the suite in index order: with `tune`, the tuning runs first, then the real
+    runs (seed-major). Every configuration is checked; nothing is trained or written."""
+    tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
+    return ((_tuning_runs(data, tasks, methods, base, out) if tune else [])
+            + _real_runs(data, tasks, methods, seeds, out, base, tune))
+
+
+def list_runs(runs: list[_Run]) -> str:
+    """One line per run: index, state (finished / started / pending), label, folder."""
+    lines = []
+    for i, run in enumerate(runs):
+        state = "finished" if run.finished else ("started" if run.dir.exists() else "pending")
+        note = f"  ({tuning.GRIDS[run.tuned_by[1]][0]}: the val200 choice)" if run.tuned_by else ""
+        lines.append(f"{i:5d}  {state:8s}  {run.label}  {run.dir}{note}")
+    tuned = sum(r.tuning for r in runs)
+    head = f"{len(runs)} runs (indices 0-{len(runs) - 1})"
+    if tuned:
+        head += f"; tuning runs 0-{tuned - 1} first: a tuned run needs its task's tuning runs finished"
+    return "\n".join([head, *lines])
+
+
+def run_index(index: int, data: str, tasks: list[str], methods: list[str], seeds: list[int], out: str,
+              base: dict | None = None, tune: bool = False, build_missing: bool = False) -> dict | None:
+    """Train run `index` of the suite (`sweep`'s order) in this process unless it has finished;
+    returns its metrics. A tuned run first takes its task's choice, which needs all of that
+    task's tuning runs finished."""
+    tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
+    runs = sweep(data, tasks, methods, seeds, out, base, tune)
+    if not 0 <= index < len(runs):
+        raise PearError(f"--index {index} is out of range: this suite has {len(runs)} runs (0-{len(runs) - 1}); "
+                        f"`--list` shows them")
+    run = runs[index]
+    _ensure_data(data, [run.task], build_missing)
+    if run.tuned_by:
+        run.cfg = _config({**base, **_choice(run, runs, out)}, data, run.task, run.method, run.seed, out)
+    if run.dir.exists():
+        _check_same_options(run)
+    if run.finished:
+        print(f"suite: run {index} ({run.label}) has already finished", flush=True)
+        return None
+    print(f"suite: run {index}: {run.label}{' (resuming)' if run.dir.exists() else ''}", flush=True)
+    # Always --resume: a process started for this index at the same moment may have just made
+    # the folder. train() holds the folder while it runs, so that process or this one is refused.
+    run.cfg.resume = True
+    return train(run.cfg)
+
+
+def _choice(run: _Run, runs: list[_Run], out: str) -> dict:
+    """{option: value} chosen for a tuned run's task, choosing it when its tuning runs have finished."""
+    task, grid = run.tuned_by
+    option, values = tuning.GRIDS[grid]
+    record = tuning.grid_dir(out, task, grid) / tuning.CHOICE_FILE
+    if not record.is_file():
+        folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}
+        waiting = [f"{i} ({r.label})" for i, r in enumerate(runs) if r.dir in folders and not r.finished]
+        if waiting:
+            raise PearError(f"run {runs.index(run)} ({run.label}) trains with the {option} that --tune chooses on "
+                            f"val200, and tuning runs {', '.join(waiting)} have not finished yet; run those indices "
+                            f"first (with Slurm: submit the tuning indices, then this one with "
+                            f"--dependency=afterok:JOBID)")
+        tuning.choose(out, task, grid)
+    return {option: float(read_mapping(record, "tuning record")["chosen"])}
+
+
+def finish(runs: list[_Run], out: str, command: str | None = None) -> list[dict]:
+    """Aggregate whatever has finished and name the runs that have not (on stdout and in results.md)."""
+    missing = [f"{i} {r.label}" for i, r in enumerate(runs) if not r.finished]
+    rows = aggregate(out, command=command, missing=missing)
+    print(f"suite: aggregated {len(runs) - len(missing)} of {len(runs)} runs into {Path(out) / 'results.md'}",
+          flush=True)
+    if missing:
+        print(f"suite: {len(missing)} not finished (index, run):\n  " + "\n  ".join(missing), flush=True)
+    _print_vtab_means(rows)
     return rows
+
+
+def _print_vtab_means(rows: list[dict]) -> None:
+    for line in vtab_summary(rows):
+        print(f"suite: {line}", flush=True)
+
+
+def check_preset(name: str, data: str) -> list[str]:
+    """The tasks of preset `name`; every task folder must be in `data` (one message names all missing)."""
+    if name not in PRESETS:
+        raise PearError(f"unknown --preset {name!r}; presets: {', '.join(PRESETS)}")
+    tasks = PRESETS[name]["tasks"]
+    root = Path(data)
+    spellings = {t: [t, *(a for a, c in TASK_ALIASES.items() if c == t)] for t in tasks}
+    missing = [t for t in tasks if not any((root / s).is_dir() for s in spellings[t])]
+    if missing:
+        shown = ", ".join(" or ".join(spellings[t]) for t in missing)
+        raise PearError(f"--preset {name}: {root} lacks {len(missing)} of the {len(tasks)} task folders: {shown}. "
+                        f"Lay each out as {root}/<task>/{{train800,val200,train800val200,test}}.txt + images/ "
+                        f"(README: VTAB-1k in one command)")
+    return tasks
 
 
 def _pending(runs: list[_Run]) -> list[_Run]:
@@ -132,13 +273,7 @@ def _tune(data: str, tasks: list[str], methods: list[str], base: dict, out: str,
     and return the options every (task, method) trains with."""
     owners = {(t, m): tuning.tuned_by(m, method_overrides(m)["method"]) for t in tasks for m in methods}
     grids = list(dict.fromkeys((t, g) for (t, _), g in owners.items() if g))
-    fixed = sorted({tuning.GRIDS[g][0] for _, g in grids} & set(base))
-    if fixed:
-        raise PearError(f"--tune chooses {', '.join(fixed)} on val200; do not also set it for every run")
-    seed = tuning.TUNE_SEED
-    runs = [_Run(t, f"{g}@{tuning.GRIDS[g][0]}={v:g}", seed,
-                 _config({**base, **tuning.tune_overrides(g, v)}, data, t, g, seed, out, tuning.tune_run_dir(out, t, g, v)))
-            for t, g in grids for v in tuning.GRIDS[g][1]]
+    runs = _tuning_runs(data, tasks, methods, base, out)
     todo = _pending(runs)
     print(f"suite: tuning, {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
     failures = _execute(todo, devices, Path(out))
@@ -149,6 +284,20 @@ def _tune(data: str, tasks: list[str], methods: list[str], base: dict, out: str,
         print(f"suite: {r['task']}/{r['method']}: {r['option']} = {r['chosen']:g} (val200 {r['val200_acc']})",
               flush=True)
     return {(t, m): {records[(t, g)]["option"]: records[(t, g)]["chosen"]} for (t, m), g in owners.items() if g}
+
+
+def _tuning_runs(data: str, tasks: list[str], methods: list[str], base: dict, out: str) -> list[_Run]:
+    """The protocol's train800 -> val200 runs: one per grid value of each (task, tuned method)."""
+    grids = list(dict.fromkeys((t, g) for t in tasks for m in methods
+                               if (g := tuning.tuned_by(m, method_overrides(m)["method"]))))
+    fixed = sorted({tuning.GRIDS[g][0] for _, g in grids} & set(base))
+    if fixed:
+        raise PearError(f"--tune chooses {', '.join(fixed)} on val200; do not also set it for every run")
+    seed = tuning.TUNE_SEED
+    return [_Run(t, f"{g}@{tuning.GRIDS[g][0]}={v:g}", seed,
+                 _config({**base, **tuning.tune_overrides(g, v)}, data, t, g, seed, out,
+                         tuning.tune_run_dir(out, t, g, v)), tuning=True)
+            for t, g in grids for v in tuning.GRIDS[g][1]]
 
 
 def _config(base: dict, data: str, task: str, method: str, seed: int, out: str,

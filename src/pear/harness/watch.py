@@ -107,9 +107,6 @@ class Board:
 
         from .inspection import plot_pruning_map
 
-        t = info["totals"]
-        ratio = t["adapter_bytes"] / t["adapter_bytes_unpruned"] if t["adapter_bytes_unpruned"] else None
-        info = {**info, "totals": {"adapter_ratio": ratio, **t}}  # the plot's title shows the ratio
         with tempfile.TemporaryDirectory(prefix="pear-map-") as tmp:
             path = plot_pruning_map(info, Path(tmp) / "map.png")
             with Image.open(path) as img:

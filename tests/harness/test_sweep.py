@@ -1,0 +1,178 @@
+"""A suite on a cluster's scheduler: --list, --index, --aggregate, --emit-slurm; the vtab1k preset."""
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pear.cli import main
+from pear.errors import PearError
+from pear.harness import suite, tuning
+from pear.harness.data import VTAB_TASKS
+from pear.harness.results import vtab_summary
+
+TINY = {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32,
+                                                             "num_heads": 2},
+        "img_size": 32, "epochs": 2, "batch_size": 20, "workers": 0, "device": "cpu"}
+# Columns that depend on the machine's load, not on what was computed.
+TIMING = ("train_seconds", "images_per_second")
+
+
+def _suite_args(data: Path, out: Path, config: Path) -> list[str]:
+    return ["suite", "--data", str(data), "--tasks", "toy", "--methods", "linear,pear", "--seeds", "0,1",
+            "--out", str(out), "-c", str(config)]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
+    return subprocess.Popen([sys.executable, "-m", "pear", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _tables(out: Path) -> tuple[list[dict], str]:
+    with open(out / "results.csv", newline="") as fh:
+        rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(fh)]
+    md = (out / "results.md").read_text()
+    return rows, md[md.index("## Test accuracy"):]
+
+
+def test_indices_as_separate_processes_equal_a_plain_suite(tiny_vtab, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    plain = _start(_suite_args(tiny_vtab, tmp_path / "plain", config))
+
+    out = tmp_path / "indexed"
+    args = _suite_args(tiny_vtab, out, config)
+    assert main([*args, "--list"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0] == "4 runs (indices 0-3)"
+    assert [line.split()[:3] for line in listing[1:]] == [
+        ["0", "pending", "toy/linear/seed0"], ["1", "pending", "toy/pear/seed0"],
+        ["2", "pending", "toy/linear/seed1"], ["3", "pending", "toy/pear/seed1"]]
+
+    # Index 1 twice at once: one process trains it, the other is refused (or finds it finished).
+    twins = [_start([*args, "--index", "1"]) for _ in range(2)]
+    outputs = []
+    for p in twins:
+        text = p.communicate(timeout=600)[0]
+        outputs.append((p.returncode, text))
+    assert sorted(rc for rc, _ in outputs) in ([0, 0], [0, 2]), outputs
+    assert all(rc == 0 or "is in use by another Pear process" in text for rc, text in outputs), outputs
+    # The other indices in a shuffled order, two processes at a time.
+    order = [0, 2, 3]
+    random.Random(7).shuffle(order)
+    for pair in (order[:2], order[2:]):
+        procs = [_start([*args, "--index", str(i)]) for i in pair]
+        for p in procs:
+            text = p.communicate(timeout=600)[0]
+            assert p.returncode == 0, text
+
+    assert main([*args, "--aggregate"]) == 0
+    assert "aggregated 4 of 4 runs" in capsys.readouterr().out
+    text = plain.communicate(timeout=900)[0]
+    assert plain.returncode == 0, text
+    assert _tables(out) == _tables(tmp_path / "plain")
+    assert len(_tables(out)[0]) == 4
+    assert main([*args, "--index", "1"]) == 0
+    assert "run 1 (toy/pear/seed0) has already finished" in capsys.readouterr().out
+
+
+def _fake_finish(run_dir: Path, val_acc: float = 50.0) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "history.json").write_text(json.dumps([{"epoch": 0, "val_acc": val_acc}]))
+    (run_dir / "metrics.json").write_text(json.dumps({"task": "toy", "seed": 0, "test_acc": val_acc,
+                                                      "checkpoint_file_bytes": 10}))
+
+
+def test_tune_runs_come_first_and_a_tuned_run_waits_for_them(tiny_vtab, tmp_path, monkeypatch, capsys):
+    spec = dict(data=str(tiny_vtab), tasks=["toy"], methods=["linear", "adapter"], seeds=[0], out=str(tmp_path),
+                base=TINY, tune=True)
+    runs = suite.sweep(**spec)
+    grid = tuning.GRIDS["adapter"][1]
+    assert [r.label for r in runs] == [*(f"toy/adapter@scale={v:g}/seed0" for v in grid), "toy/linear/seed0",
+                                       "toy/adapter/seed0"]
+    assert [r.tuning for r in runs] == [True] * len(grid) + [False, False]
+    assert suite.list_runs(runs).splitlines()[0] == "5 runs (indices 0-4); tuning runs 0-2 first: a tuned run " \
+                                                    "needs its task's tuning runs finished"
+    trained = []
+    monkeypatch.setattr(suite, "train", lambda cfg: trained.append(cfg) or _fake_finish(Path(cfg.out)))
+    suite.run_index(3, **spec)  # linear: nothing to tune
+    with pytest.raises(PearError, match=r"run 4 \(toy/adapter/seed0\) trains with the scale that --tune chooses "
+                                        r"on val200, and tuning runs 0 .*, 1 .*, 2 .* have not finished"):
+        suite.run_index(4, **spec)
+    for i, v in enumerate(grid):
+        _fake_finish(tuning.tune_run_dir(tmp_path, "toy", "adapter", v), val_acc=60.0 if v == grid[1] else 40.0)
+    suite.run_index(4, **spec)
+    assert trained[-1].pear.scale == grid[1] and trained[-1].train_split == "train800val200"
+    assert json.loads((tuning.grid_dir(tmp_path, "toy", "adapter") / tuning.CHOICE_FILE).read_text())["chosen"] \
+        == grid[1]
+    with pytest.raises(PearError, match=r"--index 5 is out of range: this suite has 5 runs"):
+        suite.run_index(5, **spec)
+
+
+def test_aggregate_names_what_is_missing(tiny_vtab, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "train", lambda cfg: _fake_finish(Path(cfg.out)))
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "linear", "--seeds", "0,1,2",
+            "--out", str(tmp_path), "--epochs", "2"]
+    assert main([*args, "--index", "1"]) == 0
+    assert main([*args, "--aggregate"]) == 0
+    printed = capsys.readouterr().out
+    assert "aggregated 1 of 3 runs" in printed and "0 toy/linear/seed0" in printed and "2 toy/linear/seed2" in printed
+    assert "- Not finished (2, by index): `0 toy/linear/seed0`, `2 toy/linear/seed2`" in \
+        (tmp_path / "results.md").read_text()
+    assert main([*args, "--list"]) == 0
+    assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()[1:]] == ["pending", "finished", "pending"]
+    assert main([*args, "--list", "--aggregate"]) == 2
+
+
+def test_emit_slurm_writes_a_job_array(tiny_vtab, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "sweep.sbatch"
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "linear,pear", "--seeds", "0,1",
+            "--out", "suite"]
+    assert main([*args, "--emit-slurm", str(script)]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-3" in text and "#SBATCH --output=suite/logs/slurm-%A_%a.log" in text
+    last = text.strip().splitlines()[-1]
+    assert last.endswith('--out suite --index "$SLURM_ARRAY_TASK_ID"') and "--emit-slurm" not in last
+    assert last.startswith(f"{sys.executable} -m pear suite --data")
+    assert f"cd {tmp_path}" in text and (tmp_path / "suite" / "logs").is_dir()
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+    assert main([*args, "--tune", "--emit-slurm", str(script)]) == 0
+    text = script.read_text()  # 3 scale values for pear's tuning, then 2 linear + 2 pear runs
+    assert "#SBATCH --array=0-2" in text and "sbatch --dependency=afterok:$jid --array=3-6" in text
+
+
+def test_vtab1k_preset_needs_every_task_folder(tmp_path, capsys):
+    for task in list(VTAB_TASKS)[:-2]:
+        (tmp_path / ("cifar100" if task == "cifar" else task)).mkdir()
+    assert main(["suite", "--preset", "vtab1k", "--data", str(tmp_path), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert "--preset vtab1k: " in err and "lacks 2 of the 19 task folders: smallnorb_azi, smallnorb_ele" in err
+    (tmp_path / "smallnorb_azi").mkdir()
+    (tmp_path / "smallnorb_ele").mkdir()
+    runs = suite.sweep(str(tmp_path), suite.check_preset("vtab1k", str(tmp_path)), ["pear"], [0], str(tmp_path / "s"),
+                       base=suite.PRESETS["vtab1k"]["recipe"])
+    assert [r.task for r in runs] == list(VTAB_TASKS)
+    cfg = runs[0].cfg
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.prune_epoch, cfg.lr, cfg.wd, cfg.batch_size, cfg.img_size) == \
+        (100, 10, 10, 1e-3, 1e-4, 64, 224)
+    assert main(["suite", "--preset", "vtab1k", "--data", str(tmp_path), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "19 runs (indices 0-18)"
+
+
+def test_vtab_summary_names_both_means():
+    rows = [{"task": t, "method": "pear", "test_acc": acc} for t, acc in
+            (("cifar", 70.0), ("dtd", 60.0), ("eurosat", 90.0), ("kitti", 80.0), ("dsprites_loc", 40.0))]
+    (line,) = vtab_summary(rows)
+    # Natural (cifar, dtd) 65, Specialized 90, Structured (kitti, dsprites_loc) 60; tasks 68, groups 71.67.
+    assert line == "pear: Mean over tasks 68.00; Mean of group means 71.67 (Natural 65.00, Specialized 90.00, " \
+                   "Structured 60.00)"
+    assert vtab_summary([{"task": "toy", "method": "pear", "test_acc": 1.0}]) == []
