@@ -132,7 +132,7 @@ def _emit_slurm(args, runs) -> None:
         argv.append(a)
     (Path(args.out) / "logs").mkdir(parents=True, exist_ok=True)  # sbatch does not create --output's folder
     script = slurm_script([sys.executable, "-m", "pear", *argv], len(runs), sum(r.tuning for r in runs), args.out,
-                          Path.cwd())
+                          Path.cwd(), args.emit_slurm)
     atomic_write_text(Path(args.emit_slurm), script)
     print(f"wrote {args.emit_slurm}: {len(runs)} runs as a job array; submit with `sbatch {args.emit_slurm}`")
 

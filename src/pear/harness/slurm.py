@@ -11,11 +11,15 @@ import shlex
 from pathlib import Path
 
 
-def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Path, workdir: str | Path) -> str:
-    """An sbatch script for `command` (a `pear suite` command line without --emit-slurm);
-    `tuning_runs`: how many of the `runs` indices are --tune's, which must finish first."""
+def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Path, workdir: str | Path,
+                 path: str | Path) -> str:
+    """The sbatch script `path` for `command` (a `pear suite` command line without --emit-slurm,
+    run in `workdir`); `tuning_runs`: how many of the `runs` indices are --tune's, which must
+    finish first."""
     cmd = shlex.join(command)
-    logs = Path(out) / "logs" / "slurm-%A_%a.log"
+    workdir = Path(workdir).resolve()
+    logs = workdir / out / "logs" / "slurm-%A_%a.log"  # sbatch resolves --output where it is called
+    me = shlex.quote(str(path))
     first = f"0-{tuning_runs - 1}" if tuning_runs else f"0-{runs - 1}"
     lines = ["#!/bin/bash",
              f"# pear suite as a job array: {runs} runs, one per array task (`{cmd} --list` shows them).",
@@ -29,11 +33,11 @@ def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Pat
     if tuning_runs:
         lines += [f"# --tune: indices 0-{tuning_runs - 1} choose each method's option on val200; the real runs",
                   f"# ({tuning_runs}-{runs - 1}) need them finished. Submit twice:",
-                  f"#   jid=$(sbatch --parsable {{this file}})",
-                  f"#   sbatch --dependency=afterok:$jid --array={tuning_runs}-{runs - 1} {{this file}}"]
+                  f"#   jid=$(sbatch --parsable {me})",
+                  f"#   sbatch --dependency=afterok:$jid --array={tuning_runs}-{runs - 1} {me}"]
     lines += ["# When all have finished (or at any time, for the table so far):",
               f"#   {cmd} --aggregate",
               "set -euo pipefail",
-              f"cd {shlex.quote(str(Path(workdir).resolve()))}",
+              f"cd {shlex.quote(str(workdir))}",
               f'{cmd} --index "$SLURM_ARRAY_TASK_ID"', ""]
     return "\n".join(lines)
