@@ -19,7 +19,7 @@ __all__ = ["PEAR_VIT", "PEAR_VIT_ARGS", "PEAR_VIT_SHA256", "pear_vit_tiny6_patch
 PEAR_VIT = "pear_vit_tiny6_patch4_32"
 PEAR_VIT_ARGS = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3)
 # SHA-256 of src/pear/weights/pear_vit_tiny6_patch4_32.safetensors, checked on every load.
-PEAR_VIT_SHA256: str | None = None
+PEAR_VIT_SHA256: str | None = "536244621c712bd6d05b3ba11d98b7540b0135e3708395088a1ad1f34de4a345"
 
 default_cfgs = generate_default_cfgs({
     f"{PEAR_VIT}.lite0_distilled": dict(
