@@ -29,3 +29,21 @@ def test_lora_alpha_sets_peft_scaling(model_factory):
     assert scalings and all(s == 8.0 for s in scalings)
     default = prepare(model_factory("vit"), "peft-lora", PearConfig(rank=4))
     assert all(m.scaling["default"] == 1.0 for m in default.modules() if hasattr(m, "scaling"))
+
+
+def test_a_pear_run_with_the_distill_knowledge_checkpoint_trains_and_stores_no_extra_bytes(tmp_path):
+    from test_suite import TINY, make_task
+
+    from pear.harness.options import TrainConfig
+    from pear.harness.train import train
+
+    make_task(tmp_path / "data")
+    metrics = {}
+    for mode in ("none", "distill"):
+        cfg = TrainConfig.from_dict({**TINY, "data": str(tmp_path / "data"), "task": "toy", "knowledge": mode,
+                                     "distill_steps": 5, "out": str(tmp_path / mode), "progress": False})
+        metrics[mode] = train(cfg)
+        assert f"knowledge {mode}" in (tmp_path / mode / "train.log").read_text()
+    assert metrics["distill"]["plan_digest"] == metrics["none"]["plan_digest"]  # same decisions, other weights
+    tensors = [(tmp_path / mode / "checkpoint" / "adapters.safetensors").stat().st_size for mode in ("none", "distill")]
+    assert tensors[0] == tensors[1]  # the JSON differs only by the mode's name

@@ -245,7 +245,7 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
     """Prune if it is time, train one epoch, validate, log, save the state."""
     cfg, ctx = run.cfg, run.ctx
     if run.tracker is not None and epoch == cfg.prune_epoch:
-        run.plan = _prune(run.model, run.tracker, run.optimizer, ctx, train_split, run.device)
+        run.plan = _prune(run, train_split)
         run.tracker = None
         if run.board is not None:
             run.board.params(run.step, _trainable(run.model))
@@ -326,19 +326,19 @@ def _wrap(model: nn.Module, cfg: TrainConfig, ctx: "D.Context", previous: nn.Mod
 DISTILL_IMAGES = 64
 
 
-def _prune(model: nn.Module, tracker: ImportanceTracker, optimizer, ctx: "D.Context", split: Split,
-           device: torch.device) -> PrunePlan:
-    scores = tracker.scores()
-    tracker.close()
+def _prune(run: _Run, split: Split) -> PrunePlan:
+    model, ctx = run.model, run.ctx
+    scores = run.tracker.scores()
+    run.tracker.close()
     state = pear_state(model)
     p = make_plan(scores, state.config, model)
     digest = D.check_same_plan(p, ctx)
     inputs = None
     if state.config.knowledge == "distill":
         first = [list(range(min(DISTILL_IMAGES, len(split))))]
-        inputs = capture_inputs(model, (x.to(device) for x, _ in split.loader(first)))
+        inputs = capture_inputs(model, (x.to(run.device) for x, _ in split.loader(first)))
     prune_and_share(model, p, inputs=inputs)
-    dropped = prune_optimizer(optimizer, model)
+    dropped = prune_optimizer(run.optimizer, model)
     log.info("pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
              len(p.pruned), len(p.pruned) + len(p.kept), p.policy, state.config.knowledge, dropped, digest)
     if ctx.enabled:
