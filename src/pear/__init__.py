@@ -6,19 +6,32 @@
     p = pear.make_plan(tracker.scores(), config, model)  # who is pruned, who shares whom
     pear.prune_and_share(model, p)
     pear.report(model)                               # per-position table + stored tensor bytes
+
+The names that need torch are imported on first use (PEP 562), so `import pear` and the
+`pear` command line's help and option checks do not import it.
 """
 
+import importlib as _importlib
+import sys as _sys
+import types as _types
 from importlib import metadata as _metadata
 
-from .adapters import attach, positions, slots, unwrap
-from .checkpoint import load, save
 from .config import PearConfig
 from .errors import PearError
-from .importance import ImportanceTracker
-from .multitask import MultiTaskModel
-from .norms import freeze_norm_stats
-from .pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
-from .report import report, share_map
+
+# Each torch-backed name of the API -> the submodule that defines it.
+_LAZY = {
+    "attach": "adapters", "positions": "adapters", "slots": "adapters", "unwrap": "adapters",
+    "ImportanceTracker": "importance",
+    "PrunePlan": "pruning", "make_plan": "pruning", "prune_and_share": "pruning", "capture_inputs": "pruning",
+    "prune_optimizer": "pruning",
+    "freeze_norm_stats": "norms",
+    "report": "report", "share_map": "report",
+    "save": "checkpoint", "load": "checkpoint",
+    "MultiTaskModel": "multitask",
+}
+_SUBMODULES = frozenset({"adapters", "atomic", "checkpoint", "cli", "config", "errors", "harness", "importance",
+                         "jsontypes", "multitask", "norms", "pruning", "report"})
 
 __all__ = [
     "PearConfig",
@@ -47,11 +60,33 @@ except _metadata.PackageNotFoundError:  # run from a source tree that is not ins
 
 
 def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     # `pear.plan` was this verb's name until 0.1; it reads like the PrunePlan it returns.
     if name == "plan":
         import warnings
 
         warnings.warn("pear.plan is deprecated and will be removed in the next release; use pear.make_plan",
                       DeprecationWarning, stacklevel=2)
-        return make_plan
+        return __getattr__("make_plan")
+    if name in _SUBMODULES:  # `import pear; pear.checkpoint.read_checkpoint(...)`, as when all were imported
+        return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(_types.ModuleType):
+    def __setattr__(self, name, value):
+        # `pear.report` is the function; importing the submodule pear.report (from pear.report
+        # import ...) binds the submodule here, as the import system does, and must not replace it.
+        if name == "report" and isinstance(value, _types.ModuleType) and value.__name__ == f"{__name__}.report":
+            value = value.report
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

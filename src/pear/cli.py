@@ -100,7 +100,7 @@ def cmd_suite(args) -> int:
     if missing:
         raise PearError(f"pear suite needs {', '.join(missing)} (or --preset vtab1k)")
     sweep = dict(data=args.data, tasks=args.tasks.split(","), methods=args.methods.split(","),
-                 seeds=[int(s) for s in args.seeds.split(",")], out=args.out,
+                 seeds=_seeds(args.seeds), out=args.out,
                  base={**preset.get("recipe", {}), **_suite_base(args)}, tune=args.tune)
     if args.index is not None:
         suite.run_index(args.index, **sweep, build_missing=args.build)
@@ -116,6 +116,13 @@ def cmd_suite(args) -> int:
         suite.run_suite(**sweep, devices=args.devices.split(",") if args.devices else None, build_missing=args.build,
                         command=shlex.join(["pear", *args.argv]))
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise PearError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
 
 
 def _emit_slurm(args, runs) -> None:
@@ -198,14 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("suite", help="run every (task, method, seed); resumable; writes results.csv/.md + plot")
+    p = sub.add_parser("suite", help="run every (task, method, seed); resumable; writes results.csv/.md + plot",
+                       description="Run every (task, method, seed) into OUT/runs/..., resumably, and aggregate "
+                       "OUT/results.csv/.md. A whole suite holds OUT alone while it runs (OUT/.pear-lock, an flock "
+                       "the kernel drops when the process dies): a second suite on OUT is refused, naming its PID. "
+                       "--index runs hold OUT shared, so any number of them run side by side (each run folder has "
+                       "its own lock), but not beside a whole suite of the same OUT.")
     p.add_argument("--data", required=True)
     p.add_argument("--tasks", default=None, help="comma-separated task names (required unless --preset)")
     p.add_argument("--methods", default=None, help="(required unless --preset, which defaults to pear) ""comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too) and "
                    "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group, "
                    "or any Pear option as pear@FIELD=VALUE[@FIELD=VALUE...], e.g. pear@act=gelu@blocks=0+6")
     p.add_argument("--seeds", default="0")
-    p.add_argument("--out", default=None, help="suite folder (required unless --preset: suites/PRESET)")
+    p.add_argument("--out", default=None, help="suite folder, outside --data (required unless --preset: "
+                   "suites/PRESET)")
     p.add_argument("--preset", default=None, choices=["vtab1k"], help="vtab1k: the 19 VTAB-1k tasks (every "
                    "folder must be in --data) with the paper-style recipe: 100 epochs (10 warm-up), AdamW lr 1e-3, "
                    "wd 1e-4, batch 64, cosine, 224 px; flags override the recipe")
@@ -228,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--list", action="store_true", help="print the runs with their indices and states")
     sched.add_argument("--index", type=int, default=None, help="train only run I (e.g. --index "
                        "$SLURM_ARRAY_TASK_ID); with --tune the tuning runs come first, and a tuned run refuses to "
-                       "start until its task's tuning runs have finished")
+                       "start until its task's tuning runs have finished. Holds --out shared: indices run side by "
+                       "side, not beside a whole suite of the same --out")
     sched.add_argument("--aggregate", action="store_true", help="write the tables from whatever has finished and "
                        "name the runs that have not")
     sched.add_argument("--emit-slurm", default=None, metavar="FILE", help="write an sbatch --array script that "

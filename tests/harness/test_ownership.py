@@ -211,6 +211,71 @@ def test_a_killed_writers_lock_never_blocks_a_resume(finished, capsys):
     assert rc == 0, err
 
 
+@pytest.fixture
+def suite_argv(tiny_vtab, tmp_path):
+    """`pear suite` of two tiny linear runs into tmp_path/suite; its train is faked where a test says so."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"backbone": "vit_tiny_patch16_224", "img_size": 32, "epochs": 1,
+                                      "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2},
+                                      "batch_size": 20, "workers": 0, "device": "cpu"}))
+    return ["suite", "--data", tiny_vtab, "--tasks", "toy", "--methods", "linear", "--seeds", "0,1",
+            "--out", tmp_path / "suite", "-c", config]
+
+
+def _fake_train(trained: list, during=lambda cfg: None):
+    def train(cfg):
+        during(cfg)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "metrics.json").write_text(json.dumps({"task": cfg.task, "method": cfg.method,
+                                                                 "seed": cfg.seed, "test_acc": 50.0}))
+        trained.append(cfg.seed)
+    return train
+
+
+def test_a_whole_suite_holds_its_folder_alone(suite_argv, tmp_path, capsys, monkeypatch):
+    from pear.harness import suite
+
+    out, seen, inside = tmp_path / "suite", [], []
+
+    def during(cfg):  # while the suite trains: a second suite and an --index are refused
+        if inside:  # not again inside a second suite that was let in
+            return
+        inside.append(cfg.seed)
+        for argv in (suite_argv, [*suite_argv, "--index", "1"]):
+            rc = main([str(a) for a in argv])
+            seen.append((rc, capsys.readouterr().err))
+        with pytest.raises(PearError, match=f"PID {os.getpid()}"):
+            lock_folder(out, "suite folder", shared=True)
+
+    trained = []
+    monkeypatch.setattr(suite, "train", _fake_train(trained, during))
+    rc, err = _cli(suite_argv, capsys)
+    assert rc == 0, err
+    assert trained == [0, 1]
+    assert all(rc == 2 and f"suite folder {out} is in use by another Pear process (PID {os.getpid()})" in e
+               and e.count("\n") == 1 for rc, e in seen), seen
+    unlock(lock_folder(out, "suite folder"))  # released when the suite ends
+
+
+def test_index_runs_share_the_suite_folder(suite_argv, tmp_path, capsys, monkeypatch):
+    """Several `--index` processes on one suite folder at once are the cluster's normal case; only a whole
+    suite is refused beside them (each run folder still has its own lock, held by train)."""
+    from pear.harness import suite
+
+    out, trained = tmp_path / "suite", []
+    monkeypatch.setattr(suite, "train", _fake_train(trained))
+    out.mkdir()
+    other_index = lock_folder(out, "suite folder", shared=True)
+    try:
+        rc, err = _cli([*suite_argv, "--index", "1"], capsys)
+        assert rc == 0 and trained == [1], err
+        err = _refused(suite_argv, capsys)
+        assert f"suite folder {out} is in use by other Pear processes that share it (PID" in err
+    finally:
+        unlock(other_index)
+    assert trained == [1]
+
+
 # ---------------------------------------------------------------- 4. the checkpoint's JSON is sealed
 
 def _edit(ckpt: Path, change, reseal: bool = False) -> None:
@@ -331,6 +396,29 @@ def test_eval_and_predict_refuse_an_unknown_device(tiny_run, capsys, command):
     assert "--device 'tpu' is not a device" in _refused([*argv, "--device", "tpu"], capsys)
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (["--seeds", "a,b"], "--seeds must be comma-separated integers, e.g. 0,1,2; got 'a,b'"),
+    (["--devices", "tpu:0"], "--devices 'tpu:0' is not a device this Pear runs on"),
+    (["--devices", "cpu,tpu:0,tpu:1"], "--devices 'tpu:0' is not a device this Pear runs on"),
+    (["--out", "FILE"], "suite folder --out FILE exists and is not a folder"),
+    (["--out", "FILE", "--aggregate"], "suite folder --out FILE exists and is not a folder"),
+    (["--out", "DATA/suite"], "a suite folder must lie outside the data root"),
+])
+def test_bad_suite_options_are_one_message_checked_up_front(suite_argv, tiny_vtab, tmp_path, capsys, monkeypatch,
+                                                             flags, needle):
+    from pear.harness import suite
+
+    monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail("trained despite a bad suite"))
+    monkeypatch.setattr(suite, "_spawn", lambda *a: pytest.fail("started a run despite a bad suite"))
+    (tmp_path / "FILE").write_text("mine\n")
+    flags = [str(tmp_path / "FILE") if f == "FILE" else f"{tiny_vtab}/suite" if f == "DATA/suite" else f
+             for f in flags]
+    err = _refused([*(_with(suite_argv, out=None) if "--out" in flags else suite_argv), *flags], capsys)
+    assert needle.replace("FILE", str(tmp_path / "FILE")) in err, err
+    assert (tmp_path / "FILE").read_text() == "mine\n"
+    assert not (tmp_path / "suite").exists() and not (tiny_vtab / "suite").exists()
+
+
 def test_a_text_file_named_pth(train_argv, tmp_path, capsys):
     weights = tmp_path / "w.pth"
     weights.write_text("this is not a checkpoint\n")
@@ -421,3 +509,31 @@ def test_train_help_marks_required_flags_and_every_default(capsys):
     assert "--workers WORKERS data loader worker processes (default 2)" in out
     assert "--overwrite replace an existing run folder (default off)" in out
     assert "--weights" in out and "(default none)" in out
+
+
+def test_help_does_not_import_torch():
+    """`pear --help` took 1.7 s, almost all of it importing torch: the CLI imports it only in the
+    commands that need it, and `import pear` only when a torch-backed name is first used."""
+    code = """
+import sys, warnings
+from pear.cli import build_parser
+for argv in (["--help"], ["train", "--help"], ["suite", "--help"]):
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit:
+        pass
+import pear
+assert pear.PearConfig(rank=4).rank == 4 and issubclass(pear.PearError, ValueError)
+print("torch" in sys.modules, "timm" in sys.modules, file=sys.stderr)
+from pear.report import checkpoint_report  # the submodule pear.report, imported first ...
+assert callable(pear.report) and pear.report.__name__ == "report"  # ... does not hide the function
+assert pear.attach.__module__ == "pear.adapters" and pear.save.__module__ == "pear.checkpoint"
+assert set(pear.__all__) <= set(dir(pear)) and pear.checkpoint.read_checkpoint
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert pear.plan is pear.make_plan
+assert caught and caught[0].category is DeprecationWarning
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "False False", proc.stderr

@@ -151,20 +151,21 @@ def test_emit_slurm_writes_a_job_array(tiny_vtab, tmp_path, monkeypatch):
 
 
 def test_vtab1k_preset_needs_every_task_folder(tmp_path, capsys):
+    data = tmp_path / "vtab"  # the suite folder lies outside it
     for task in list(VTAB_TASKS)[:-2]:
-        (tmp_path / ("cifar100" if task == "cifar" else task)).mkdir()
-    assert main(["suite", "--preset", "vtab1k", "--data", str(tmp_path), "--list"]) == 2
+        (data / ("cifar100" if task == "cifar" else task)).mkdir(parents=True)
+    assert main(["suite", "--preset", "vtab1k", "--data", str(data), "--list"]) == 2
     err = capsys.readouterr().err
     assert "--preset vtab1k: " in err and "lacks 2 of the 19 task folders: smallnorb_azi, smallnorb_ele" in err
-    (tmp_path / "smallnorb_azi").mkdir()
-    (tmp_path / "smallnorb_ele").mkdir()
-    runs = suite.sweep(str(tmp_path), suite.check_preset("vtab1k", str(tmp_path)), ["pear"], [0], str(tmp_path / "s"),
+    (data / "smallnorb_azi").mkdir()
+    (data / "smallnorb_ele").mkdir()
+    runs = suite.sweep(str(data), suite.check_preset("vtab1k", str(data)), ["pear"], [0], str(tmp_path / "s"),
                        base=suite.PRESETS["vtab1k"]["recipe"])
     assert [r.task for r in runs] == list(VTAB_TASKS)
     cfg = runs[0].cfg
     assert (cfg.epochs, cfg.warmup_epochs, cfg.prune_epoch, cfg.lr, cfg.wd, cfg.batch_size, cfg.img_size) == \
         (100, 10, 10, 1e-3, 1e-4, 64, 224)
-    assert main(["suite", "--preset", "vtab1k", "--data", str(tmp_path), "--list"]) == 0
+    assert main(["suite", "--preset", "vtab1k", "--data", str(data), "--list"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "19 runs (indices 0-18)"
 
 

@@ -16,11 +16,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pear.errors import PearError
+
+if TYPE_CHECKING:  # torch only where tensors are mapped: option parsing reads folders without it
+    import torch
 
 __all__ = ["HubFolder", "default_backbone", "read_folder", "transformers_vit_to_timm"]
 
@@ -220,6 +221,8 @@ def transformers_vit_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, t
     q, k and v are concatenated into timm's qkv; the pooler and the mask token are dropped. A key
     that has no counterpart keeps its name, so the key check that follows reports it as unexpected.
     """
+    import torch
+
     mapped: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():

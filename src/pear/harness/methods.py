@@ -22,27 +22,8 @@ from ..checkpoint import head_name
 from ..config import PearConfig
 from ..errors import PearError
 from ..norms import freeze_norm_stats  # noqa: F401  (its home before pear.freeze_norm_stats)
-
-METHODS = ("linear", "full", "adapter", "pear", "prune", "peft-lora", "peft-lora-eq")
-LORA_METHODS = ("peft-lora", "peft-lora-eq")
-METHOD_ALIASES = {"lora": "peft-lora"}  # earlier names, still accepted
-PEAR_METHODS = ("adapter", "pear", "prune")
-PRUNING_METHODS = ("pear", "prune")
-
-
-def canonical_method(method: str) -> str:
-    """A method's name, an earlier alias ('lora') resolved."""
-    return METHOD_ALIASES.get(method, method)
-
-
-def pear_config_for(method: str, config: PearConfig) -> PearConfig:
-    """The Pear config a method trains with: 'adapter' never prunes, 'prune' never shares."""
-    d = config.to_dict()
-    if method == "adapter":
-        d["prune_ratio"] = 0.0
-    elif method == "prune":
-        d["share"] = "none"
-    return PearConfig.from_dict(d)
+from .method_names import (  # noqa: F401  (their home until option parsing had to do without torch)
+    LORA_METHODS, METHOD_ALIASES, METHODS, PEAR_METHODS, PRUNING_METHODS, canonical_method, pear_config_for)
 
 
 def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float | None = None) -> nn.Module:

@@ -22,7 +22,7 @@ from typing import Any
 from ..config import PearConfig
 from ..errors import PearError
 from .hub import default_backbone
-from .methods import METHOD_ALIASES, METHODS, PRUNING_METHODS, canonical_method, pear_config_for
+from .method_names import METHOD_ALIASES, METHODS, PRUNING_METHODS, canonical_method, pear_config_for
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, **kwargs) -> Any:
@@ -214,10 +214,10 @@ def _check_types(cfg: "TrainConfig") -> None:
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 
 
-def check_device(name) -> None:
-    """--device of every command: auto, cpu, cuda, cuda:N or mps."""
+def check_device(name, flag: str = "--device") -> None:
+    """--device of every command (and each of `pear suite --devices`): auto, cpu, cuda, cuda:N or mps."""
     if not isinstance(name, str) or not _DEVICE_RE.fullmatch(name):
-        raise PearError(f"--device {name!r} is not a device this Pear runs on; expected auto, cpu, cuda, cuda:N "
+        raise PearError(f"{flag} {name!r} is not a device this Pear runs on; expected auto, cpu, cuda, cuda:N "
                         f"or mps")
 
 

@@ -33,25 +33,43 @@ RUN_FILES = ("args.yaml", "metrics.json", "report.json", "plan.json", "history.j
              "state/", "best/", LOCK_FILE)
 
 
-def lock_folder(folder: Path, what: str) -> int:
+def lock_folder(folder: Path, what: str, shared: bool = False) -> int:
     """Hold `folder` for this process (flock on FOLDER/.pear-lock, which records the PID)
     and return the lock's file descriptor; a folder another live process holds is refused
-    at once, naming it. A killed holder's lock is gone with it, so it never blocks."""
+    at once, naming it. A killed holder's lock is gone with it, so it never blocks.
+
+    shared: several processes may hold the folder together (`pear suite --index` on one
+    suite folder), but not while one holds it alone, nor it while they do."""
     path = Path(folder) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise PearError(f"cannot write to {what} {folder}: {exc.strerror or exc}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        holder = (os.pread(fd, 64, 0).decode("ascii", "replace").split() or ["unknown"])[0]
+        sharers = not shared and _shared_by_others(fd)
         os.close(fd)
+        if sharers:
+            raise PearError(f"{what} {folder} is in use by other Pear processes that share it (PID {holder} among "
+                            f"them, e.g. `pear suite --index` runs); wait for them to end or stop them, or choose "
+                            f"another folder") from None
         raise PearError(f"{what} {folder} is in use by another Pear process (PID {holder}); wait for it to end or "
                         f"stop it, or choose another folder") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd
+
+
+def _shared_by_others(fd: int) -> bool:
+    """Whether the processes holding `fd`'s lock file hold it shared (a shared lock is granted)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
 
 
 def unlock(fd: int) -> None:
@@ -113,7 +131,7 @@ def prepare_run_dir(cfg, ctx: "D.Context") -> RunFolder:
 
 def _make_run_dir(cfg) -> RunFolder:
     out = Path(cfg.out)
-    _outside_data(out, Path(cfg.data))
+    outside_data(out, Path(cfg.data))
     if out.is_symlink() and not out.is_dir() or out.exists() and not out.is_dir():
         raise PearError(f"run folder {out} exists and is not a folder")
     existing = out.is_dir() and any(out.iterdir())
@@ -146,11 +164,11 @@ def _make_run_dir(cfg) -> RunFolder:
     return folder
 
 
-def _outside_data(out: Path, data: Path) -> None:
+def outside_data(out: Path, data: Path, what: str = "a run folder") -> None:
     o, d = out.resolve(), data.resolve()
     if o == d or d.is_relative_to(o) or o.is_relative_to(d):
         raise PearError(f"--out {out} is {'the data root' if o == d else 'inside' if o.is_relative_to(d) else 'a parent of'} "
-                        f"--data {data}; a run folder must lie outside the data root, whose files Pear never "
+                        f"--data {data}; {what} must lie outside the data root, whose files Pear never "
                         f"writes or removes")
 
 

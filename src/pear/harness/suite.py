@@ -19,6 +19,11 @@ of a suite has an index, the tuning runs first, then the real runs in seed-major
 job array runs one index per task and `finish` aggregates whatever has finished. Two
 processes started for one index never both train it: the second is refused by the run
 folder's lock (`pear.harness.rundir`).
+
+The suite folder has a lock of its own (OUT/.pear-lock, the run folder's flock): a whole
+suite (`run_suite`) holds it alone for as long as it runs, and each `run_index` holds it
+shared, so any number of indices run side by side, but never beside a whole suite of the
+same folder, and never two whole suites at once.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from .builders import BUILTIN_DATASETS, build_dataset
 from .data import TASK_ALIASES, VTAB_TASKS, task_info
 from .files import read_mapping
 from .methods import canonical_method
-from .options import TrainConfig, flat_options
+from .options import TrainConfig, check_device, flat_options
 from .results import aggregate, vtab_summary
+from .rundir import lock_folder, outside_data, unlock
 from .suite_methods import method_overrides
 from .train import train
 from . import tuning
@@ -101,25 +107,50 @@ def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int],
     tune: first choose each method's tuned option on val200 (`pear.harness.tuning`); the
         real runs then use the chosen value.
 
-    Every configuration is checked before the first run starts. A run that fails does
-    not stop the others; the failures are raised as one PearError after aggregation.
+    Every configuration (and each device) is checked before the suite folder is created
+    or the first run starts. The suite holds its folder alone while it runs (a second
+    suite or `run_index` on it is refused, naming the PID). A run that fails does not stop
+    the others; the failures are raised as one PearError after aggregation.
     """
     devices = list(devices or [])
+    for device in devices:
+        check_device(device, "--devices")
     base = {**(base or {}), **({"device": devices[0]} if len(devices) == 1 else {})}
     tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
     _ensure_data(data, tasks, build_missing)
-    chosen = _tune(data, tasks, methods, base, out, devices) if tune else {}
-
-    runs = _real_runs(data, tasks, methods, seeds, out, base, tune, chosen)
-    todo = _pending(runs)
-    print(f"suite: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
-    failures = _execute(todo, devices, Path(out))
-    rows = aggregate(out, command=command)
-    _print_vtab_means(rows)
+    sweep(data, tasks, methods, seeds, out, base, tune)  # every run's options, before anything is written
+    lock = hold(out)
+    try:
+        chosen = _tune(data, tasks, methods, base, out, devices) if tune else {}
+        runs = _real_runs(data, tasks, methods, seeds, out, base, tune, chosen)
+        todo = _pending(runs)
+        print(f"suite: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+        failures = _execute(todo, devices, Path(out))
+        rows = aggregate(out, command=command)
+        _print_vtab_means(rows)
+    finally:
+        unlock(lock)
     if failures:
         raise PearError(f"{len(failures)} of {len(todo)} runs failed (the others are in {Path(out) / 'results.md'}; "
                         f"run the suite again to retry):\n  " + "\n  ".join(failures))
     return rows
+
+
+def hold(out: str | Path, shared: bool = False) -> int:
+    """Create the suite folder and lock it (`pear.harness.rundir.lock_folder`): alone for a
+    whole suite, shared for one index; returns the lock for `unlock`."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PearError(f"cannot create suite folder {out}: {exc.strerror or exc}") from None
+    return lock_folder(Path(out), "suite folder", shared=shared)
+
+
+def _check_folder(out: str | Path, data: str) -> None:
+    """--out is a folder (or nothing yet) outside the data root."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise PearError(f"suite folder --out {out} exists and is not a folder; choose a folder for the suite")
+    outside_data(Path(out), Path(data), "a suite folder")
 
 
 def _checked(tasks, methods, seeds, base: dict | None) -> tuple[list, list, list, dict]:
@@ -156,6 +187,7 @@ def sweep(data: str, tasks: list[str], methods: list[str], seeds: list[int], out
     """Every run of the suite in index order: with `tune`, the tuning runs first, then the real
     runs (seed-major). Every configuration is checked; nothing is trained or written."""
     tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
+    _check_folder(out, data)
     return ((_tuning_runs(data, tasks, methods, base, out) if tune else [])
             + _real_runs(data, tasks, methods, seeds, out, base, tune))
 
@@ -178,7 +210,8 @@ def run_index(index: int, data: str, tasks: list[str], methods: list[str], seeds
               base: dict | None = None, tune: bool = False, build_missing: bool = False) -> dict | None:
     """Train run `index` of the suite (`sweep`'s order) in this process unless it has finished;
     returns its metrics. A tuned run first takes its task's choice, which needs all of that
-    task's tuning runs finished."""
+    task's tuning runs finished. The suite folder is held shared (other indices may run at the
+    same time, a whole suite may not), the run folder alone (by `train`)."""
     tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
     runs = sweep(data, tasks, methods, seeds, out, base, tune)
     if not 0 <= index < len(runs):
@@ -186,18 +219,22 @@ def run_index(index: int, data: str, tasks: list[str], methods: list[str], seeds
                         f"`--list` shows them")
     run = runs[index]
     _ensure_data(data, [run.task], build_missing)
-    if run.tuned_by:
-        run.cfg = _config({**base, **_choice(run, runs, out)}, data, run.task, run.method, run.seed, out)
-    if run.dir.exists():
-        _check_same_options(run)
-    if run.finished:
-        print(f"suite: run {index} ({run.label}) has already finished", flush=True)
-        return None
-    print(f"suite: run {index}: {run.label}{' (resuming)' if run.dir.exists() else ''}", flush=True)
-    # Always --resume: a process started for this index at the same moment may have just made
-    # the folder. train() holds the folder while it runs, so that process or this one is refused.
-    run.cfg.resume = True
-    return train(run.cfg)
+    lock = hold(out, shared=True)
+    try:
+        if run.tuned_by:
+            run.cfg = _config({**base, **_choice(run, runs, out)}, data, run.task, run.method, run.seed, out)
+        if run.dir.exists():
+            _check_same_options(run)
+        if run.finished:
+            print(f"suite: run {index} ({run.label}) has already finished", flush=True)
+            return None
+        print(f"suite: run {index}: {run.label}{' (resuming)' if run.dir.exists() else ''}", flush=True)
+        # Always --resume: a process started for this index at the same moment may have just made
+        # the folder. train() holds the folder while it runs, so that process or this one is refused.
+        run.cfg.resume = True
+        return train(run.cfg)
+    finally:
+        unlock(lock)
 
 
 def _choice(run: _Run, runs: list[_Run], out: str) -> dict:
