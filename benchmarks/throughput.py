@@ -272,7 +272,7 @@ def counted_bytes(b: Bench, amp: bool) -> int:
 
 
 def quantiles(times: list[float]) -> tuple[float, float, float]:
-    q1, q2, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    q1, q2, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
     return q1, q2, q3
 
 

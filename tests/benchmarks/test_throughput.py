@@ -71,3 +71,10 @@ def test_bad_arguments_are_refused_by_name(throughput, capsys, args, message):
         throughput.parse_args(args)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_quartiles_stay_within_the_timed_steps(throughput):
+    # statistics.quantiles' default ('exclusive') extrapolates: [1, 5] gave q1 = 0, and on a busy
+    # machine a negative step time. The quartiles of a few timed steps lie between them.
+    assert throughput.quantiles([1.0, 5.0]) == (2.0, 3.0, 4.0)
+    assert throughput.quantiles([2.0]) == (2.0, 2.0, 2.0)
