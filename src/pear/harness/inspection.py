@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_file
 from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
+from ..config import SHARE_ALIASES
 from ..errors import PearError
 from ..jsontypes import checkpoint_problems
 from ..report import checkpoint_report, tensors_size
@@ -19,6 +20,9 @@ from .runs import checkpoint_kind, read_metrics
 from .state import PLAIN_FILES, read_plain
 
 _KIND_COLOURS = {"attn": "#3b75af", "mlp": "#ef8636", "qkv": "#519e3e", "block": "#3b75af"}
+
+# Files store the matched share policy under its earlier name; users read the current one.
+_PUBLIC_SHARE = {stored: name for name, stored in SHARE_ALIASES.items()}
 
 
 def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
@@ -119,7 +123,7 @@ def _header(info: dict) -> list[str]:
         c = info["config"]
         lines.append(f"pear        {c['adapter']} adapters, rank {c['rank']}, scale {c['scale']}, importance "
                      f"{c['importance']}, prune ratio {c['prune_ratio']} ({c.get('prune_scope', 'global')}), share "
-                     f"{c['share']}, knowledge "
+                     f"{_PUBLIC_SHARE.get(c['share'], c['share'])}, knowledge "
                      f"{c['knowledge']}")
     return lines
 
