@@ -9,7 +9,6 @@ fail to fit the model ends in a `PearError` that names the file and what is wron
 from __future__ import annotations
 
 import difflib
-import hashlib
 import pickle
 import re
 import warnings
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, model_entrypoint, split_model_name_tag
 from torch import nn
 
+from pear.atomic import sha256_file
 from pear.errors import PearError
 
 from . import pear_vit
@@ -175,13 +175,10 @@ def check_sha256(path: Path, expected: str | None) -> None:
         raise PearError(f"built-in weights file {path} is missing: reinstall Pear (pip install --force-reinstall)")
     if expected is None:
         return
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
+    digest = sha256_file(path)
+    if digest != expected:
         raise PearError(
-            f"built-in weights file {path} has SHA-256 {digest.hexdigest()}, expected {expected}: the file is "
+            f"built-in weights file {path} has SHA-256 {digest}, expected {expected}: the file is "
             "damaged or was replaced; reinstall Pear, or rebuild it with scripts/pretrain_vit.py"
         )
 
