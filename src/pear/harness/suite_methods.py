@@ -3,9 +3,11 @@
 A suite method is a training method (linear, full, adapter, pear, prune, peft-lora; 'lora'
 is an alias of peft-lora), a Pear ablation that changes one option of `pear`:
 pear-share-POLICY, pear-kc-MODE, pear-imp-SCORER, pear-rRATIO, pear-scope-SCOPE, or a
-method with any Pear options set: METHOD@FIELD=VALUE[@FIELD=VALUE...], e.g.
-pear@act=gelu@blocks=0+6 (list items are joined by '+'). The name is also the run's
-folder, so the suite's results show it as given.
+method with Pear options set: METHOD@FIELD=VALUE[@FIELD=VALUE...], e.g.
+pear@act=gelu@blocks=0+6 (list items are joined by '+'; each field once; linear and full
+take none, peft-lora only rank). The name is also the run's folder and a cell of
+results.md's tables, so the suite's results show it as given: it is at most
+`MAX_NAME_LENGTH` characters, none of them whitespace, control characters, '|' or '`'.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ ABLATIONS = {
     "pear-r": ("prune_ratio", _ratio, "<ratio in [0,1)>"),
     "pear-scope-": _choice("prune_scope", PRUNE_SCOPES),
 }
+MAX_NAME_LENGTH = 100  # a folder name (255 bytes on most file systems) with room for its tuning siblings
+# Characters that would break a folder name, a results.md table row or its `code` spans.
+_TABLE_BREAKERS = "|`"
+# Pear options a method that is not Pear's own uses: none, or peft LoRA's rank.
+_USED_OPTIONS = {"linear": (), "full": (), "peft-lora": ("rank",), "lora": ("rank",)}
 GRAMMAR = (*METHODS, *(prefix + form for prefix, (_, _, form) in ABLATIONS.items()), "METHOD@FIELD=VALUE[@...]")
 
 
@@ -49,6 +56,7 @@ def method_overrides(name: str) -> dict:
     """The TrainConfig fields suite method `name` sets, e.g. 'pear-kc-frozen' ->
     {'method': 'pear', 'knowledge': 'frozen'}, 'pear@act=gelu@rank=4' ->
     {'method': 'pear', 'act': 'gelu', 'rank': 4}."""
+    _check_characters(name)
     if name in METHODS or name in METHOD_ALIASES:
         return {"method": name}
     for prefix, (field, parse, _) in ABLATIONS.items():
@@ -60,8 +68,33 @@ def method_overrides(name: str) -> dict:
     if "@" in name and "/" not in name:
         method, *settings = name.split("@")
         if method in METHODS or method in METHOD_ALIASES:
-            return {"method": method, **dict(_setting(name, s) for s in settings)}
+            return {"method": method, **_settings(name, method, settings)}
     raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(GRAMMAR)}")
+
+
+def _check_characters(name: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise PearError(f"suite method {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME_LENGTH} "
+                        f"(the name is the run's folder)")
+    bad = next((c for c in name if not c.isprintable() or c.isspace() or c in _TABLE_BREAKERS), None)
+    if bad is not None:
+        raise PearError(f"suite method {name!r}: {bad!r} cannot be in a method name (the name is the run's folder "
+                        f"and a cell of results.md's tables)")
+
+
+def _settings(name: str, method: str, settings: list[str]) -> dict:
+    """The FIELD=VALUE settings of `name`, each field once and only fields `method` uses."""
+    out: dict = {}
+    for text in settings:
+        field, value = _setting(name, text)
+        if field in out:
+            raise PearError(f"suite method {name!r} sets {field} twice; set each field once")
+        used = _USED_OPTIONS.get(method)
+        if used is not None and field not in used:
+            takes = f"takes only {', '.join(used)}" if used else "has no Pear options"
+            raise PearError(f"suite method {name!r}: method {method} {takes}, so {field} would change nothing")
+        out[field] = value
+    return out
 
 
 def _setting(name: str, text: str) -> tuple[str, object]:
