@@ -25,12 +25,16 @@ from .harness.options import add_train_arguments
 def _train_config(args: argparse.Namespace):
     from .harness.options import FLAG_NAMES, train_config_from_args
 
-    values: dict = {}
-    if args.config:
-        loaded = read_mapping(args.config, "config file")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values = _config_file(args.config)
     values.update({k: v for k, v in vars(args).items() if k in FLAG_NAMES and v is not None})
     return train_config_from_args(values)
+
+
+def _config_file(path: str | None) -> dict:
+    """The options of a -c YAML file (`pear train` and `pear suite`), keys spelt as flags
+    ('batch-size') or as fields ('batch_size')."""
+    loaded = read_mapping(path, "config file") if path else {}
+    return {(k.replace("-", "_") if isinstance(k, str) else k): v for k, v in loaded.items()}
 
 
 def cmd_train(args) -> int:
@@ -145,9 +149,7 @@ def _emit_slurm(args, runs) -> None:
 
 
 def _suite_base(args) -> dict:
-    base: dict = {}
-    if args.config:
-        base.update(read_mapping(args.config, "config file"))
+    base = _config_file(args.config)
     for k in ("backbone", "weights", "img_size", "epochs", "batch_size", "lr", "warmup_epochs", "workers"):
         v = getattr(args, k)
         if v is not None:

@@ -253,3 +253,68 @@ def test_aggregate_without_vtab_tasks_or_runs(tmp_path):
     (tmp_path / "runs/toy/pear/seed0/metrics.json").write_text("{")
     with pytest.raises(PearError, match="not a readable metrics file"):
         aggregate(tmp_path)
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("linear@rank=4", "method linear has no Pear options"), ("full@scale=2", "method full has no Pear options"),
+    ("peft-lora@act=gelu", "method peft-lora takes only rank"),
+    ("pear@rank=4@rank=8", "sets rank twice"),
+    ("pear@target=a|b", "'|'"), ("pear@target=a\nb", "'\\\\n'"), ("pear@target=a b", "' '"),
+    ("pear@target=" + "a" * 300, "is 312 characters long; at most 100"),
+])
+def test_method_grammar_refuses_names_a_suite_cannot_hold(name, problem):
+    with pytest.raises(PearError, match=problem):
+        method_overrides(name)
+
+
+def test_a_method_name_too_long_for_a_folder_is_refused_before_anything_runs(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail("trained despite a bad method name"))
+    with pytest.raises(PearError, match="at most 100"):
+        run_suite(data=data, tasks=["toy"], methods=["linear", "pear@target=" + "a" * 300], seeds=[0], out=tmp_path,
+                  base=TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("seed", "abc", "seed is 'abc'"), ("seed", None, "seed is None"), ("seed", 1.5, "seed is 1.5"),
+    ("test_acc", "NaN", "test_acc is 'NaN'"), ("test_acc", float("nan"), "test_acc is nan"),
+    ("test_acc", None, "test_acc is None"), ("task", 5, "task is 5"), ("task", ["toy"], "task is ['toy']"),
+    ("trainable_params", "many", "trainable_params is 'many'"), ("device", ["cpu"], "device is ['cpu']"),
+])
+def test_aggregate_names_the_bad_field_of_a_metrics_file(tmp_path, field, value, named):
+    write_metrics(tmp_path, "toy", "pear", 0, 40.0)
+    write_metrics(tmp_path, "toy", "pear", 1, 50.0)
+    path = tmp_path / "runs/toy/pear/seed1/metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics[field] = value
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(PearError) as info:
+        aggregate(tmp_path)
+    assert str(path) in str(info.value) and named in str(info.value), str(info.value)
+
+
+def test_aggregate_names_a_seed_folder_that_is_no_seed(tmp_path):
+    write_metrics(tmp_path, "toy", "pear", 0, 40.0)
+    path = tmp_path / "runs/toy/pear/seed0/metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics["seed"]
+    path.write_text(json.dumps(metrics))
+    (tmp_path / "runs/toy/pear/seed0").rename(tmp_path / "runs/toy/pear/seedx")
+    with pytest.raises(PearError, match="seedx.*has no seed"):
+        aggregate(tmp_path)
+
+
+@pytest.mark.parametrize("recorded", ["pear: 5\n", "epochs: [1]\n", "pear: {rank: [1]}\n", "- 1\n"])
+def test_a_damaged_args_yaml_in_a_suite_is_named(data, tmp_path, monkeypatch, capsys, recorded):
+    from pear.cli import main
+
+    monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail("trained despite a damaged run folder"))
+    run = tmp_path / "runs/toy/linear/seed0"
+    run.mkdir(parents=True)
+    (run / "args.yaml").write_text(recorded)
+    with pytest.raises(PearError, match=str(run / "args.yaml")):
+        run_suite(data=data, tasks=["toy"], methods=["linear"], seeds=[0], out=tmp_path, base=TINY)
+    argv = ["suite", "--data", str(data), "--tasks", "toy", "--methods", "linear", "--out", str(tmp_path)]
+    for mode in (["--index", "0"], ["--list"], ["--aggregate"]):
+        assert main([*argv, *mode]) == 2
+        assert str(run / "args.yaml") in capsys.readouterr().err

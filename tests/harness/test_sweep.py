@@ -177,3 +177,68 @@ def test_vtab_summary_names_both_means():
     assert line == "pear: Mean over tasks 68.00; Mean of group means 71.67 (Natural 65.00, Specialized 90.00, " \
                    "Structured 60.00)"
     assert vtab_summary([{"task": "toy", "method": "pear", "test_acc": 1.0}]) == []
+
+
+def _train_writing_args(cfg) -> None:
+    """Stands in for `train`: the run's args.yaml and metrics.json, as a finished run has them."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (out / "history.json").write_text(json.dumps([{"epoch": 0, "val_acc": 50.0 + cfg.pear.scale}]))
+    (out / "metrics.json").write_text(json.dumps({"task": cfg.task, "seed": cfg.seed, "test_acc": 50.0,
+                                                  "checkpoint_file_bytes": 10}))
+
+
+def test_list_aggregate_and_index_use_one_same_run_rule(tiny_vtab, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "train", _train_writing_args)
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "linear", "--out", str(tmp_path),
+            "--epochs", "1"]
+    assert main([*args, "--index", "0"]) == 0
+    assert main([*args, "--aggregate"]) == 0
+    md = (tmp_path / "results.md").read_text()
+    capsys.readouterr()
+    for mode in (["--index", "0"], ["--list"], ["--aggregate"]):
+        assert main([*args, "--epochs", "7", "--lr", "0.5", *mode]) == 2, mode
+        err = capsys.readouterr().err
+        assert f"run folder {tmp_path}/runs/toy/linear/seed0 was made with other options (" in err, (mode, err)
+        assert "epochs: 1 there, 7 now" in err and "lr: 0.001 there, 0.5 now" in err, (mode, err)
+    assert (tmp_path / "results.md").read_text() == md  # nothing aggregated under the other options
+    # Options that change how a run executes, not what it computes, keep it the same run.
+    assert main([*args, "--workers", "1", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1] == "finished"
+
+
+def test_a_tuned_run_is_listed_with_its_recorded_choice(tiny_vtab, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "train", _train_writing_args)
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "adapter", "--out", str(tmp_path),
+            "--epochs", "2", "--tune"]
+    for index in range(4):  # the 3 tuning runs (the largest scale wins), then the real run
+        assert main([*args, "--index", str(index)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--list"]) == 0
+    assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()[1:]] == ["finished"] * 4
+    record = tuning.grid_dir(tmp_path, "toy", "adapter") / tuning.CHOICE_FILE
+    record.write_text(record.read_text().replace('"chosen": 4.0', '"chosen": 1.0'))
+    assert main([*args, "--list"]) == 2
+    assert "scale: 4.0 there, 1.0 now" in capsys.readouterr().err
+
+
+def test_a_config_file_with_dashed_keys_works_as_in_train(tiny_vtab, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "train", _train_writing_args)
+    config = tmp_path / "c.yaml"
+    config.write_text("batch-size: 20\nepochs: 2\nwarmup-epochs: 1\n")
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "linear", "--out",
+            str(tmp_path / "s"), "-c", str(config)]
+    assert main([*args, "--index", "0"]) == 0, capsys.readouterr().err
+    recorded = yaml.safe_load((tmp_path / "s/runs/toy/linear/seed0/args.yaml").read_text())
+    assert (recorded["batch_size"], recorded["warmup_epochs"]) == (20, 1)
+
+
+@pytest.mark.parametrize("tasks, named", [("/etc", "'/etc'"), ("toy,", "''"), ("toy,..", "'..'")])
+@pytest.mark.parametrize("mode", ["--list", "--emit-slurm"])
+def test_list_and_emit_slurm_refuse_tasks_training_refuses(tiny_vtab, tmp_path, capsys, tasks, named, mode):
+    argv = ["suite", "--data", str(tiny_vtab), "--tasks", tasks, "--methods", "linear", "--out",
+            str(tmp_path / "s"), mode, *([str(tmp_path / "s.sbatch")] if mode == "--emit-slurm" else [])]
+    assert main(argv) == 2
+    assert f"task {named} is not a folder name" in capsys.readouterr().err
+    assert not (tmp_path / "s.sbatch").exists()

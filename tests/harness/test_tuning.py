@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pear.errors import PearError
-from pear.harness import tuning
+from pear.harness import suite, tuning
+from pear.harness.results import aggregate
 from pear.harness.suite import run_suite
 
 from test_suite import TINY, make_task  # noqa: E402  (tests/harness is on sys.path under pytest)
@@ -83,3 +84,41 @@ def test_suite_tune_runs_the_grid_on_train800_then_every_seed_with_the_choice(da
 def test_tune_refuses_a_fixed_value_of_the_tuned_option(data, tmp_path):
     with pytest.raises(PearError, match="--tune chooses scale"):
         run_suite(str(data), ["toy"], ["adapter"], [0], str(tmp_path), base={**TINY, "scale": 1.0}, tune=True)
+
+
+@pytest.mark.parametrize("method", ["pear@scale=2", "pear@rank=4@scale=0.5"])
+def test_tune_refuses_a_method_that_fixes_the_tuned_option(data, tmp_path, monkeypatch, method):
+    monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail(f"trained {cfg.out}"))
+    with pytest.raises(PearError, match=rf"--tune chooses scale on val200, but suite method '{method}' sets it; "
+                                        r"drop @scale=.* or --tune"):
+        run_suite(str(data), ["toy"], ["linear", method], [0], str(tmp_path), base=TINY, tune=True)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tuning").exists()
+
+
+def _record(tmp_path: Path, **changes) -> Path:
+    for value in tuning.SCALE_GRID:
+        _fake_history(tuning.tune_run_dir(tmp_path, "toy", "pear", value), 50.0)
+    record = tuning.choose(tmp_path, "toy", "pear")
+    path = tuning.grid_dir(tmp_path, "toy", "pear") / tuning.CHOICE_FILE
+    record.update(changes)
+    for key in [k for k, v in changes.items() if v is _MISSING]:
+        del record[key]
+    path.write_text(json.dumps(record))
+    return path
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"chosen": "big"}, "chosen is 'big'"), ({"chosen": _MISSING}, "chosen is missing"),
+    ({"chosen": None}, "chosen is None"), ({"chosen": True}, "chosen is True"),
+    ({"val200_acc": {"0.1": "high"}}, "val200_acc['0.1'] is 'high'"), ({"val200_acc": [1]}, "val200_acc is [1]"),
+    ({"task": ["toy"]}, "task is ['toy']"), ({"option": 5}, "option is 5"),
+])
+def test_a_damaged_choice_file_is_named(tmp_path, changes, named):
+    path = _record(tmp_path, **changes)
+    for read in (lambda: tuning.read_choices(tmp_path), lambda: aggregate(tmp_path)):
+        with pytest.raises(PearError) as info:
+            read()
+        assert str(path) in str(info.value) and named in str(info.value), str(info.value)

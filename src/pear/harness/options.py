@@ -229,30 +229,41 @@ def flat_options(d: dict) -> dict:
     return {**d, **{k: v for k, v in pear.items() if k != "seed"}}
 
 
-# Options that change how or where a run executes, not what it computes: a resumed run
-# may differ from its first part in these, in nothing else.
-EXECUTION_FIELDS = ("out", "device", "workers", "cache_gb", "progress", "overwrite", "resume", "eval_batch_size",
-                    "compile", "deterministic", "tensorboard")
+# Options that change how or where a run executes, not what it computes: a run is the
+# same run (to resume, to skip as finished, to list or aggregate) under options that differ
+# from its recorded ones in these, in nothing else. `data` is where the task's folder is
+# (the task itself is compared), and it changes when folders move between machines.
+EXECUTION_FIELDS = ("data", "out", "device", "workers", "cache_gb", "progress", "overwrite", "resume",
+                    "eval_batch_size", "compile", "deterministic", "tensorboard")
+
+
+def changed_options(recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """The same-run rule: {option: (recorded value, value in `cfg`)} for every option that
+    changes the result and differs (`ignore`: options not to compare). Both sides are read
+    as TrainConfig, so an option added later compares with its default and an earlier
+    method alias with today's name; a weights path compares resolved. PearError when the
+    recorded options are not valid options."""
+    try:
+        old = TrainConfig.from_dict({**recorded, "resume": False, "overwrite": False})
+    except (PearError, TypeError) as exc:
+        raise PearError(f"its recorded options are not valid ({exc})") from None
+    old_flat, new_flat = flat_options(old.to_dict()), flat_options(cfg.to_dict())
+    out = {}
+    for key, value in new_flat.items():
+        before = old_flat.get(key)
+        if key in EXECUTION_FIELDS or key in ignore:
+            continue
+        if key == "weights" and before is not None and value is not None:
+            before, value = str(Path(before).resolve()), str(Path(value).resolve())
+        if before != value:
+            out[key] = (before, value)
+    return out
 
 
 def differences(recorded: dict, cfg: TrainConfig) -> list[str]:
-    """How `cfg` differs from a run's recorded options (args.yaml) in options that change
-    the result, one '--flag: ...' per option; paths compare resolved."""
-    try:
-        old = TrainConfig.from_dict({**recorded, "resume": False, "overwrite": False})
-    except PearError as exc:
-        raise PearError(f"its recorded options are not valid ({exc})") from None
-    old_flat, new_flat = flat_options(old.to_dict()), flat_options(cfg.to_dict())
-    out = []
-    for key, value in new_flat.items():
-        before = old_flat.get(key)
-        if key in EXECUTION_FIELDS:
-            continue
-        if key in ("data", "weights") and before is not None and value is not None:
-            before, value = str(Path(before).resolve()), str(Path(value).resolve())
-        if before != value:
-            out.append(f"{_flag(key)} {value!r} (the run has {before!r})")
-    return out
+    """`changed_options` as '--flag: VALUE (the run has RECORDED)', one per option."""
+    return [f"{_flag(key)} {value!r} (the run has {before!r})"
+            for key, (before, value) in changed_options(recorded, cfg).items()]
 
 
 # ---------------------------------------------------------------- parsing option values from text

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import os
 import platform
 import statistics
@@ -16,9 +16,10 @@ import torch
 
 from ..atomic import atomic_write_file, atomic_write_text
 from ..errors import PearError
+from ..jsontypes import NONE, has_type, wrong_types
 from .data import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS
 from .methods import METHODS, canonical_method
-from .runs import current_metrics
+from .runs import read_metrics
 from .suite_methods import method_overrides
 from . import tuning
 
@@ -59,20 +60,44 @@ def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
         r["tuned"] = chosen.get((r["task"], owner))
 
 
+# What the suite reads of a run's metrics.json (`pear.jsontypes` checks a file a user may have
+# edited); test_acc is required, task and seed may be missing (older files: the folders say
+# them), and the rest may be missing or null.
+_NUMBER = (int, float, NONE)
+METRICS_FIELDS = {"task": str, "seed": int, "test_acc": (int, float),
+                  **{k: _NUMBER for k in ("trainable_params", "trainable_params_before", "checkpoint_file_bytes",
+                                          "adapter_params", "adapter_bytes", "train_seconds", "images_per_second",
+                                          "epochs", "img_size", "world_size")},
+                  **{k: (str, NONE) for k in ("backbone", "device", "plan_digest", "torch")}}
+
+
 def _read_metrics(path: Path, out: Path) -> dict:
     try:
-        m = current_metrics(json.loads(path.read_text(encoding="utf-8")))
-        float(m["test_acc"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise PearError(f"{path} is not a readable metrics file ({type(exc).__name__}: {exc}); delete its run "
-                        f"folder and run the suite again") from None
+        m = read_metrics(path)
+    except PearError as exc:
+        raise PearError(f"{path} is not a readable metrics file ({exc}); delete its run folder and run the suite "
+                        f"again") from None
+    problems = wrong_types(m, METRICS_FIELDS, required=("test_acc",))
+    problems += [f"{k} is {m[k]!r}" for k in METRICS_FIELDS if has_type(m.get(k), float) and not math.isfinite(m[k])]
     seed_dir = path.parent
+    seed = m.get("seed")
+    if "seed" not in m and not problems:  # older files: the folder's name says it
+        seed = _folder_seed(seed_dir.name)
+        if seed is None:
+            problems.append(f"it has no seed, and its folder {seed_dir.name!r} is not seed<N>")
+    if problems:
+        raise PearError(f"{path} is not a readable metrics file: {'; '.join(problems)}; delete its run folder "
+                        f"and run the suite again")
     # The method is the suite's name for it (the folder): an ablation trains method 'pear'.
     row = {k: m.get(k) for k in CSV_FIELDS}
     row.update(task=m.get("task") or TASK_ALIASES.get(seed_dir.parent.parent.name, seed_dir.parent.parent.name),
-               method=seed_dir.parent.name, seed=int(m.get("seed", seed_dir.name[len("seed"):])),
-               run=str(seed_dir.relative_to(out)))
+               method=seed_dir.parent.name, seed=seed, run=str(seed_dir.relative_to(out)))
     return row
+
+
+def _folder_seed(name: str) -> int | None:
+    digits = name[len("seed"):]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def _task_key(task: str) -> tuple:

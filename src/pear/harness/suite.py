@@ -41,9 +41,9 @@ import yaml
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
 from .data import TASK_ALIASES, VTAB_TASKS, task_info
+from .data import _task_folder_name as task_folder_name  # training's own rule
 from .files import read_mapping
-from .methods import canonical_method
-from .options import TrainConfig, check_device, flat_options
+from .options import TrainConfig, changed_options, check_device
 from .results import aggregate, vtab_summary
 from .rundir import lock_folder, outside_data, unlock
 from .suite_methods import method_overrides
@@ -52,11 +52,6 @@ from . import tuning
 
 # The suite owns these: they name and place each run.
 _SUITE_FIELDS = ("data", "task", "method", "seed", "out", "resume", "overwrite")
-# Options that change how or where a run executes but not what it computes (paths
-# change when folders move between machines); a resumed or finished run may differ
-# from the current call in these.
-_EXECUTION_FIELDS = ("data", "out", "device", "workers", "cache_gb", "progress", "overwrite", "resume",
-                     "eval_batch_size", "compile", "deterministic", "tensorboard")
 
 # `pear suite --preset NAME`: the tasks and the recipe (TrainConfig options) of a benchmark.
 PRESETS: dict[str, dict] = {
@@ -76,6 +71,7 @@ class _Run:
     cfg: TrainConfig
     tuned_by: tuple[str, str] | None = None  # (task, grid method) whose val200 choice this run trains with
     tuning: bool = False  # one of --tune's train800 -> val200 runs
+    stand_in: str | None = None  # the tuned option, while cfg holds a stand-in for the value not chosen yet
 
     @property
     def dir(self) -> Path:
@@ -174,26 +170,53 @@ def _real_runs(data: str, tasks: list[str], methods: list[str], seeds: list[int]
         for t in tasks:
             for m in methods:
                 grid = tuning.tuned_by(m, method_overrides(m)["method"]) if tune else None
-                option = {}
+                option, stand_in = {}, None
                 if grid:
                     name, values = tuning.GRIDS[grid]
-                    option = (chosen or {}).get((t, m)) or {name: values[0]}
-                runs.append(_Run(t, m, s, _config({**base, **option}, data, t, m, s, out), (t, grid) if grid else None))
+                    option = (chosen or {}).get((t, m))
+                    option, stand_in = (option, None) if option else ({name: values[0]}, name)
+                runs.append(_Run(t, m, s, _config({**base, **option}, data, t, m, s, out), (t, grid) if grid else None,
+                                 stand_in=stand_in))
     return runs
 
 
 def sweep(data: str, tasks: list[str], methods: list[str], seeds: list[int], out: str, base: dict | None = None,
           tune: bool = False) -> list[_Run]:
     """Every run of the suite in index order: with `tune`, the tuning runs first, then the real
-    runs (seed-major). Every configuration is checked; nothing is trained or written."""
+    runs (seed-major); a tuned run takes its task's recorded choice, if there is one yet. Every
+    configuration and task name is checked; nothing is trained or written."""
     tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
     _check_folder(out, data)
-    return ((_tuning_runs(data, tasks, methods, base, out) if tune else [])
-            + _real_runs(data, tasks, methods, seeds, out, base, tune))
+    _check_tasks(tasks)
+    tuning_runs = _tuning_runs(data, tasks, methods, base, out) if tune else []
+    chosen = _recorded_choices(out, tasks, methods) if tune else {}
+    return tuning_runs + _real_runs(data, tasks, methods, seeds, out, base, tune, chosen)
+
+
+def _recorded_choices(out: str, tasks: list[str], methods: list[str]) -> dict[tuple[str, str], dict]:
+    """(task, method) -> {option: value} of the choices --tune has recorded so far."""
+    chosen = {}
+    for t in tasks:
+        for m in methods:
+            grid = tuning.tuned_by(m, method_overrides(m)["method"])
+            record = tuning.grid_dir(out, t, grid) / tuning.CHOICE_FILE if grid else None
+            if record is not None and record.is_file():
+                chosen[(t, m)] = tuning.chosen_option(tuning.read_choice(record))
+    return chosen
+
+
+def check_folders(runs: list[_Run]) -> None:
+    """Every run folder that exists was made with the options its run has now (`changed_options`):
+    what is listed as finished, aggregated or skipped is this suite's run."""
+    for run in runs:
+        if run.dir.exists():
+            _check_same_options(run)
 
 
 def list_runs(runs: list[_Run]) -> str:
-    """One line per run: index, state (finished / started / pending), label, folder."""
+    """One line per run: index, state (finished / started / pending), label, folder; after
+    `check_folders`."""
+    check_folders(runs)
     lines = []
     for i, run in enumerate(runs):
         state = "finished" if run.finished else ("started" if run.dir.exists() else "pending")
@@ -251,11 +274,13 @@ def _choice(run: _Run, runs: list[_Run], out: str) -> dict:
                             f"first (with Slurm: submit the tuning indices, then this one with "
                             f"--dependency=afterok:JOBID)")
         tuning.choose(out, task, grid)
-    return {option: float(read_mapping(record, "tuning record")["chosen"])}
+    return tuning.chosen_option(tuning.read_choice(record))
 
 
 def finish(runs: list[_Run], out: str, command: str | None = None) -> list[dict]:
-    """Aggregate whatever has finished and name the runs that have not (on stdout and in results.md)."""
+    """Aggregate whatever has finished and name the runs that have not (on stdout and in results.md),
+    after `check_folders`."""
+    check_folders(runs)
     missing = [f"{i} {r.label}" for i, r in enumerate(runs) if not r.finished]
     rows = aggregate(out, command=command, missing=missing)
     print(f"suite: aggregated {len(runs) - len(missing)} of {len(runs)} runs into {Path(out) / 'results.md'}",
@@ -290,10 +315,9 @@ def check_preset(name: str, data: str) -> list[str]:
 def _pending(runs: list[_Run]) -> list[_Run]:
     """The runs without metrics.json (those with a folder resume), after checking that every
     existing folder was made with the same options."""
+    check_folders(runs)
     todo = []
     for run in runs:
-        if run.dir.exists():
-            _check_same_options(run)
         if not (run.dir / "metrics.json").is_file():
             run.cfg.resume = run.dir.exists()
             todo.append(run)
@@ -327,14 +351,26 @@ def _tuning_runs(data: str, tasks: list[str], methods: list[str], base: dict, ou
     """The protocol's train800 -> val200 runs: one per grid value of each (task, tuned method)."""
     grids = list(dict.fromkeys((t, g) for t in tasks for m in methods
                                if (g := tuning.tuned_by(m, method_overrides(m)["method"]))))
-    fixed = sorted({tuning.GRIDS[g][0] for _, g in grids} & set(base))
-    if fixed:
-        raise PearError(f"--tune chooses {', '.join(fixed)} on val200; do not also set it for every run")
+    _check_tunable(methods, base, [g for _, g in grids])
     seed = tuning.TUNE_SEED
     return [_Run(t, f"{g}@{tuning.GRIDS[g][0]}={v:g}", seed,
                  _config({**base, **tuning.tune_overrides(g, v)}, data, t, g, seed, out,
                          tuning.tune_run_dir(out, t, g, v)), tuning=True)
             for t, g in grids for v in tuning.GRIDS[g][1]]
+
+
+def _check_tunable(methods: list[str], base: dict, grids: list[str]) -> None:
+    """--tune chooses each grid's option: neither the suite's options nor a method name may set it."""
+    fixed = sorted({tuning.GRIDS[g][0] for g in grids} & set(base))
+    if fixed:
+        raise PearError(f"--tune chooses {', '.join(fixed)} on val200; do not also set it for every run")
+    for m in methods:
+        overrides = method_overrides(m)
+        grid = tuning.tuned_by(m, overrides["method"])
+        option = tuning.GRIDS[grid][0] if grid else None
+        if option in overrides:
+            raise PearError(f"--tune chooses {option} on val200, but suite method {m!r} sets it; drop "
+                            f"@{option}={overrides[option]:g} or --tune")
 
 
 def _config(base: dict, data: str, task: str, method: str, seed: int, out: str,
@@ -345,6 +381,13 @@ def _config(base: dict, data: str, task: str, method: str, seed: int, out: str,
         return TrainConfig.from_dict(values)
     except TypeError as exc:
         raise PearError(f"bad suite options for {task}/{method}/seed{seed}: {exc}") from None
+
+
+def _check_tasks(tasks: list[str]) -> None:
+    """Every task names a folder inside the data root, as training's task names must (whether the
+    folder holds a task is checked before a run trains: --list works on a data root still being laid out)."""
+    for task in tasks:
+        task_folder_name(task)
 
 
 def _ensure_data(data: str, tasks: list[str], build_missing: bool) -> None:
@@ -359,24 +402,20 @@ def _ensure_data(data: str, tasks: list[str], build_missing: bool) -> None:
 
 
 def _check_same_options(run: _Run) -> None:
-    """Refuse to mix a run folder made with other options into this suite's table."""
+    """Refuse to mix a run folder made with other options into this suite's table (the same-run
+    rule of `pear train --resume`, `pear.harness.options.changed_options`)."""
     args = run.dir / "args.yaml"
     if not args.is_file():
         return
-    old = read_mapping(args, "run options")
-    # Only options the run recorded: a field added to TrainConfig later is no difference.
-    old = flat_options(old)
-    diff = {k: (old[k], v) for k, v in flat_options(run.cfg.to_dict()).items()
-            if k in old and k not in _EXECUTION_FIELDS and _recorded(k, old[k]) != v}
+    recorded = read_mapping(args, "run options")  # its message names the file
+    try:
+        diff = changed_options(recorded, run.cfg, ignore=(run.stand_in,) if run.stand_in else ())
+    except PearError as exc:
+        raise PearError(f"{args}: {exc}; delete that run folder to train it again") from None
     if diff:
         shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
         raise PearError(f"run folder {run.dir} was made with other options ({shown}); use another suite "
                         f"folder, or delete that run folder to train it again")
-
-
-def _recorded(key: str, value):
-    """A recorded option in today's spelling (a method's earlier alias resolved)."""
-    return canonical_method(value) if key == "method" and isinstance(value, str) else value
 
 
 def _run_here(todo: list[_Run]) -> list[str]:

@@ -16,10 +16,12 @@ read here.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import PearError
+from ..jsontypes import has_type, wrong_types
 from .files import read_mapping
 
 TUNE_SEED = 0
@@ -81,9 +83,38 @@ def choose(out: str | Path, task: str, method: str) -> dict:
     return record
 
 
+# What a choice record holds (`pear.jsontypes` checks a record a user may have edited).
+CHOICE_FIELDS = {"task": str, "method": str, "option": str, "chosen": (int, float), "val200_acc": dict}
+
+
+def read_choice(path: str | Path) -> dict:
+    """One choice record, as written by `choose`; PearError naming the file and field otherwise."""
+    record = read_mapping(path, "tuning record")
+    problems = wrong_types(record, CHOICE_FIELDS, required=tuple(CHOICE_FIELDS))
+    if not problems:  # the checks below read inside these fields
+        problems = [f"{where} is {v!r}" for where, v in [("chosen", record["chosen"])] + [
+            (f"val200_acc[{k!r}]", v) for k, v in record["val200_acc"].items()] if not _finite(v)]
+        if record["method"] not in GRIDS or record["option"] != GRIDS[record["method"]][0]:
+            problems.append(f"method and option are {record['method']!r} and {record['option']!r}, which --tune "
+                            f"does not tune (it tunes {', '.join(f'{m}: {o}' for m, (o, _) in GRIDS.items())})")
+    if problems:
+        raise PearError(f"tuning record {path}: {'; '.join(problems)}; expected the fields {', '.join(CHOICE_FIELDS)} "
+                        f"as `pear suite --tune` writes them (delete the file to choose again)")
+    return record
+
+
+def _finite(value) -> bool:
+    return has_type(value, (int, float)) and math.isfinite(value)
+
+
+def chosen_option(record: dict) -> dict:
+    """{option: value} a checked record chose."""
+    return {record["option"]: float(record["chosen"])}
+
+
 def read_choices(out: str | Path) -> list[dict]:
-    """Every recorded choice under OUT/tuning, as written by `choose`."""
-    return [read_mapping(p, "tuning record") for p in sorted(Path(out).glob(f"tuning/*/*/{CHOICE_FILE}"))]
+    """Every recorded choice under OUT/tuning, as written by `choose`, checked (`read_choice`)."""
+    return [read_choice(p) for p in sorted(Path(out).glob(f"tuning/*/*/{CHOICE_FILE}"))]
 
 
 def markdown(records: list[dict]) -> list[str]:
