@@ -1,6 +1,8 @@
 """Fuzzing every file format Pear reads from users: VTAB list files, IDX files, task
 checkpoints (pear_config.json and the safetensors file), run options (as YAML, flags
-and the suite hand them over), the training state's state.json, and the CLI on top of them.
+and the suite hand them over), the training state's state.json, the suite's readers
+(metrics.json, choice.json and args.yaml as --list and --aggregate read them), and the CLI
+on top of them.
 
 The property is always the same: whatever the bytes, the reader returns a valid result
 or raises PearError; no other exception, no read outside the task folder, no large
@@ -25,6 +27,7 @@ import shutil
 import struct
 import sys
 import tracemalloc
+from unittest import mock
 import warnings
 from pathlib import Path
 
@@ -43,7 +46,10 @@ from pear.cli import main
 from pear.errors import PearError
 from pear.harness.builders import read_idx
 from pear.harness.data import MAX_INFERRED_CLASSES, read_list, task_info
+from pear.harness import suite, tuning
 from pear.harness import train as T
+from pear.harness import results
+from pear.harness.results import aggregate
 from pear.harness.options import PEAR_FIELDS, TrainConfig, train_config_from_args
 from pear.harness.state import PLAIN_FILES, STATE_FILES, load_state
 
@@ -459,3 +465,101 @@ def _state_model(cfg):
             warnings.simplefilter("ignore")  # the tiny backbone is randomly initialised by design
             _STATE_MODELS["model"] = T.build(cfg, 3, torch.device("cpu"))[0]
     return copy.deepcopy(_STATE_MODELS["model"])
+
+
+# ---------------------------------------------------------------- the suite's readers: metrics.json, choice.json, args.yaml
+
+SUITE = dict(tasks=["toy"], methods=["linear", "pear"], seeds=[0])
+SUITE_BASE = {"backbone": "vit_tiny_patch16_224", "img_size": 32, "epochs": 2, "workers": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def suite_folder(tiny_vtab, tmp_path_factory):
+    """(data, suite folder, pristine files) of a --tune suite whose runs 'finished' (each with the
+    args.yaml and metrics.json a run writes) and whose choice for pear is recorded; nothing trains."""
+    out = tmp_path_factory.mktemp("suite")
+    runs = suite.sweep(str(tiny_vtab), **SUITE, out=str(out), base=SUITE_BASE, tune=True)
+    for run in runs:
+        run.dir.mkdir(parents=True)
+        (run.dir / "args.yaml").write_text(yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
+        (run.dir / "history.json").write_text(json.dumps([{"epoch": 1, "val_acc": 50.0 + run.cfg.pear.scale}]))
+        (run.dir / "metrics.json").write_text(json.dumps(
+            {"task": run.task, "method": run.cfg.method, "seed": run.seed, "test_acc": 50.0, "trainable_params": 10,
+             "checkpoint_file_bytes": 1000, "adapter_bytes": 100, "device": "cpu", "backbone": "vit", "epochs": 2}))
+    tuning.choose(out, "toy", "pear")  # the largest scale, which the pear run was not made with: remake it
+    pear = next(r for r in suite.sweep(str(tiny_vtab), **SUITE, out=str(out), base=SUITE_BASE, tune=True)
+                if r.label == "toy/pear/seed0")
+    (pear.dir / "args.yaml").write_text(yaml.safe_dump(pear.cfg.to_dict(), sort_keys=False))
+    files = {name: (out / name).read_bytes() for name in (
+        "runs/toy/pear/seed0/metrics.json", "runs/toy/pear/seed0/args.yaml", "tuning/toy/pear/choice.json")}
+    return Quiet((tiny_vtab, out, files))
+
+
+def _suite_reads(data: Path, out: Path, which: str) -> None:
+    """What --list and --aggregate read of the fuzzed file: a valid result or one PearError.
+    The plot is left out (it draws only values the reader has checked, and would make a
+    5,000-example campaign take a quarter of an hour)."""
+    try:
+        with mock.patch.object(results, "_plot", lambda rows, path: None):
+            runs = suite.sweep(str(data), **SUITE, out=str(out), base=SUITE_BASE, tune=which == "choice")
+            if which == "args":
+                suite.check_folders([r for r in runs if r.label == "toy/pear/seed0"])
+                return
+            rows = aggregate(out)
+    except PearError:
+        return
+    assert all(isinstance(r["seed"], int) and math.isfinite(r["test_acc"]) for r in rows)
+
+
+@contextlib.contextmanager
+def _fuzzed(out: Path, files: dict[str, bytes], name: str, text: bytes):
+    (out / name).write_bytes(text)
+    try:
+        yield
+    finally:
+        (out / name).write_bytes(files[name])
+
+
+@st.composite
+def yaml_texts(draw, pristine: bytes):
+    """args.yaml texts: the pristine options with one value replaced or deleted, cut short, or bytes."""
+    kind = draw(st.sampled_from(["mutate", "mutate", "mutate", "truncate", "bytes"]))
+    if kind == "mutate":
+        return yaml.safe_dump(draw(json_mutation(yaml.safe_load(pristine)))).encode()
+    if kind == "truncate":
+        return pristine[:draw(st.integers(0, len(pristine) - 1))]
+    return draw(st.binary(max_size=300))
+
+
+@FUZZ
+@given(data=st.data())
+def test_suite_metrics_json(suite_folder, data):
+    root, out, files = suite_folder
+    name = "runs/toy/pear/seed0/metrics.json"
+    with _fuzzed(out, files, name, data.draw(config_texts(files[name]))):
+        _suite_reads(root, out, "metrics")
+
+
+@FUZZ
+@given(data=st.data())
+def test_suite_choice_json(suite_folder, data):
+    root, out, files = suite_folder
+    name = "tuning/toy/pear/choice.json"
+    with _fuzzed(out, files, name, data.draw(config_texts(files[name]))):
+        _suite_reads(root, out, "choice")
+
+
+@FUZZ
+@given(data=st.data())
+def test_suite_args_yaml(suite_folder, data):
+    root, out, files = suite_folder
+    name = "runs/toy/pear/seed0/args.yaml"
+    with _fuzzed(out, files, name, data.draw(yaml_texts(files[name]))):
+        _suite_reads(root, out, "args")
+
+
+def test_the_suite_fixture_reads_clean(suite_folder):
+    """The fuzzers start from a suite that --list and --aggregate accept."""
+    root, out, _ = suite_folder
+    suite.list_runs(suite.sweep(str(root), **SUITE, out=str(out), base=SUITE_BASE, tune=True))
+    assert len(aggregate(out)) == 2
