@@ -531,31 +531,20 @@ def yaml_texts(draw, pristine: bytes):
     return draw(st.binary(max_size=300))
 
 
+# reader -> (the fuzzed file in the suite folder, its texts)
+SUITE_FILES = {"metrics": ("runs/toy/pear/seed0/metrics.json", config_texts),
+               "choice": ("tuning/toy/pear/choice.json", config_texts),
+               "args": ("runs/toy/pear/seed0/args.yaml", yaml_texts)}
+
+
+@pytest.mark.parametrize("which", list(SUITE_FILES))
 @FUZZ
 @given(data=st.data())
-def test_suite_metrics_json(suite_folder, data):
+def test_suite_files(suite_folder, which, data):
     root, out, files = suite_folder
-    name = "runs/toy/pear/seed0/metrics.json"
-    with _fuzzed(out, files, name, data.draw(config_texts(files[name]))):
-        _suite_reads(root, out, "metrics")
-
-
-@FUZZ
-@given(data=st.data())
-def test_suite_choice_json(suite_folder, data):
-    root, out, files = suite_folder
-    name = "tuning/toy/pear/choice.json"
-    with _fuzzed(out, files, name, data.draw(config_texts(files[name]))):
-        _suite_reads(root, out, "choice")
-
-
-@FUZZ
-@given(data=st.data())
-def test_suite_args_yaml(suite_folder, data):
-    root, out, files = suite_folder
-    name = "runs/toy/pear/seed0/args.yaml"
-    with _fuzzed(out, files, name, data.draw(yaml_texts(files[name]))):
-        _suite_reads(root, out, "args")
+    name, texts = SUITE_FILES[which]
+    with _fuzzed(out, files, name, data.draw(texts(files[name]))):
+        _suite_reads(root, out, which)
 
 
 def test_the_suite_fixture_reads_clean(suite_folder):
