@@ -59,7 +59,8 @@ class TrainConfig:
     prune_epoch: int | None = _opt(None, "epoch at which to prune (default: the end of the warm-up)")
     lora_alpha: float | None = _opt(None, "alpha of the peft-lora baselines (default: their rank, a scale of 1)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool | None = _opt(None, "bf16 autocast (default: on with CUDA, off on CPU)")
+    amp: bool | None = _opt(None, "bf16 autocast (default: on with CUDA and on a CPU with bf16 matrix "
+                                   "instructions, AMX or AVX512-BF16; --no-amp: fp32)")
     compile: bool = _opt(False, "torch.compile the model (wrapped again after pruning; a few graphs, never one "
                                 "per step)")
     workers: int = _opt(2, "data loader worker processes")

@@ -136,12 +136,26 @@ def load_run_config(run: Path) -> dict:
     return read_mapping(path, "run options")
 
 
+def _eval_precision(amp: bool | None, device, metrics: dict, where: Path):
+    """The precision to re-evaluate a run with: what it recorded when it ran on the same
+    kind of device, else today's choice for this device (a run that recorded no choice
+    ran by the old rule, `precision.legacy`)."""
+    from .precision import Precision, choose, legacy
+
+    same_kind = str(metrics.get("device", "")).split(":")[0] == device.type
+    if "precision" in metrics:
+        recorded = Precision.from_dict(metrics["precision"], str(where))
+        return recorded if same_kind else choose(amp, device)
+    return legacy(amp, device) if metrics else choose(amp, device)
+
+
 def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     """Recompute a run's test accuracy from its saved checkpoint and compare it with
     the accuracy recorded in metrics.json."""
     from .batches import Split, evaluate, resolve_device
     from .data import VtabDataset, build_transform
     from .options import TrainConfig
+    from .precision import apply_attention
 
     run = Path(run)
     cfg = TrainConfig.from_dict({**load_run_config(run), "resume": False, "overwrite": False})
@@ -149,10 +163,9 @@ def evaluate_run(run: str | Path, device: str = "auto") -> dict:
     model, info, data_cfg = rebuild(run / "checkpoint", weights=cfg.weights, device=dev)
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
-    amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
-    acc = evaluate(model, split, dev, amp, batch_size=cfg.eval_batch_size)
-    recorded = None
-    metrics = run / "metrics.json"
-    if metrics.is_file():
-        recorded = read_metrics(metrics).get("test_acc")
+    metrics = read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    precision = _eval_precision(cfg.amp, dev, metrics, run / "metrics.json")
+    apply_attention(model, precision.attention)
+    acc = evaluate(model, split, dev, precision.amp, batch_size=cfg.eval_batch_size)
+    recorded = metrics.get("test_acc")
     return {"run": str(run), "task": cfg.task, "method": cfg.method, "test_acc": acc, "recorded_test_acc": recorded}

@@ -38,6 +38,7 @@ from .batches import GlobalBatches, Split, evaluate, resolve_device
 from .data import VtabDataset, build_transform, task_info
 from .methods import PEAR_METHODS, PRUNING_METHODS, build_model
 from .options import TrainConfig
+from .precision import Precision, apply_attention, choose, hold_frozen_bf16, legacy
 from .rundir import RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
 from .state import load_plain, load_state, save_plain, save_state
 from .watch import Board, progress
@@ -101,7 +102,7 @@ class _Run:
     ctx: "D.Context"
     folder: RunFolder
     device: torch.device
-    amp: bool
+    precision: Precision
     info: object  # data.TaskInfo
     fp: str  # the backbone's fingerprint
     model: nn.Module
@@ -115,6 +116,10 @@ class _Run:
     plan: PrunePlan | None = None
     best: dict | None = None
     board: Board | None = None  # rank 0 of a run with --tensorboard
+
+    @property
+    def amp(self) -> bool:
+        return self.precision.amp
 
     @property
     def out(self) -> Path:
@@ -149,6 +154,7 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
 def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
     cfg, ctx = run.cfg, run.ctx
     _resume(run)
+    _apply_precision(run)
     run.board = _board(run)
     try:
         run.fwd = _wrap(run.model, cfg, ctx)
@@ -200,12 +206,23 @@ def _start(cfg: TrainConfig, ctx: "D.Context", folder: RunFolder, device: torch.
         log.info("run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
                  out, cfg.method, cfg.data, info.name, cfg.backbone, len(splits["train"]), len(splits["test"]),
                  device, ctx.world)
-    run = _Run(cfg, ctx, folder, device, amp=(device.type == "cuda") if cfg.amp is None else cfg.amp, info=info, fp=fp,
+    run = _Run(cfg, ctx, folder, device, precision=choose(cfg.amp, device, distributed=ctx.enabled), info=info, fp=fp,
                model=model, optimizer=make_optimizer(model, cfg.lr, cfg.wd),
                sampler=GlobalBatches(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.rank, ctx.world),
                tracker=None)
     run.tracker = ImportanceTracker(model) if run.pruning else None
     return run
+
+
+def _apply_precision(run: _Run) -> None:
+    """Put the run's precision into its model: chosen now for a fresh run, the one a
+    resumed run started with (precision.legacy for states that recorded none)."""
+    p = run.precision
+    apply_attention(run.model, p.attention)
+    if p.frozen_bf16:
+        hold_frozen_bf16(run.model)
+    log.info("precision: bf16 autocast %s, attention %s, frozen weights in bf16 %s (%s)", p.amp, p.attention,
+             p.frozen_bf16, p.reason)
 
 
 def _board(run: _Run) -> Board | None:
@@ -228,6 +245,8 @@ def _resume(run: _Run) -> None:
     if cfg.resume and state_dir.is_dir():
         st = load_state(state_dir, run.model, run.optimizer, run.tracker, run.device)
         run.start_epoch, run.step, run.history, run.best = st["epoch"] + 1, st["step"], st["history"], st.get("best")
+        run.precision = (Precision.from_dict(st["precision"], str(state_dir / "state.json")) if st["precision"]
+                         else legacy(cfg.amp, run.device))
         run.plan = PrunePlan.from_dict(st["plan"]) if st.get("plan") else None
         if run.plan is not None and run.tracker is not None:
             run.tracker.close()
@@ -274,7 +293,8 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
                  rec["train_acc"], rec["images_per_second"],
                  f"  val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else "")
         guarded(lambda: save_state(run.out / "state", run.model, run.optimizer, run.tracker, epoch=epoch,
-                                   step=run.step, history=run.history, plan=run.plan, best=run.best),
+                                   step=run.step, history=run.history, plan=run.plan, best=run.best,
+                                   precision=run.precision.to_dict()),
                 run.out / "state")
     D.barrier()
 
@@ -301,6 +321,7 @@ def write_results(run: _Run, test_acc: float) -> dict:
         "world_size": run.ctx.world, "device": str(run.device), "plan_digest": run.plan.digest() if run.plan else None,
         "selected_epoch": run.best["epoch"] if run.best and cfg.select_on else None,
         "torch": torch.__version__, "python": platform.python_version(),
+        "precision": run.precision.to_dict(),
     }
     if rep:
         write_text(out / "report.json", json.dumps(rep, indent=1))
@@ -336,7 +357,8 @@ def _prune(run: _Run, split: Split) -> PrunePlan:
     inputs = None
     if state.config.knowledge == "distill":
         first = [list(range(min(DISTILL_IMAGES, len(split))))]
-        inputs = capture_inputs(model, (x.to(run.device) for x, _ in split.loader(first)))
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            inputs = capture_inputs(model, (x.to(run.device) for x, _ in split.loader(first)))
     prune_and_share(model, p, inputs=inputs)
     dropped = prune_optimizer(run.optimizer, model)
     log.info("pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
