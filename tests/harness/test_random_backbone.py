@@ -46,7 +46,7 @@ def train_random(data: Path, out: Path, tiny_vit_args, method: str = "pear", *ex
                      "--epochs", "2", "--batch-size", "16", "--workers", "0", "--no-progress", *extra])
 
 
-@pytest.mark.parametrize("method", ["pear", "linear"])
+@pytest.mark.parametrize("method", ["pear", "linear", "peft-lora"])
 def test_random_backbone_run_evaluates_and_predicts_on_another_machine(tiny_vtab, tmp_path, tiny_vit_args, method,
                                                                        other_machine, capsys):
     run = tmp_path / "run"
