@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as tensor_bytes, save_file
 from torch import nn
 
-from .atomic import atomic_dir_write, check_replaceable, sha256_file
+from .atomic import atomic_dir_write, atomic_write_file, check_replaceable, sha256_file
 from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
 from .config import PearConfig
 from .errors import PearError
@@ -59,9 +59,9 @@ def head_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None)
 
 
-def _backbone_tensors(model: nn.Module):
-    """(header, bytes, is_buffer) to hash for each frozen backbone tensor, by name; the
-    head, adapters and LoRA weights left out."""
+def _frozen_backbone(model: nn.Module):
+    """(name in the plain timm model, tensor, is_buffer) for each frozen backbone tensor,
+    by name; the head, adapters and LoRA weights left out."""
     model = unwrap(model)
     skip = set()
     for m in model.modules():
@@ -75,8 +75,25 @@ def _backbone_tensors(model: nn.Module):
     for name, t, is_buffer in sorted(((_backbone_name(n), t, b) for n, t, b in items), key=lambda x: x[0]):
         if id(t) in skip or "lora_" in name or (head and (name == head or name.startswith(head + "."))):
             continue
+        yield name, t, is_buffer
+
+
+def _backbone_tensors(model: nn.Module):
+    """(header, bytes, is_buffer) to hash for each frozen backbone tensor, by name."""
+    for name, t, is_buffer in _frozen_backbone(model):
         yield f"{name}:{tuple(t.shape)}:{t.dtype}".encode(), \
             t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), is_buffer
+
+
+def save_backbone(model: nn.Module, path: str | Path) -> None:
+    """Write the frozen backbone's tensors (those its state dict holds, under the plain
+    timm model's names, head and adapters left out) to the .safetensors file `path`,
+    atomically: a weights file that `create_backbone` loads back with the same fingerprint."""
+    model = unwrap(model)
+    kept = {_backbone_name(n) for n in model.state_dict()}
+    tensors = {n: t.detach().cpu().contiguous() for n, t, _ in _frozen_backbone(model) if n in kept}
+    data = tensor_bytes(tensors, metadata={"format": "pear-backbone"})
+    atomic_write_file(Path(path), lambda fh: fh.write(data))
 
 
 def fingerprint(model: nn.Module, buffers: bool = True) -> str:

@@ -28,9 +28,11 @@ from .options import differences
 log = logging.getLogger("pear")
 
 LOCK_FILE = ".pear-lock"
+# A randomly initialised backbone, as the run drew it (`runs.random_backbone`).
+BACKBONE_FILE = "backbone.safetensors"
 # Everything `pear train` writes into a run folder (a name ending in '/' is a folder).
 RUN_FILES = ("args.yaml", "metrics.json", "report.json", "plan.json", "history.json", "train.log", "checkpoint/",
-             "state/", "best/", LOCK_FILE)
+             "state/", "best/", BACKBONE_FILE, LOCK_FILE)
 
 
 def lock_folder(folder: Path, what: str, shared: bool = False) -> int:

@@ -13,6 +13,7 @@ from ..errors import PearError
 from ..jsontypes import NONE, checkpoint_problems, wrong_types
 from .files import read_mapping
 from .methods import METHODS, canonical_method, prepare
+from .rundir import BACKBONE_FILE
 from .state import PLAIN_FILES, load_plain, read_plain
 
 
@@ -29,11 +30,32 @@ def checkpoint_kind(ckpt: Path) -> str:
                     f"{PLAIN_FILES[1]} (plain run) in it")
 
 
+def random_backbone(name: str | None, weights: str | Path | None) -> bool:
+    """Whether `create_backbone(name, ..., weights)` initialises the backbone at random:
+    weights 'random', or none for a model without built-in weights."""
+    from timm.models import split_model_name_tag
+
+    from .backbones import BUILTIN_WEIGHTS
+
+    return weights == "random" or (weights is None and name is not None
+                                   and split_model_name_tag(name)[0] not in BUILTIN_WEIGHTS)
+
+
+def saved_backbone(run: Path, name: str | None, weights: str | Path | None) -> Path | None:
+    """RUN/backbone.safetensors when the run's backbone was drawn at random and the run
+    kept it: drawn again from the seed it could have other bits, since torch's CPU
+    random kernels differ between machines (vector paths)."""
+    path = Path(run) / BACKBONE_FILE
+    return path if random_backbone(name, weights) and path.is_file() else None
+
+
 def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | None = None,
             device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """(model in eval mode, checkpoint info, data config) from a checkpoint folder.
     The backbone defaults to the one recorded in the checkpoint; `weights` must be the
-    file used in training (the checkpoint's fingerprint check enforces it)."""
+    file used in training (the checkpoint's fingerprint check enforces it). A randomly
+    initialised backbone comes from the run folder's backbone.safetensors beside the
+    checkpoint (RUN/checkpoint, RUN/best) where the run kept one."""
     ckpt = Path(ckpt)
     # Imported here: timm pulls in torchvision and torch._dynamo (seconds), which
     # checkpoint_kind users such as `pear inspect` never need.
@@ -47,12 +69,16 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
         raise PearError(f"{ckpt}: no backbone recorded; pass --backbone")
     img_size = meta.get("img_size")
     kwargs = meta.get("model_kwargs") or {}
-    # A randomly initialised backbone (tests, no --weights) is defined by the run's seed.
+    saved = saved_backbone(ckpt.parent, name, weights)
+    # The head's initial bits (overwritten by the checkpoint's) and, in runs that did not
+    # keep their random backbone, the backbone: drawn from the run's seed.
     torch.manual_seed(int(meta.get("seed", 0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init warning: the fingerprint check decides
-        model, data_cfg = create_backbone(name, info.get("num_classes"), weights,
+        model, data_cfg = create_backbone(name, info.get("num_classes"), str(saved) if saved else weights,
                                           img_size=img_size, model_kwargs=kwargs)
+    if saved is None and random_backbone(name, weights):
+        _check_redrawn_backbone(ckpt, info, model)
     if kind == "pear":
         model = load_task(ckpt, model, backbone_name=name)
     else:
@@ -99,6 +125,23 @@ def _plain_pear_config(info: dict):
     from ..config import PearConfig
 
     return PearConfig(rank=(info.get("meta") or {}).get("rank", 8))
+
+
+def _check_redrawn_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
+    """A backbone drawn again at random that is not the one the checkpoint was trained on:
+    say why, and where the right one is."""
+    from ..checkpoint import fingerprint
+
+    want = (info.get("backbone") or {}).get("fingerprint")
+    got = fingerprint(model) if want and info.get("method") != "full" else want
+    if got == want:
+        return
+    raise PearError(f"{ckpt} was trained on a randomly initialised backbone (fingerprint {want}), and drawing it "
+                    f"again from the run's seed gave other bits here ({got}): torch's CPU random "
+                    f"kernels differ between machines. Pear keeps such a backbone in the run folder as "
+                    f"{BACKBONE_FILE}, beside the checkpoint folder: keep the checkpoint in its run folder or pass "
+                    f"that file as --weights. A run without it evaluates only on a machine like the one that "
+                    f"trained it")
 
 
 def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:

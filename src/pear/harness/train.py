@@ -27,7 +27,7 @@ from torch import nn
 
 from ..adapters import pear_state, unwrap
 from ..atomic import recover_dir
-from ..checkpoint import save as save_task
+from ..checkpoint import save as save_task, save_backbone
 from ..errors import PearError
 from ..importance import ImportanceTracker
 from ..norms import freeze_norm_stats
@@ -39,7 +39,8 @@ from .data import VtabDataset, build_transform, task_info
 from .methods import PEAR_METHODS, PRUNING_METHODS, build_model
 from .options import TrainConfig
 from .precision import Precision, apply_attention, choose, hold_frozen_bf16, legacy
-from .rundir import RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
+from .rundir import BACKBONE_FILE, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
+from .runs import random_backbone, saved_backbone
 from .state import load_plain, load_state, save_plain, save_state
 from .watch import Board, progress
 
@@ -73,9 +74,11 @@ def make_optimizer(model: nn.Module, lr: float, wd: float) -> torch.optim.Optimi
 
 # ---------------------------------------------------------------- the run
 
-def build(cfg: TrainConfig, num_classes: int, device: torch.device):
-    """Backbone + method; returns (model, data_config, backbone fingerprint)."""
-    return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear, weights=cfg.weights, img_size=cfg.img_size,
+def build(cfg: TrainConfig, num_classes: int, device: torch.device, backbone_file: Path | None = None):
+    """Backbone + method; returns (model, data_config, backbone fingerprint).
+    backbone_file: weights to load instead of cfg.weights (a resumed run's random backbone)."""
+    weights = str(backbone_file) if backbone_file else cfg.weights
+    return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear, weights=weights, img_size=cfg.img_size,
                        model_kwargs=cfg.model_kwargs, device=device, lora_alpha=cfg.lora_alpha)
 
 
@@ -153,6 +156,7 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
 
 def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
     cfg, ctx = run.cfg, run.ctx
+    _keep_random_backbone(run)
     _resume(run)
     _apply_precision(run)
     run.board = _board(run)
@@ -188,7 +192,9 @@ def _validate(cfg: TrainConfig, ctx: "D.Context"):
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     info = task_info(cfg.data, cfg.task)
-    model, data_cfg, fp = build(cfg, info.num_classes, device)
+    # A resumed run on a random backbone continues on the one it drew, not on one drawn again here.
+    kept = saved_backbone(Path(cfg.out), cfg.backbone, cfg.weights) if cfg.resume else None
+    model, data_cfg, fp = build(cfg, info.num_classes, device, kept)
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     names = {"train": cfg.train_split, **({"val": "val200"} if cfg.select_on else {}), "test": "test"}
     splits = {k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
@@ -223,6 +229,16 @@ def _apply_precision(run: _Run) -> None:
         hold_frozen_bf16(run.model)
     log.info("precision: bf16 autocast %s, attention %s, frozen weights in bf16 %s (%s)", p.amp, p.attention,
              p.frozen_bf16, p.reason)
+
+
+def _keep_random_backbone(run: _Run) -> None:
+    """Rank 0 saves a randomly initialised frozen backbone in the run folder before it
+    trains: drawn again from the seed on another machine it can have other bits (torch's
+    CPU random kernels differ between vector paths), which the checkpoint's fingerprint
+    refuses. Full fine-tuning stores the whole model anyway."""
+    cfg, path = run.cfg, run.out / BACKBONE_FILE
+    if run.ctx.is_main and cfg.method != "full" and random_backbone(cfg.backbone, cfg.weights) and not path.is_file():
+        guarded(lambda: save_backbone(run.model, path), path)
 
 
 def _board(run: _Run) -> Board | None:
