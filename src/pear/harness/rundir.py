@@ -19,6 +19,7 @@ import re
 import shutil
 import stat
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,26 @@ def _shared_by_others(fd: int) -> bool:
         return False
     fcntl.flock(fd, fcntl.LOCK_UN)
     return True
+
+
+@contextmanager
+def waiting_for(folder: Path, what: str):
+    """Hold `folder` alone for the `with` block, waiting while another process holds it (it
+    says so first): an flock on the folder itself, so nothing is written into it (a data
+    root), and the kernel drops it when its holder dies."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PearError(f"cannot open {folder} for {what}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"pear: waiting for another Pear process's {what} in {folder}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def unlock(fd: int) -> None:

@@ -359,7 +359,7 @@ def _ensure_data(data: str, tasks: list[str], build_missing: bool) -> None:
                 raise PearError(f"built-in dataset {task} is not in {data}; pass --build (build_missing=True) "
                                 f"to write it, or `pear data build {task} --out {data}`")
             print(f"suite: building {task} into {data}", flush=True)
-            build_dataset(task, data)
+            build_dataset(task, data, if_missing=True)  # another --index may be building it too
         task_info(data, task)
 
 
