@@ -126,21 +126,16 @@ def _seeds(text: str) -> list[int]:
 
 
 def _emit_slurm(args, runs) -> None:
-    from pathlib import Path
-
-    from .atomic import atomic_write_text
-    from .harness.slurm import slurm_script
+    from .harness.slurm import emit_slurm
 
     argv, skip = [], False
-    for a in args.argv:  # the same suite, without --emit-slurm FILE
+    for a in args.argv:  # the same suite, without --emit-slurm FILE (the parser takes no abbreviation)
         if skip or a == "--emit-slurm" or a.startswith("--emit-slurm="):
             skip = a == "--emit-slurm"
             continue
         argv.append(a)
-    (Path(args.out) / "logs").mkdir(parents=True, exist_ok=True)  # sbatch does not create --output's folder
-    script = slurm_script([sys.executable, "-m", "pear", *argv], len(runs), sum(r.tuning for r in runs), args.out,
-                          Path.cwd(), args.emit_slurm)
-    atomic_write_text(Path(args.emit_slurm), script)
+    emit_slurm(args.emit_slurm, [sys.executable, "-m", "pear", *argv], len(runs), sum(r.tuning for r in runs),
+               args.out, args.data)
     print(f"wrote {args.emit_slurm}: {len(runs)} runs as a job array; submit with `sbatch {args.emit_slurm}`")
 
 
@@ -205,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("suite", help="run every (task, method, seed); resumable; writes results.csv/.md + plot",
+    # allow_abbrev=False: --emit-slurm's script repeats this command line minus --emit-slurm FILE,
+    # so an abbreviation (--emit FILE) would reach every array task.
+    p = sub.add_parser("suite", allow_abbrev=False,
+                       help="run every (task, method, seed); resumable; writes results.csv/.md + plot",
                        description="Run every (task, method, seed) into OUT/runs/..., resumably, and aggregate "
                        "OUT/results.csv/.md. A whole suite holds OUT alone while it runs (OUT/.pear-lock, an flock "
                        "the kernel drops when the process dies): a second suite on OUT is refused, naming its PID. "

@@ -52,6 +52,7 @@ def test_table_shows_every_position_and_the_totals(tiny_run):
 
 def test_plot_writes_a_png(tiny_run, tmp_path):
     out = tmp_path / "plots" / "map.png"
+    out.parent.mkdir()  # a user-named file goes into a folder that exists (pear.harness.outputs)
     info = inspect_path(tiny_run.run, plot=out)
     assert info["plot"] == str(out)
     data = out.read_bytes()

@@ -169,7 +169,8 @@ def test_failed_run_is_reported_after_the_others(data, tmp_path, monkeypatch):
 def test_checks_everything_before_training(data, tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail("trained despite a bad suite"))
-    monkeypatch.setattr(suite, "build_dataset", lambda name, root: built.append(name) or make_task(Path(root), name))
+    monkeypatch.setattr(suite, "build_dataset",
+                        lambda name, root, **_: built.append(name) or make_task(Path(root), name))
     with pytest.raises(PearError, match="unknown suite method 'pear-kc-best'"):
         run_suite(data=data, tasks=["toy"], methods=["pear", "pear-kc-best"], seeds=[0], out=tmp_path, base=TINY)
     with pytest.raises(PearError, match="task folder .*nope does not exist"):

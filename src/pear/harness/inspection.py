@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import atomic_write_file
 from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..config import SHARE_ALIASES
 from ..errors import PearError
 from ..jsontypes import checkpoint_problems
 from ..report import checkpoint_report, tensors_size
+from .outputs import PNG, write_output
 from .runs import checkpoint_kind, read_metrics
 from .state import PLAIN_FILES, read_plain
 
@@ -251,9 +251,6 @@ def plot_pruning_map(info: dict, path: str | Path) -> Path:
 
 
 def _save_png(fig, path: Path) -> Path:
-    """Save next to `path`, then rename: a reader never sees half a PNG."""
-    try:
-        atomic_write_file(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
-    except OSError as exc:
-        raise PearError(f"cannot write plot {path}: {exc.strerror or exc}") from None
-    return path
+    """Write the PNG under the rule for user-named files (`pear.harness.outputs`): never
+    over a checkpoint or another file that is not a PNG, and atomically."""
+    return write_output(path, lambda fh: fig.savefig(fh, format="png", dpi=120), PNG)

@@ -7,8 +7,31 @@ Indexed Jobs `$JOB_COMPLETION_INDEX`) can run the same command.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
+
+from ..errors import PearError
+from .outputs import OutputKind, check_output, write_output
+
+HEADER = "#!/bin/bash\n# pear suite as a job array"
+# The script's first bytes: an earlier script of Pear's is replaced, any other file is not.
+SCRIPT = OutputKind("Slurm script", HEADER.encode("ascii"))
+
+
+def emit_slurm(path: str | Path, command: list[str], runs: int, tuning_runs: int, out: str | Path,
+               data: str | Path) -> Path:
+    """Write `slurm_script` to the user-named `path` (`pear.harness.outputs.write_output`:
+    never into `data`, over a folder or over a file that is not such a script), and make
+    OUT/logs, where sbatch puts the logs but does not create the folder."""
+    workdir = Path.cwd()
+    script = slurm_script(command, runs, tuning_runs, out, workdir, path)
+    check_output(Path(path), SCRIPT, data)  # before OUT/logs is made
+    try:
+        (workdir / out / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PearError(f"cannot create {Path(out) / 'logs'} for the Slurm logs: {exc.strerror or exc}") from None
+    return write_output(path, lambda fh: fh.write(script.encode("utf-8")), SCRIPT, data)
 
 
 def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Path, workdir: str | Path,
@@ -18,26 +41,41 @@ def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Pat
     finish first."""
     cmd = shlex.join(command)
     workdir = Path(workdir).resolve()
-    logs = workdir / out / "logs" / "slurm-%A_%a.log"  # sbatch resolves --output where it is called
+    logs = _sbatch_quote(str(workdir / out / "logs").replace("%", "%%") + "/slurm-%A_%a.log")
     me = shlex.quote(str(path))
     first = f"0-{tuning_runs - 1}" if tuning_runs else f"0-{runs - 1}"
-    lines = ["#!/bin/bash",
-             f"# pear suite as a job array: {runs} runs, one per array task (`{cmd} --list` shows them).",
+    lines = [HEADER + f": {runs} runs, one per array task (`{_line(cmd)} --list` shows them).",
              "# Add your site's --partition / --account / --time below.",
              "#SBATCH --job-name=pear-suite",
              f"#SBATCH --array={first}",
              "#SBATCH --gres=gpu:1",
              "#SBATCH --cpus-per-task=8",
-             f"#SBATCH --output={logs}",
+             f"#SBATCH --output={logs}",  # sbatch resolves --output where it is called: an absolute path
              "#"]
     if tuning_runs:
         lines += [f"# --tune: indices 0-{tuning_runs - 1} choose each method's option on val200; the real runs",
                   f"# ({tuning_runs}-{runs - 1}) need them finished. Submit twice:",
-                  f"#   jid=$(sbatch --parsable {me})",
-                  f"#   sbatch --dependency=afterok:$jid --array={tuning_runs}-{runs - 1} {me}"]
+                  f"#   jid=$(sbatch --parsable {_line(me)})",
+                  f"#   sbatch --dependency=afterok:$jid --array={tuning_runs}-{runs - 1} {_line(me)}"]
     lines += ["# When all have finished (or at any time, for the table so far):",
-              f"#   {cmd} --aggregate",
+              f"#   {_line(cmd)} --aggregate",
               "set -euo pipefail",
               f"cd {shlex.quote(str(workdir))}",
               f'{cmd} --index "$SLURM_ARRAY_TASK_ID"', ""]
     return "\n".join(lines)
+
+
+def _sbatch_quote(text: str) -> str:
+    """One #SBATCH argument as sbatch reads it back: in double quotes (sbatch splits these
+    lines on whitespace), with a backslash before '"', '\\' and '#' (an unescaped '#' starts a
+    comment). A line break cannot be written in an #SBATCH line at all."""
+    if "\n" in text or "\r" in text:
+        raise PearError(f"the Slurm log path {text!r} holds a line break, which an #SBATCH line cannot; run "
+                        f"from a folder without one")
+    return '"' + re.sub(r'(["\\#])', r"\\\1", text) + '"'
+
+
+def _line(text: str) -> str:
+    """`text` for a comment line: a line break in a quoted argument would end the comment and
+    turn the rest into a command."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -42,7 +42,7 @@ from .precision import Precision, apply_attention, choose, hold_frozen_bf16, leg
 from .rundir import BACKBONE_FILE, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
 from .runs import random_backbone, saved_backbone
 from .state import load_plain, load_state, save_plain, save_state
-from .watch import Board, progress
+from .watch import Board, progress, require_tensorboard
 
 __all__ = ["TrainConfig", "train", "build", "make_optimizer", "lr_factor", "prepare_run_dir"]
 
@@ -188,6 +188,8 @@ def _validate(cfg: TrainConfig, ctx: "D.Context"):
     checked before its folder is created or an old run touched: (device, model,
     fingerprint, task info, splits)."""
     device = resolve_device(cfg.device) if not ctx.enabled else ctx.device
+    if cfg.tensorboard and ctx.is_main:  # only rank 0 writes event files
+        require_tensorboard()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)

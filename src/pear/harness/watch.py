@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import PearError
 
-__all__ = ["PLAIN_SECONDS", "Progress", "progress", "Board"]
+__all__ = ["PLAIN_SECONDS", "Progress", "progress", "Board", "require_tensorboard"]
 
 PLAIN_SECONDS = 10.0
 
@@ -75,15 +75,22 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def require_tensorboard():
+    """torch's SummaryWriter, or a PearError naming the package to install. Runs call it
+    before their folder is made, so a missing package leaves nothing behind."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise PearError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or pip install 'pear-peft[tensorboard]')") from None
+    return SummaryWriter
+
+
 class Board:
     """TensorBoard event files of one run (see the module docstring for the tags)."""
 
     def __init__(self, log_dir: Path, purge_step: int | None = None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise PearError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                            "(or pip install 'pear-peft[tensorboard]')") from None
+        SummaryWriter = require_tensorboard()
         # A resumed run drops what its crashed process logged after the last saved state.
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
