@@ -16,8 +16,11 @@ import sys as _sys
 import types as _types
 from importlib import metadata as _metadata
 
+from . import timm_registry as _timm_registry
 from .config import PearConfig
 from .errors import PearError
+
+_timm_registry.register()  # timm.create_model("pear_vit_tiny6_patch4_32", pretrained=True) after import pear
 
 # Each torch-backed name of the API -> the submodule that defines it.
 _LAZY = {
@@ -31,7 +34,7 @@ _LAZY = {
     "MultiTaskModel": "multitask",
 }
 _SUBMODULES = frozenset({"adapters", "atomic", "checkpoint", "cli", "config", "errors", "harness", "importance",
-                         "jsontypes", "multitask", "norms", "pruning", "report"})
+                         "jsontypes", "multitask", "norms", "pruning", "report", "timm_registry"})
 
 __all__ = [
     "PearConfig",
