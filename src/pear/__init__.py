@@ -25,6 +25,7 @@ _timm_registry.register()  # timm.create_model("pear_vit_tiny6_patch4_32", pretr
 # Each torch-backed name of the API -> the submodule that defines it.
 _LAZY = {
     "attach": "adapters", "positions": "adapters", "slots": "adapters", "unwrap": "adapters",
+    "PearSummary": "adapters", "summary": "adapters", "print_trainable_parameters": "adapters",
     "ImportanceTracker": "importance",
     "PrunePlan": "pruning", "make_plan": "pruning", "prune_and_share": "pruning", "capture_inputs": "pruning",
     "prune_optimizer": "pruning",
@@ -43,6 +44,9 @@ __all__ = [
     "positions",
     "slots",
     "unwrap",
+    "PearSummary",
+    "summary",
+    "print_trainable_parameters",
     "ImportanceTracker",
     "PrunePlan",
     "make_plan",
