@@ -33,9 +33,10 @@ _LAZY = {
     "report": "report", "share_map": "report",
     "save": "checkpoint", "load": "checkpoint",
     "MultiTaskModel": "multitask",
+    "merge_and_unload": "merge",
 }
 _SUBMODULES = frozenset({"adapters", "atomic", "checkpoint", "cli", "config", "errors", "harness", "importance",
-                         "jsontypes", "multitask", "norms", "pruning", "report", "timm_registry"})
+                         "jsontypes", "merge", "multitask", "norms", "pruning", "report", "timm_registry"})
 
 __all__ = [
     "PearConfig",
@@ -59,6 +60,7 @@ __all__ = [
     "save",
     "load",
     "MultiTaskModel",
+    "merge_and_unload",
 ]
 try:
     __version__ = _metadata.version("pear-peft")
