@@ -34,9 +34,10 @@ _LAZY = {
     "save": "checkpoint", "load": "checkpoint",
     "MultiTaskModel": "multitask",
     "merge_and_unload": "merge",
+    "Pruner": "trainer",
 }
 _SUBMODULES = frozenset({"adapters", "atomic", "checkpoint", "cli", "config", "errors", "harness", "importance",
-                         "jsontypes", "merge", "multitask", "norms", "pruning", "report", "timm_registry"})
+                         "integrations", "jsontypes", "merge", "multitask", "norms", "pruning", "report", "timm_registry", "trainer"})
 
 __all__ = [
     "PearConfig",
@@ -61,6 +62,7 @@ __all__ = [
     "load",
     "MultiTaskModel",
     "merge_and_unload",
+    "Pruner",
 ]
 try:
     __version__ = _metadata.version("pear-peft")
