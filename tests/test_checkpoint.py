@@ -335,7 +335,7 @@ def test_save_killed_at_any_point_leaves_a_complete_checkpoint(tmp_path, model_f
         assert dest.is_dir(), f"no checkpoint after the writer was killed {msg}"
         loaded = pear.load(dest, backbone, backbone_name=VIT)
         v = _version(pear.checkpoint.task_tensors(loaded), versions)
-        assert sorted(p.name for p in dest.iterdir()) == sorted([CONFIG_FILE, TENSORS_FILE])
+        assert sorted(p.name for p in dest.iterdir()) == sorted([CONFIG_FILE, TENSORS_FILE, "README.md"])  # + its card
         for leftover in run.iterdir():
             assert leftover.name == "checkpoint" or leftover.name.startswith("."), leftover
         seen.append((msg, v))
