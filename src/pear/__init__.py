@@ -7,6 +7,9 @@
     pear.prune_and_share(model, p)
     pear.report(model)                               # per-position table + stored tensor bytes
 
+or, from the training step: `pruner = pear.Pruner(model, optimizer, prune_step=N)` and
+`pruner.step()` after each backward. `pear.save_pretrained` / `pear.from_pretrained` keep a task.
+
 The names that need torch are imported on first use (PEP 562), so `import pear` and the
 `pear` command line's help and option checks do not import it.
 """

@@ -287,7 +287,10 @@ def write_results(run: _Run, test_acc: float) -> dict:
     cfg, model, out = run.cfg, run.model, run.out
     ckpt = out / "checkpoint"
     guarded(lambda: _save_checkpoint(run, ckpt), ckpt)
-    stored = sum(f.stat().st_size for f in ckpt.iterdir() if f.name != CARD_FILE)  # the card is documentation
+    if cfg.method in PEAR_METHODS:  # the card again, with the test accuracy and the command
+        write_text(ckpt / CARD_FILE, render_card(read_checkpoint(ckpt).info, test_acc=test_acc,
+                                                 command=_command(cfg), file_bytes=(ckpt / TENSORS_FILE).stat().st_size))
+    stored = sum(f.stat().st_size for f in ckpt.iterdir())
     rep = report(model) if cfg.method in PEAR_METHODS else None
     trainable = _trainable(model)
     # Over every epoch, including those a resumed run's earlier processes trained.
@@ -312,9 +315,6 @@ def write_results(run: _Run, test_acc: float) -> dict:
         write_text(out / "plan.json", json.dumps(run.plan.to_dict(), indent=1))
     write_text(out / "history.json", json.dumps(run.history, indent=1))
     write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    if cfg.method in PEAR_METHODS:  # the card again, now that the test accuracy is known
-        write_text(ckpt / CARD_FILE, render_card(read_checkpoint(ckpt).info, test_acc=test_acc,
-                                                 command=_command(cfg), file_bytes=(ckpt / TENSORS_FILE).stat().st_size))
     log.info("test accuracy %.2f%%  trainable %d  stored %d bytes", test_acc, trainable, stored)
     return metrics
 
