@@ -17,7 +17,7 @@ import shlex
 import sys
 import warnings
 
-from .errors import PearError
+from .errors import BackboneMismatch, PearError
 from .harness.files import read_mapping
 from .harness.options import add_train_arguments
 
@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("once")
     try:
         return args.func(args)
+    except BackboneMismatch as exc:
+        print(f"pear: error: {exc}; on the command line, pass the same --weights used for training",
+              file=sys.stderr)
+        return 2
     except PearError as exc:
         print(f"pear: error: {exc}", file=sys.stderr)
         return 2

@@ -197,7 +197,8 @@ def _backbone() -> torch.nn.Module:
 def checkpoint(tmp_path_factory):
     """(folder, pristine file bytes, backbone) of a pruned, shared tiny-ViT task."""
     backbone = _backbone()
-    model = pear.attach(copy.deepcopy(backbone), pear.PearConfig(rank=2, prune_ratio=0.5, knowledge="frozen"))
+    model = copy.deepcopy(backbone)
+    pear.attach(model, pear.PearConfig(rank=2, prune_ratio=0.5, knowledge="frozen"))
     scores = {name: float(i) for i, name in enumerate(pear.slots(model))}
     pear.prune_and_share(model, pear.make_plan(scores, pear.PearConfig(rank=2, prune_ratio=0.5), model))
     folder = tmp_path_factory.mktemp("ckpt") / "checkpoint"

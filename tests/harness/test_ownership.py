@@ -133,7 +133,8 @@ def test_yaml_booleans_must_be_booleans(finished, tmp_path, capsys):
 
 
 def test_save_never_replaces_user_files(model_factory, tmp_path):
-    model = pear.attach(model_factory("vit"))
+    model = model_factory("vit")
+    pear.attach(model)
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
@@ -496,7 +497,8 @@ def test_pear_error_is_a_value_error_and_the_library_raises_it(model_factory):
     assert issubclass(PearError, ValueError)
     with pytest.raises(PearError, match="PearConfig.rank"):
         pear.PearConfig(rank=0)
-    model = pear.attach(model_factory("vit"))
+    model = model_factory("vit")
+    pear.attach(model)
     with pytest.raises(PearError, match="already"):
         pear.attach(model)
 

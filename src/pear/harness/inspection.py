@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..card import CARD_FILE
 from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..config import SHARE_ALIASES
 from ..errors import PearError
@@ -63,7 +64,8 @@ def _described(kind: str, ckpt: Path, info: dict) -> dict:
 def _inspect_pear(ckpt: Path) -> dict:
     task = read_checkpoint(ckpt)
     rep = checkpoint_report(task)
-    files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE))
+    card = (CARD_FILE,) if (ckpt / CARD_FILE).is_file() else ()  # checkpoints before 0.2 have none
+    files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE, *card))
     rep["totals"]["checkpoint_file_bytes"] = sum(files.values())
     return {**_described("pear", ckpt, task.info), **rep, "files": files}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CONFIG_FILE, load as load_task
-from ..errors import PearError
+from ..checkpoint import CONFIG_FILE, load as load_task, recorded_weights
+from ..errors import BackboneMismatch, PearError
 from ..jsontypes import NONE, checkpoint_problems, wrong_types
 from .files import read_mapping
 from .methods import METHODS, canonical_method, prepare
@@ -53,7 +53,8 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
             device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """(model in eval mode, checkpoint info, data config) from a checkpoint folder.
     The backbone defaults to the one recorded in the checkpoint; `weights` must be the
-    file used in training (the checkpoint's fingerprint check enforces it). A randomly
+    file used in training (the checkpoint's fingerprint check enforces it), and defaults
+    to the recorded one when it is still there with the same SHA-256. A randomly
     initialised backbone comes from the run folder's backbone.safetensors beside the
     checkpoint (RUN/checkpoint, RUN/best) where the run kept one."""
     ckpt = Path(ckpt)
@@ -68,6 +69,8 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     if not name:
         raise PearError(f"{ckpt}: no backbone recorded; pass --backbone")
     img_size = meta.get("img_size")
+    if weights is None and name == (info.get("backbone") or {}).get("name"):
+        weights = recorded_weights(info)
     kwargs = meta.get("model_kwargs") or {}
     saved = saved_backbone(ckpt.parent, name, weights)
     # The head's initial bits (overwritten by the checkpoint's) and, in runs that did not
@@ -149,8 +152,7 @@ def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
 
     want = (info.get("backbone") or {}).get("fingerprint")
     if info.get("method") != "full" and want and fingerprint(model) != want:
-        raise PearError(f"{ckpt} was trained on other backbone weights (fingerprint {want}); "
-                        f"pass the same --weights file used for training")
+        raise BackboneMismatch(f"{ckpt} was trained on other backbone weights (fingerprint {want})")
 
 
 # metrics.json keys renamed since older runs wrote them: old name -> today's.

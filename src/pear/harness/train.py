@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import platform
+import shlex
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from torch import nn
 
 from ..adapters import pear_state, unwrap
 from ..atomic import recover_dir
-from ..checkpoint import save as save_task, save_backbone
+from ..card import CARD_FILE, render as render_card
+from ..checkpoint import TENSORS_FILE, read_checkpoint, save as save_task, save_backbone
 from ..errors import PearError
 from ..importance import ImportanceTracker
 from ..norms import freeze_norm_stats
@@ -323,6 +325,9 @@ def write_results(run: _Run, test_acc: float) -> dict:
     cfg, model, out = run.cfg, run.model, run.out
     ckpt = out / "checkpoint"
     guarded(lambda: _save_checkpoint(run, ckpt), ckpt)
+    if cfg.method in PEAR_METHODS:  # the card again, with the test accuracy and the command
+        write_text(ckpt / CARD_FILE, render_card(read_checkpoint(ckpt).info, test_acc=test_acc,
+                                                 command=_command(cfg), file_bytes=(ckpt / TENSORS_FILE).stat().st_size))
     stored = sum(f.stat().st_size for f in ckpt.iterdir())
     rep = report(model) if cfg.method in PEAR_METHODS else None
     trainable = _trainable(model)
@@ -457,10 +462,29 @@ def _save_checkpoint(run: _Run, directory: Path) -> None:
             "seed": cfg.seed, "rank": cfg.pear.rank, "lora_alpha": cfg.lora_alpha}
     if cfg.method in PEAR_METHODS:
         save_task(run.model, directory, backbone=cfg.backbone, class_names=info.class_names, fingerprint_value=run.fp,
-                  meta=meta)
+                  meta=meta, weights=_weights_used(cfg))
     else:
         save_plain(run.model, directory, method=cfg.method, backbone=cfg.backbone, class_names=info.class_names,
                    fingerprint_value=run.fp, meta=meta)
+
+
+def _weights_used(cfg: TrainConfig) -> str:
+    """What the backbone was built from: --weights, or (without it) the built-in weights or none."""
+    from .backbones import BUILTIN_WEIGHTS
+
+    if cfg.weights is not None:
+        return str(cfg.weights)
+    return "builtin" if (cfg.backbone or "").split(".")[0] in BUILTIN_WEIGHTS else "random"
+
+
+def _command(cfg: TrainConfig) -> str:
+    """A `pear train` command for this run (every option is in RUN/args.yaml)."""
+    parts = ["pear", "train", "--data", str(cfg.data), "--task", cfg.task, "--method", cfg.method]
+    for flag, value in (("--backbone", cfg.backbone), ("--weights", cfg.weights), ("--img-size", cfg.img_size),
+                        ("--epochs", cfg.epochs), ("--seed", cfg.seed), ("--out", cfg.out)):
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 def _restore_best(model, directory: Path, cfg: TrainConfig, device) -> None:
