@@ -54,6 +54,8 @@ _TYPE_WORDS = {int: "an integer", str: "a string", _NUMBER: "a number", bool: "t
 _HF_MAX_SIZES = {"hidden_size": 16384, "num_hidden_layers": 256, "num_attention_heads": 1024,
                  "intermediate_size": 65536, "num_channels": 64, "patch_size": 1024, "image_size": 8192}
 _MAX_SIZE = 65536
+_MAX_DEPTH = 256
+_DEPTH_WORDS = ("depth", "layers", "blocks")
 # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN / _STD) when no preprocessor_config.json is there.
 _HF_MEAN = _HF_STD = (0.5, 0.5, 0.5)
 # timm's ViT names by (width, depth, heads), to name a transformers ViT the way timm would.
@@ -199,10 +201,12 @@ def _check_model_args(path: Path, model_args: dict) -> None:
     """Integers in model_args (depth, embed_dim, ...) within sane bounds: timm builds whatever it is given."""
     for key, value in model_args.items():
         values = value if isinstance(value, list | tuple) else [value]
+        # Counts of blocks decide how many modules are made before any size is checked: bounded tighter.
+        bound = _MAX_DEPTH if any(word in key for word in _DEPTH_WORDS) else _MAX_SIZE
         for v in values:
-            if isinstance(v, int | float) and not isinstance(v, bool) and not (-_MAX_SIZE <= v <= _MAX_SIZE):
+            if isinstance(v, int | float) and not isinstance(v, bool) and not (-bound <= v <= bound):
                 raise PearError(f"weights folder {path}: config.json's model_args.{key} is {value!r}, "
-                                f"beyond any real model (at most {_MAX_SIZE})")
+                                f"beyond any real model (at most {bound})")
 
 
 def _transformers_folder(path: Path, config: dict, weights_file: Path) -> HubFolder:
