@@ -345,24 +345,29 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        code = re.search(r"unsupported GLOBAL (\S+) whose module \S+ is blocked", str(err))
-        if code:
-            raise PearError(
-                f"weights file {path} holds code (a call of {code.group(1)}) and was refused: nothing in it was "
-                "run, since only tensors are loaded (torch.load with weights_only=True). Do not use this file "
-                "unless you trust where it came from; a .safetensors file cannot hold code"
-            ) from err
-        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if blocked:
-            raise PearError(
-                f"weights file {path} holds a pickled {blocked.group(1)} object; only tensors are loaded "
-                "(torch.load with weights_only=True), nothing else is unpickled: save a plain state dict "
-                "(torch.save(model.state_dict(), ...)) or a .safetensors file"
-            ) from err
-        raise PearError(f"weights file {path} is damaged or not a PyTorch checkpoint") from err
+        raise _refused_pickle(path, str(err)) from err
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
         raise PearError(f"weights file {path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
     return _unwrap(checkpoint, path)
+
+
+# What torch's weights_only unpickler says when it refuses something, and what that means for the user.
+_REFUSALS = (
+    (r"unsupported GLOBAL (\S+) whose module \S+ is blocked",
+     "holds code (a call of {}) and was refused: nothing in it was run, since only tensors are loaded (torch.load "
+     "with weights_only=True). Do not use this file unless you trust where it came from; a .safetensors file "
+     "cannot hold code"),
+    (r"Unsupported global: GLOBAL (\S+)",
+     "holds a pickled {} object; only tensors are loaded (torch.load with weights_only=True), nothing else is "
+     "unpickled: save a plain state dict (torch.save(model.state_dict(), ...)) or a .safetensors file"),
+)
+
+
+def _refused_pickle(path: Path, reason: str) -> PearError:
+    for pattern, message in _REFUSALS:
+        if found := re.search(pattern, reason):
+            return PearError(f"weights file {path} " + message.format(found.group(1)))
+    return PearError(f"weights file {path} is damaged or not a PyTorch checkpoint")
 
 
 def _first_line(err: BaseException) -> str:
