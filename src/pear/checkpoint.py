@@ -119,6 +119,31 @@ def fingerprints(model: nn.Module) -> tuple[str, str]:
     return full.hexdigest()[:32], params.hexdigest()[:32]
 
 
+# What create_backbone records on a model: the settings besides its tensors that change
+# what it computes (input normalisation; a weights folder's architecture options).
+SETTINGS_ATTR = "pear_backbone_settings"
+
+
+def backbone_settings(model: nn.Module) -> dict | None:
+    """The settings `pear.harness.backbones.create_backbone` recorded on `model`, as JSON
+    (lists, not tuples), or None for a model built another way."""
+    settings = getattr(unwrap(model), SETTINGS_ATTR, None)
+    return json.loads(json.dumps(settings)) if isinstance(settings, dict) else None
+
+
+def check_settings(path: Path, saved: dict, model: nn.Module) -> None:
+    """PearError naming each setting that differs between the backbone a checkpoint was
+    trained on (`saved`: its backbone record) and `model`. Checkpoints from before the
+    settings were recorded, and models not built by create_backbone, are not compared."""
+    want, got = saved.get("settings"), backbone_settings(model)
+    if not isinstance(want, dict) or got is None or want == got:
+        return
+    diffs = [f"{k} was {want.get(k, '(unset)')!r}, now {got.get(k, '(unset)')!r}"
+             for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
+    raise PearError(f"{path} was trained on a backbone set up otherwise, which would compute other outputs: "
+                    f"{'; '.join(diffs)}. Pass the weights used in training, unchanged")
+
+
 # ---------------------------------------------------------------- save
 
 def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -170,7 +195,8 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names else None,
         "backbone": {"name": backbone, "fingerprint": fingerprint_value or full_fp,
-                     "weights_fingerprint": weights_fp, **weights_record(backbone, weights)},
+                     "weights_fingerprint": weights_fp, **weights_record(backbone, weights), **settings_field(base)},
+
         "meta": meta or {},
     }
 
@@ -222,6 +248,13 @@ def recorded_weights(info: dict) -> str | None:
     if not path.exists() or (sha is not None and (not hashed.is_file() or sha256_file(hashed) != sha)):
         return None
     return source
+
+
+def settings_field(model: nn.Module) -> dict:
+    """{"settings": ...} for a backbone record, or {} when the model carries none."""
+    settings = backbone_settings(model)
+    return {} if settings is None else {"settings": settings}
+
 
 
 def write_tensor_dir(directory: str | Path, tensors: dict[str, torch.Tensor], info: dict,
@@ -424,6 +457,7 @@ def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str
     want = ckpt.info.get("backbone") or {}
     if backbone_name and want.get("name") and backbone_name != want["name"]:
         raise PearError(f"{ckpt.path} was trained on backbone {want['name']!r}, not {backbone_name!r}")
+    check_settings(ckpt.path, want, backbone)
     got = fingerprint(backbone)
     if want.get("fingerprint") and got != want["fingerprint"]:
         given = f"the given backbone{' ' + repr(backbone_name) if backbone_name else ''}"

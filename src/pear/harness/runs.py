@@ -148,8 +148,10 @@ def _check_redrawn_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
 
 
 def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
-    from ..checkpoint import fingerprint
+    from ..checkpoint import check_settings, fingerprint
 
+    # Settings matter for every method, `full` too: they change what the same tensors compute.
+    check_settings(ckpt, info.get("backbone") or {}, model)
     want = (info.get("backbone") or {}).get("fingerprint")
     if info.get("method") != "full" and want and fingerprint(model) != want:
         raise BackboneMismatch(f"{ckpt} was trained on other backbone weights (fingerprint {want})")

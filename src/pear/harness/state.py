@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..adapters import unwrap
-from ..checkpoint import FORMAT_VERSION, head_name, read_tensor_dir, write_tensor_dir
+from ..checkpoint import FORMAT_VERSION, head_name, read_tensor_dir, settings_field, write_tensor_dir
 from ..errors import PearError
 from ..pruning import PrunePlan, prune_and_share, prune_optimizer
 
@@ -179,7 +179,7 @@ def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str,
     base = unwrap(model)
     head = head_name(base)
     info = {"format": PLAIN_FORMAT, "format_version": FORMAT_VERSION, "method": method,
-            "backbone": {"name": backbone, "fingerprint": fingerprint_value}, "head": head,
+            "backbone": {"name": backbone, "fingerprint": fingerprint_value, **settings_field(base)}, "head": head,
             "num_classes": int(base.get_submodule(head).weight.shape[0]) if head else None,
             "class_names": class_names, "meta": meta}
     write_tensor_dir(directory, model_tensors(base), info, *PLAIN_FILES)
