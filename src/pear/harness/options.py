@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import PearConfig
 from ..errors import PearError
-from .hub import default_backbone
+from .hub import default_backbone, default_img_size
 from .method_names import METHOD_ALIASES, METHODS, PRUNING_METHODS, canonical_method, pear_config_for
 
 
@@ -45,8 +45,9 @@ class TrainConfig:
         "help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True})
     method: str = _opt("pear", " | ".join(METHODS) + " (" + ", ".join(
         f"{old!r} = {new!r}" for old, new in METHOD_ALIASES.items()) + ")")
-    img_size: int | None = _opt(None, "input resolution (default: the backbone's own: 224 for ViT-B/16 and "
-                                      "Lite0, 32 for pear_vit_tiny6_patch4_32)")
+    img_size: int | None = _opt(None, "input resolution (default: the one a --weights folder's config.json "
+                                      "gives, else the backbone's own: 224 for ViT-B/16 and Lite0, 32 for "
+                                      "pear_vit_tiny6_patch4_32)")
     epochs: int = _opt(100, "training epochs")
     warmup_epochs: int | None = _opt(None, "linear LR warm-up epochs (default: 10% of epochs, at least 1)")
     batch_size: int = _opt(64, "global batch size")
@@ -81,8 +82,8 @@ class TrainConfig:
             raise PearError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         if self.backbone is None:
             self.backbone = default_backbone(self.weights)
-        if self.img_size is None:
-            self.img_size = native_img_size(self.backbone)
+        if self.img_size is None:  # a checkpoint folder's own resolution first: its name may be a generic ViT's
+            self.img_size = default_img_size(self.weights) or native_img_size(self.backbone)
         if self.method not in METHODS and self.method not in METHOD_ALIASES:
             raise PearError(f"--method {self.method!r} is unknown; expected one of {', '.join(METHODS)}")
         self.method = canonical_method(self.method)
