@@ -10,12 +10,16 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from ..errors import PearError
+
 
 def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Path, workdir: str | Path,
-                 path: str | Path) -> str:
+                 path: str | Path, gres: str = "gpu:1") -> str:
     """The sbatch script `path` for `command` (a `pear suite` command line without --emit-slurm,
     run in `workdir`); `tuning_runs`: how many of the `runs` indices are --tune's, which must
-    finish first."""
+    finish first; `gres`: each task's generic resources (--gres), '' for none."""
+    if any(c.isspace() for c in gres):
+        raise PearError(f"--slurm-gres {gres!r} must be one word such as gpu:1 or gpu:a100:2 ('' for none)")
     cmd = shlex.join(command)
     workdir = Path(workdir).resolve()
     logs = workdir / out / "logs" / "slurm-%A_%a.log"  # sbatch resolves --output where it is called
@@ -26,7 +30,7 @@ def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Pat
              "# Add your site's --partition / --account / --time below.",
              "#SBATCH --job-name=pear-suite",
              f"#SBATCH --array={first}",
-             "#SBATCH --gres=gpu:1",
+             *([f"#SBATCH --gres={gres}"] if gres else []),
              "#SBATCH --cpus-per-task=8",
              f"#SBATCH --output={logs}",
              "#"]
