@@ -60,7 +60,7 @@ def test_plan_prunes_round_ratio_n_of_the_least_important(n_blocks, ratio):
     assert set(p.pruned) == set(lowest)
     # Both lists come back in model order.
     assert p.pruned == [n for n in names if n in p.pruned] and p.kept == [n for n in names if n in p.kept]
-    assert p.ratio == ratio and p.policy == "rank" and p.scores == scores
+    assert p.ratio == ratio and p.policy == "matched" and p.scores == scores
     assert (p.pruned_params, p.total_params) == (len(p.pruned), n)
 
 

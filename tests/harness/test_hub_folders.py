@@ -68,7 +68,8 @@ def test_transformers_classifier_folder_keeps_its_head_and_normalisation(tmp_pat
 
 def test_transformers_vit_folder_at_another_resolution(tmp_path):
     _hf_folder(tmp_path)
-    model, _ = create_backbone(None, 4, weights=tmp_path, img_size=36)  # 6x6 patches instead of 4x4
+    with pytest.warns(UserWarning, match=r"made at 24 px: its position embeddings are resampled to 36 px"):
+        model, _ = create_backbone(None, 4, weights=tmp_path, img_size=36)  # 6x6 patches instead of 4x4
     assert model.pos_embed.shape == (1, 1 + 36, 48)
     assert model(torch.randn(1, 3, 36, 36)).shape == (1, 4)
 
@@ -133,7 +134,7 @@ def test_a_name_is_needed_without_a_folder():
 
 def test_a_folder_refuses_a_backbone_it_does_not_fit(tmp_path):
     _hf_folder(tmp_path / "hf")
-    with pytest.raises(PearError, match=r"transformers 'vit_base_patch16_224' checkpoint .* does not fit the "
+    with pytest.raises(PearError, match=r"transformers 'vit_w48_d3_h3_patch6_24' checkpoint .* does not fit the "
                                         r"backbone 'tf_efficientnet_lite0': leave the backbone name out"):
         create_backbone("tf_efficientnet_lite0", 3, weights=tmp_path / "hf")
     model, _ = create_backbone("vit_small_patch16_224", 3, weights=tmp_path / "hf", img_size=None)  # sizes: config's
@@ -152,10 +153,12 @@ def test_pear_train_takes_the_backbone_from_the_folder(tmp_path, tiny_vtab):
     _hf_folder(tmp_path / "hf")
     run = tmp_path / "run"
     rc = main(["train", "--data", str(tiny_vtab), "--task", "toy", "--out", str(run), "--weights", str(tmp_path / "hf"),
-               "--img-size", "24", "--method", "adapter", "--epochs", "1", "--batch-size", "16", "--workers", "0",
+               "--method", "adapter", "--epochs", "1", "--batch-size", "16", "--workers", "0",
                "--no-progress", "--device", "cpu"])
     assert rc == 0
-    assert yaml.safe_load((run / "args.yaml").read_text())["backbone"] == "vit_base_patch16_224"
+    recorded = yaml.safe_load((run / "args.yaml").read_text())
+    # No --img-size, no --backbone: both are the folder's own (24 px; sizes timm has no name for).
+    assert (recorded["backbone"], recorded["img_size"]) == ("vit_w48_d3_h3_patch6_24", 24)
     assert main(["eval", "--run", str(run), "--device", "cpu"]) == 0  # rebuilt from the same folder
 
 
@@ -289,3 +292,23 @@ def test_a_tagged_timm_folder_fits_the_name_it_gives(tmp_path):
     assert model.embed_dim == 32
     model, _ = create_backbone(None, 3, weights=tmp_path, img_size=32)
     assert model.embed_dim == 32
+def test_a_folder_decides_its_resolution_and_recorded_name(tmp_path):
+    """The issue's folder: 2 blocks of width 64, patch 4, 32 px, sizes that no timm name has. It trained at
+    224 px (timm's default for the generic ViT it was built from) and was recorded as vit_base_patch16_224."""
+    from pear.harness.options import TrainConfig
+
+    _hf_folder(tmp_path / "hf", hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+               image_size=32, patch_size=4)
+    cfg = TrainConfig(data="d", task="t", out="o", weights=str(tmp_path / "hf"))
+    assert (cfg.backbone, cfg.img_size) == ("vit_w64_d2_h2_patch4_32", 32)
+    model, _ = create_backbone(cfg.backbone, 3, weights=cfg.weights, img_size=cfg.img_size)
+    assert model.pos_embed.shape == (1, 1 + 8 * 8, 64)  # the folder's own grid, nothing resampled
+    # A timm folder made at 48 px, whose architecture's default is 224 px.
+    source = timm.create_model("vit_tiny_patch16_224", depth=1, embed_dim=32, num_heads=2, patch_size=8, img_size=48)
+    save_for_hf(source, str(tmp_path / "timm"), safe_serialization=True)
+    cfg = TrainConfig(data="d", task="t", out="o", weights=str(tmp_path / "timm"))
+    assert (cfg.backbone, cfg.img_size) == ("vit_tiny_patch16_224", 48)
+    # A name and a size given with the folder still win.
+    cfg = TrainConfig(data="d", task="t", out="o", weights=str(tmp_path / "hf"), img_size=40)
+    assert cfg.img_size == 40
+

@@ -121,10 +121,10 @@ def create_backbone(
     Returns the model and {"mean": ..., "std": ...} for normalising its inputs.
     """
     folder = read_folder(weights) if weights not in (None, "builtin", "random") and Path(weights).is_dir() else None
-    if name is None:
-        if folder is None:
-            raise PearError("create_backbone needs a timm model name unless `weights` is a checkpoint folder")
-        name = folder.architecture
+    if name is None and folder is None:
+        raise PearError("create_backbone needs a timm model name unless `weights` is a checkpoint folder")
+    if folder is not None and name in (None, folder.recorded_name):
+        name = folder.architecture  # a name timm lacks (the folder's sizes) is built from its entry point
     arch, _ = split_model_name_tag(name)
     _check_model_name(name, arch)
     model_kwargs = dict(model_kwargs or {})
@@ -138,6 +138,10 @@ def create_backbone(
         _check_folder_name(folder, name, arch)
         model_kwargs = {**folder.model_kwargs, **model_kwargs}
         _check_folder_size(folder, name, model_kwargs)
+        if img_size is not None and folder.img_size not in (None, img_size):
+            warnings.warn(f"weights folder {folder.path} was made at {folder.img_size} px: its position embeddings "
+                          f"are resampled to {img_size} px", stacklevel=2)
+
     model = _build_model(name, img_size, model_kwargs)
     drop_head = num_classes is not None
     data_config = {"mean": tuple(model.pretrained_cfg["mean"]), "std": tuple(model.pretrained_cfg["std"])}
@@ -209,9 +213,9 @@ def _check_folder_name(folder: HubFolder, name: str, arch: str) -> None:
         fits = arch == split_model_name_tag(folder.architecture)[0]
     if not fits:
         raise PearError(
-            f"weights folder {folder.path} holds a {folder.kind} {folder.architecture!r} checkpoint (its "
+            f"weights folder {folder.path} holds a {folder.kind} {folder.recorded_name!r} checkpoint (its "
             f"config.json), which does not fit the backbone {name!r}: leave the backbone name out, or name "
-            f"{folder.architecture!r}"
+            f"{folder.recorded_name!r}"
         )
 
 

@@ -25,7 +25,7 @@ from pear.jsontypes import NONE, has_type, wrong_types
 if TYPE_CHECKING:  # torch only where tensors are mapped: option parsing reads folders without it
     import torch
 
-__all__ = ["HubFolder", "default_backbone", "read_folder", "transformers_vit_to_timm"]
+__all__ = ["HubFolder", "default_backbone", "default_img_size", "read_folder", "transformers_vit_to_timm"]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -90,6 +90,9 @@ class HubFolder:
     mean, std: the input normalisation the weights were trained with.
     settings: what the folder's files say that changes what the weights compute (architecture options,
         normalisation), as "FILE:FIELD": JSON value; a task checkpoint records them to refuse an edited folder.
+    name: the name a run records; the architecture's unless timm has no name for the
+        folder's sizes. img_size: the resolution the weights were made at, where the folder says.
+
     """
 
     path: Path
@@ -100,6 +103,13 @@ class HubFolder:
     mean: tuple[float, ...] = _HF_MEAN
     std: tuple[float, ...] = _HF_STD
     settings: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    img_size: int | None = None
+
+    @property
+    def recorded_name(self) -> str:
+        return self.name or self.architecture
+
 
     def to_timm(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The tensors of `weights_file` under timm's key names."""
@@ -108,10 +118,17 @@ class HubFolder:
 
 def default_backbone(weights: str | Path | None) -> str:
     """The backbone to build when none is named: the architecture of a `weights` checkpoint
-    folder, otherwise the built-in EfficientNet-Lite0."""
+    folder (its name as a run records it), otherwise the built-in EfficientNet-Lite0."""
     if weights is not None and Path(weights).is_dir():
-        return read_folder(weights).architecture
+        return read_folder(weights).recorded_name
     return DEFAULT_BACKBONE
+
+
+def default_img_size(weights: str | Path | None) -> int | None:
+    """The resolution a `weights` checkpoint folder's config.json gives; None for anything else."""
+    if weights is not None and Path(weights).is_dir():
+        return read_folder(weights).img_size
+    return None
 
 
 def read_folder(path: str | Path) -> HubFolder:
@@ -184,9 +201,13 @@ def _timm_folder(path: Path, config: dict, weights_file: Path) -> HubFolder:
     std = _channels(path, prefix + "std", pretrained.get("std"), _HF_STD, positive=True)
     settings = {"config.json:architecture": config["architecture"], "config.json:model_args": model_args,
                 prefix + "mean": list(mean), prefix + "std": list(std)}
+    input_size = pretrained.get("input_size") if isinstance(pretrained, dict) else None
+    size = model_args.get("img_size", input_size[-1] if isinstance(input_size, list | tuple) and input_size else None)
     return HubFolder(
         path=path, kind="timm", architecture=config["architecture"], weights_file=weights_file,
         model_kwargs={**extra, **model_args}, mean=mean, std=std, settings=settings,
+        img_size=_square(size, "img_size", path) if size is not None else None,
+
     )
 
 
@@ -237,8 +258,9 @@ def _transformers_folder(path: Path, config: dict, weights_file: Path) -> HubFol
     mean, std = _hf_normalisation(path)
     settings = {f"config.json:{k}": cfg[k] for k in _HF_VIT_DEFAULTS}
     settings.update({"preprocessor_config.json:image_mean": list(mean), "preprocessor_config.json:image_std": list(std)})
-    return HubFolder(path=path, kind="transformers", architecture=_timm_vit_name(width, depth, heads, patch, image),
-                     weights_file=weights_file, model_kwargs=kwargs, mean=mean, std=std, settings=settings)
+    name, architecture = _timm_vit_name(width, depth, heads, patch, image)
+    return HubFolder(path=path, kind="transformers", architecture=architecture, weights_file=weights_file,
+                     model_kwargs=kwargs, mean=mean, std=std, settings=settings, name=name, img_size=image)
 
 
 def _check_hf_sizes(path: Path, cfg: dict, patch: int, image: int) -> None:
@@ -260,6 +282,7 @@ def _check_hf_sizes(path: Path, cfg: dict, patch: int, image: int) -> None:
     if not (math.isfinite(eps) and 0 < eps < 1):
         raise PearError(f"weights folder {path}: config.json's layer_norm_eps is {eps!r}; expected a small "
                         "positive number such as 1e-12")
+
 
 
 def _square(value: Any, key: str, path: Path) -> int:
@@ -298,14 +321,18 @@ def _hf_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
             _channels(path, "preprocessor_config.json:image_std", cfg.get("image_std"), _HF_STD, positive=True))
 
 
-def _timm_vit_name(width: int, depth: int, heads: int, patch: int, image: int) -> str:
-    """timm's name for these sizes (vit_base_patch16_224 for google/vit-base-patch16-224-in21k); a generic
-    ViT entry point, which the config's sizes override, where timm has no such model."""
+def _timm_vit_name(width: int, depth: int, heads: int, patch: int, image: int) -> tuple[str, str]:
+    """(name to record, timm entry point to build): timm's name for these sizes, twice
+    (vit_base_patch16_224 for google/vit-base-patch16-224-in21k); where timm has no such model,
+    a name that says the sizes (vit_w64_d2_h2_patch4_32) and a generic ViT entry point, whose
+    sizes the config's override."""
     import timm  # here, not at import: option parsing calls default_backbone
 
     size = _TIMM_VIT_SIZES.get((width, depth, heads))
     name = f"vit_{size}_patch{patch}_{image}"
-    return name if size and timm.is_model(name) else _GENERIC_VIT
+    if size and timm.is_model(name):
+        return name, name
+    return f"vit_w{width}_d{depth}_h{heads}_patch{patch}_{image}", _GENERIC_VIT
 
 
 def transformers_vit_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,8 +22,8 @@ from .state import PLAIN_FILES, read_plain
 
 _KIND_COLOURS = {"attn": "#3b75af", "mlp": "#ef8636", "qkv": "#519e3e", "block": "#3b75af"}
 
-# Files store the matched share policy under its earlier name; users read the current one.
-_PUBLIC_SHARE = {stored: name for name, stored in SHARE_ALIASES.items()}
+# Files written before the rename store the matched share policy as 'rank'; users read today's name.
+_PUBLIC_SHARE = SHARE_ALIASES
 
 
 def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:

@@ -196,16 +196,24 @@ def _eval_precision(amp: bool | None, device, metrics: dict, where: Path):
     return legacy(amp, device) if metrics else choose(amp, device)
 
 
-def evaluate_run(run: str | Path, device: str = "auto") -> dict:
+def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None = None) -> dict:
+
     """Recompute a run's test accuracy from its saved checkpoint and compare it with
-    the accuracy recorded in metrics.json."""
+    the accuracy recorded in metrics.json. `data`: another data root than the recorded one
+    (a run folder moved to another machine), which must hold the same task lists."""
     from .batches import Split, evaluate, resolve_device
     from .data import VtabDataset, build_transform
-    from .options import TrainConfig
+    from .options import TrainConfig, other_data
     from .precision import apply_attention
+
 
     run = Path(run)
     cfg = TrainConfig.from_dict({**load_run_config(run), "resume": False, "overwrite": False})
+    if data is not None:
+        problem = other_data(cfg.data, cfg.task_lists, str(data), cfg.task)
+        if problem:
+            raise PearError(f"{run}: {problem}")
+        cfg.data = str(data)
     dev = resolve_device(device)
     model, info, data_cfg = rebuild(run / "checkpoint", weights=cfg.weights, device=dev)
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])

@@ -20,12 +20,12 @@ SCRIPT = OutputKind("Slurm script", HEADER.encode("ascii"))
 
 
 def emit_slurm(path: str | Path, command: list[str], runs: int, tuning_runs: int, out: str | Path,
-               data: str | Path) -> Path:
+               data: str | Path, gres: str = "gpu:1") -> Path:
     """Write `slurm_script` to the user-named `path` (`pear.harness.outputs.write_output`:
     never into `data`, over a folder or over a file that is not such a script), and make
     OUT/logs, where sbatch puts the logs but does not create the folder."""
     workdir = Path.cwd()
-    script = slurm_script(command, runs, tuning_runs, out, workdir, path)
+    script = slurm_script(command, runs, tuning_runs, out, workdir, path, gres=gres)
     check_output(Path(path), SCRIPT, data)  # before OUT/logs is made
     try:
         (workdir / out / "logs").mkdir(parents=True, exist_ok=True)
@@ -34,11 +34,14 @@ def emit_slurm(path: str | Path, command: list[str], runs: int, tuning_runs: int
     return write_output(path, lambda fh: fh.write(script.encode("utf-8")), SCRIPT, data)
 
 
+
 def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Path, workdir: str | Path,
-                 path: str | Path) -> str:
+                 path: str | Path, gres: str = "gpu:1") -> str:
     """The sbatch script `path` for `command` (a `pear suite` command line without --emit-slurm,
     run in `workdir`); `tuning_runs`: how many of the `runs` indices are --tune's, which must
-    finish first."""
+    finish first; `gres`: each task's generic resources (--gres), '' for none."""
+    if any(c.isspace() for c in gres):
+        raise PearError(f"--slurm-gres {gres!r} must be one word such as gpu:1 or gpu:a100:2 ('' for none)")
     cmd = shlex.join(command)
     workdir = Path(workdir).resolve()
     logs = _sbatch_quote(str(workdir / out / "logs").replace("%", "%%") + "/slurm-%A_%a.log")
@@ -48,7 +51,7 @@ def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Pat
              "# Add your site's --partition / --account / --time below.",
              "#SBATCH --job-name=pear-suite",
              f"#SBATCH --array={first}",
-             "#SBATCH --gres=gpu:1",
+             *([f"#SBATCH --gres={gres}"] if gres else []),
              "#SBATCH --cpus-per-task=8",
              f"#SBATCH --output={logs}",  # sbatch resolves --output where it is called: an absolute path
              "#"]

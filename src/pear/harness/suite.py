@@ -56,8 +56,8 @@ _SUITE_FIELDS = ("data", "task", "method", "seed", "out", "resume", "overwrite")
 # Options that change how or where a run executes but not what it computes (paths
 # change when folders move between machines); a resumed or finished run may differ
 # from the current call in these.
-_EXECUTION_FIELDS = ("data", "out", "device", "workers", "cache_gb", "progress", "overwrite", "resume",
-                     "eval_batch_size", "compile", "deterministic", "tensorboard")
+_EXECUTION_FIELDS = ("data", "task_lists", "out", "device", "workers", "cache_gb", "progress", "overwrite",
+                     "resume", "eval_batch_size", "compile", "deterministic", "tensorboard")
 
 # `pear suite --preset NAME`: the tasks and the recipe (TrainConfig options) of a benchmark.
 PRESETS: dict[str, dict] = {

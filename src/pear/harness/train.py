@@ -39,10 +39,11 @@ from . import distributed as D
 from .batches import GlobalBatches, Split, evaluate, resolve_device
 from .data import VtabDataset, build_transform, task_info
 from .methods import PEAR_METHODS, PRUNING_METHODS, build_model
-from .options import TrainConfig
+from .options import TrainConfig, task_lists_digest
 from .precision import Precision, apply_attention, choose, hold_frozen_bf16, legacy
 from .rundir import BACKBONE_FILE, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
 from .runs import random_backbone, saved_backbone
+
 from .state import load_plain, load_state, save_plain, save_state
 from .watch import Board, progress, require_tensorboard
 
@@ -166,17 +167,19 @@ def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
         run.fwd = _wrap(run.model, cfg, ctx)
         for epoch in range(run.start_epoch, cfg.epochs):
             _epoch(run, epoch, splits["train"], splits.get("val"))
+        if run.best is not None and cfg.select_on:
+            if ctx.is_main:  # only rank 0's disk is sure to hold RUN/best
+                _restore_best(run.model, run.out / "best", cfg, run.device)
+            D.broadcast_module(run.model, ctx)
+            run.fwd = _wrap(run.model, cfg, ctx, run.fwd)
+        # The eager model, not the compiled one: compiled kernels may round differently, and the
+        # recorded accuracy must be the one `pear eval --run` recomputes from the checkpoint.
+        test_acc = evaluate(run.model, splits["test"], run.device, run.amp, ctx, cfg.eval_batch_size)
+        if run.board is not None:
+            run.board.test(run.step, test_acc)
     finally:
         if run.board is not None:
             run.board.close()
-    if run.best is not None and cfg.select_on:
-        if ctx.is_main:  # only rank 0's disk is sure to hold RUN/best
-            _restore_best(run.model, run.out / "best", cfg, run.device)
-        D.broadcast_module(run.model, ctx)
-        run.fwd = _wrap(run.model, cfg, ctx, run.fwd)
-    # The eager model, not the compiled one: compiled kernels may round differently, and the
-    # recorded accuracy must be the one `pear eval --run` recomputes from the checkpoint.
-    test_acc = evaluate(run.model, splits["test"], run.device, run.amp, ctx, cfg.eval_batch_size)
     metrics = None
     if ctx.is_main:
         metrics = write_results(run, test_acc)
@@ -196,9 +199,11 @@ def _validate(cfg: TrainConfig, ctx: "D.Context"):
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     info = task_info(cfg.data, cfg.task)
+    cfg.task_lists = task_lists_digest(cfg.data, cfg.task)  # recorded: a moved run's --data is checked by it
     # A resumed run on a random backbone continues on the one it drew, not on one drawn again here.
     kept = saved_backbone(Path(cfg.out), cfg.backbone, cfg.weights) if cfg.resume else None
     model, data_cfg, fp = build(cfg, info.num_classes, device, kept)
+
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     names = {"train": cfg.train_split, **({"val": "val200"} if cfg.select_on else {}), "test": "test"}
     splits = {k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
@@ -253,6 +258,7 @@ def _board(run: _Run) -> Board | None:
     board = Board(run.out / "tensorboard", purge_step=run.step if run.start_epoch else None)
     if run.start_epoch == 0:
         board.params(0, _trainable(run.model))
+        board.hparams(run.cfg.to_dict())
     return board
 
 
@@ -273,7 +279,7 @@ def _resume(run: _Run) -> None:
             run.tracker = None
         log.info("resumed from %s at epoch %d (step %d)", state_dir, run.start_epoch, run.step)
     elif cfg.resume:
-        log.info("--resume: no saved state in %s, starting from scratch", run.out)
+        log.info("fresh start at epoch 1 (nothing saved to resume from yet)")
     if cfg.resume:
         D.check_same((run.start_epoch, run.step, run.plan.digest() if run.plan else None),
                      "resume points (epoch, step, plan)", ctx,
@@ -299,8 +305,10 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
     rec = {"epoch": epoch, "loss": loss_sum / max(1, seen), "train_acc": 100.0 * correct / max(1, seen),
            "images_per_second": seen / dt, "images": seen, "seconds": dt,
            "lr": run.optimizer.param_groups[0]["lr"]}
-    if val_split is not None and (run.plan is not None or not run.pruning):
+    if val_split is not None:
         rec["val_acc"] = evaluate(run.fwd, val_split, run.device, run.amp, ctx, cfg.eval_batch_size)
+    # The best epoch is chosen from the pruned model only: an unpruned one is not what the run stores.
+    if "val_acc" in rec and (run.plan is not None or not run.pruning):
         if run.best is None or rec["val_acc"] > run.best["val_acc"]:
             run.best = {"epoch": epoch, "val_acc": rec["val_acc"]}
             if ctx.is_main:
