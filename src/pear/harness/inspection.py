@@ -66,7 +66,9 @@ def _inspect_pear(ckpt: Path) -> dict:
     rep = checkpoint_report(task)
     card = (CARD_FILE,) if (ckpt / CARD_FILE).is_file() else ()  # checkpoints before 0.2 have none
     files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE, *card))
-    rep["totals"]["checkpoint_file_bytes"] = sum(files.values())
+    # What a task costs to store and load: its tensors and config. The model card is listed
+    # but not counted: it is documentation, and its size depends on paths in its command.
+    rep["totals"]["checkpoint_file_bytes"] = sum(n for name, n in files.items() if name != CARD_FILE)
     return {**_described("pear", ckpt, task.info), **rep, "files": files}
 
 

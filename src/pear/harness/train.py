@@ -336,7 +336,7 @@ def write_results(run: _Run, test_acc: float) -> dict:
     if cfg.method in PEAR_METHODS:  # the card again, with the test accuracy and the command
         write_text(ckpt / CARD_FILE, render_card(read_checkpoint(ckpt).info, test_acc=test_acc,
                                                  command=_command(cfg), file_bytes=(ckpt / TENSORS_FILE).stat().st_size))
-    stored = sum(f.stat().st_size for f in ckpt.iterdir())
+    stored = sum(f.stat().st_size for f in ckpt.iterdir() if f.name != CARD_FILE)  # as pear inspect counts
     rep = report(model) if cfg.method in PEAR_METHODS else None
     trainable = _trainable(model)
     # Over every epoch, including those a resumed run's earlier processes trained.
