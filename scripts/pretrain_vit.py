@@ -16,7 +16,8 @@ Images (unlabelled): random crops of Debian's wallpaper photos (gnome-background
 mate-backgrounds, plasma-workspace-wallpapers), Fashion-MNIST training images outside the
 built-in task's train800/val200 picks (labels never read), and procedural shapes. Each
 step's batch depends only on (seed, step), so a run killed at any point resumes exactly
-(`--out` holds the state, saved as safetensors + JSON every `--save-every` steps).
+(`--out`/state holds the state, safetensors + JSON replaced together every `--save-every` steps;
+a resume must keep the options that shape the steps: --steps, --batch, --lr, --wd, --warmup, --seed).
 
 The teacher and the batch making run in a DataLoader worker process, the student in the
 main one: one thread each, about 1.6x the speed of one process on 2 cores.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -38,13 +39,18 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from pear.atomic import atomic_dir_write, atomic_write_file, recover_dir
+from pear.errors import PearError
 from pear.harness import pear_vit
 from pear.harness.backbones import create_backbone
 from pear.harness.builders import FASHION_MNIST_DIR, N_TRAIN, N_VAL, _balanced_order, _load_fashion_split
+from pear.harness.files import read_mapping
+from pear.jsontypes import wrong_types
 
 WALLPAPER_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
 TEACHER_PX, STUDENT_PX = 128, 32
@@ -81,9 +87,9 @@ def load_photos(cache: Path) -> list[torch.Tensor]:
         seen.add(key)
         photos.append(arr)
     if not photos:
-        raise SystemExit(f"no wallpaper photos under {WALLPAPER_DIRS}: apt-get install gnome-backgrounds "
-                         "mate-backgrounds plasma-workspace-wallpapers")
-    np.savez(cache, **{f"{i:04d}": a for i, a in enumerate(photos)})
+        raise PearError(f"no wallpaper photos under {WALLPAPER_DIRS}: apt-get install gnome-backgrounds "
+                        "mate-backgrounds plasma-workspace-wallpapers")
+    atomic_write_file(cache, lambda fh: np.savez(fh, **{f"{i:04d}": a for i, a in enumerate(photos)}))
     return [torch.from_numpy(a) for a in photos]
 
 
@@ -244,44 +250,78 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 
 # ---------------------------------------------------------------- state (safetensors + JSON, no pickle)
-def save_state(out: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, log_rows: list) -> None:
+STATE_DIR = "state"  # state.safetensors + state.json, replaced together (pear.atomic.atomic_dir_write)
+STATE_FILES = ("state.safetensors", "state.json")
+# The options a resumed run must keep: each step's batch and update depend on them.
+RESUME_OPTIONS = ("steps", "batch", "lr", "wd", "warmup", "seed")
+
+
+def save_state(out: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, log_rows: list,
+               options: dict) -> None:
+    """Both state files in one atomic folder swap: a crash leaves the previous pair or the new one, never a mix."""
     tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     names = {p: n for n, p in model.named_parameters()}
     for p, st in opt.state.items():
         for k in ("exp_avg", "exp_avg_sq"):
             tensors[f"opt.{names[p]}.{k}"] = st[k].clone()
         tensors[f"opt.{names[p]}.step"] = torch.as_tensor(st["step"]).reshape(1).float()
-    tmp = out / "state.safetensors.tmp"
-    save_file(tensors, tmp)
-    os.replace(tmp, out / "state.safetensors")
-    tmp = out / "state.json.tmp"
-    tmp.write_text(json.dumps({"step": step, "log": log_rows}))
-    os.replace(tmp, out / "state.json")
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, tmp / STATE_FILES[0])
+        (tmp / STATE_FILES[1]).write_text(json.dumps({"step": step, "log": log_rows, "options": options}))
+
+    atomic_dir_write(out / STATE_DIR, write)
 
 
-def load_state(out: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list]:
-    if not (out / "state.json").is_file():
+def _state_folder(out: Path) -> Path | None:
+    """Where the saved state is: out/state/, or out/ itself for states saved before the pair was one folder."""
+    recover_dir(out / STATE_DIR)
+    for folder in (out / STATE_DIR, out):
+        if (folder / STATE_FILES[1]).is_file():
+            return folder
+    return None
+
+
+def load_state(out: Path, model: nn.Module, opt: torch.optim.Optimizer, options: dict) -> tuple[int, list]:
+    """(step, log rows) of the state saved in `out`, loaded into model and opt; (0, []) when there is none.
+    PearError when the state is unreadable or was made with other options."""
+    folder = _state_folder(out)
+    if folder is None:
         return 0, []
-    info = json.loads((out / "state.json").read_text())
-    tensors = load_file(out / "state.safetensors")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    for n, p in model.named_parameters():
-        if f"opt.{n}.exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"opt.{n}.exp_avg"], "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"],
-                            "step": tensors[f"opt.{n}.step"].reshape(())}
+    info_file, tensor_file = folder / STATE_FILES[1], folder / STATE_FILES[0]
+    info = read_mapping(info_file, "pretraining state")
+    problems = wrong_types(info, {"step": int, "log": list, "options": dict}, required=("step", "log"))
+    if problems or info["step"] < 0:
+        raise PearError(f"pretraining state {info_file} is damaged ({'; '.join(problems) or 'step < 0'}); "
+                        f"remove {folder} to start again")
+    for name, value in (info.get("options") or {}).items():
+        if name in options and value != options[name]:
+            raise PearError(f"the state in {out} was made with --{name} {value}, not {options[name]}: a resumed run "
+                            f"keeps its options (pass --{name} {value}), or use another --out to start anew")
+    if not tensor_file.is_file():
+        raise PearError(f"pretraining state {info_file} has no {tensor_file.name} beside it; remove {folder} to "
+                        "start again")
+    try:
+        tensors = load_file(tensor_file)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        for n, p in model.named_parameters():
+            if f"opt.{n}.exp_avg" in tensors:
+                opt.state[p] = {"exp_avg": tensors[f"opt.{n}.exp_avg"],
+                                "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"],
+                                "step": tensors[f"opt.{n}.step"].reshape(())}
+    except (SafetensorError, OSError, RuntimeError, KeyError) as err:
+        raise PearError(f"pretraining state {tensor_file} does not fit the model ({' '.join(str(err).split())[:300]}); "
+                        f"remove {folder} to start again") from None
     return info["step"], info["log"]
 
 
 def export(model: Distiller, path: Path, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in model.vit.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    atomic_write_file(path, lambda fh: fh.write(save(tensors, metadata={k: str(v) for k, v in meta.items()})))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--out", type=Path, default=Path("pretrain"), help="work folder: state, snapshots, log")
     ap.add_argument("--steps", type=int, default=3000, help="length of the LR schedule (cosine to 0)")
     ap.add_argument("--stop-at", type=int, default=None,
@@ -294,22 +334,74 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--snapshots", default="750,1500", help="steps whose ViT is also exported, to probe")
     ap.add_argument("--export", type=Path, default=None, help="where the final ViT weights go (.safetensors)")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
+    args = ap.parse_args(argv)
+    for name, low in (("steps", 1), ("batch", 1), ("save_every", 1), ("warmup", 0), ("seed", 0)):
+        if getattr(args, name) < low:
+            ap.error(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+        ap.error(f"--stop-at must be a step from 1 to --steps {args.steps}, got {args.stop_at}")
+    for name in ("lr", "wd"):
+        if not 0 <= getattr(args, name) < math.inf or (name == "lr" and args.lr == 0):
+            ap.error(f"--{name} must be a finite number{' above 0' if name == 'lr' else ' >= 0'}, got "
+                     f"{getattr(args, name)}")
+    try:
+        args.snapshots = {int(s) for s in args.snapshots.split(",") if s}
+    except ValueError:
+        ap.error(f"--snapshots must be steps separated by commas, got {args.snapshots!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except PearError as err:
+        print(f"pretrain_vit.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build(args: argparse.Namespace) -> tuple[Distiller, torch.optim.Optimizer]:
+    """The student with its distillation heads (initialised from --seed) and its optimiser."""
     torch.manual_seed(args.seed)
     model = Distiller()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": other, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.999))
-    start, rows = load_state(args.out, model, opt)
-    snapshots = {int(s) for s in args.snapshots.split(",") if s}
-    log(f"pretraining {pear_vit.PEAR_VIT}: steps {start}..{args.steps}, batch {args.batch}, seed {args.seed}")
-    end = min(args.steps, args.stop_at or args.steps)
+    return model, opt
+
+
+def run(args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    model, opt = build(args)
+    options = {name: getattr(args, name) for name in RESUME_OPTIONS}
+    start, rows = load_state(args.out, model, opt, options)
+    end = args.steps if args.stop_at is None else args.stop_at
+    if start > end:
+        raise PearError(f"the state in {args.out} is at step {start}, past "
+                        f"{'--stop-at' if args.stop_at is not None else '--steps'} {end}: its weights are step "
+                        f"{start}'s; use the snapshot of an earlier step, or another --out to start anew")
+    log(f"pretraining {pear_vit.PEAR_VIT}: steps {start}..{end} of {args.steps}, batch {args.batch}, seed {args.seed}")
+    done = train_steps(args, model, opt, start, end, rows, options)
+    if args.export is not None:
+        # Labelled with the step the weights are at, which is `end` only when training got there.
+        meta = {"architecture": pear_vit.PEAR_VIT, "steps": done, "schedule_steps": args.steps, "batch": args.batch,
+                "seed": args.seed, "teacher": "tf_efficientnet_lite0 (built-in ImageNet weights)"}
+        export(model, args.export, meta)
+        log(f"exported {args.export} (step {done})")
+
+
+def train_steps(args, model: Distiller, opt, start: int, end: int, rows: list, options: dict) -> int:
+    """Train steps start..end-1, saving the state as asked; returns the step the weights are at."""
+    if start == end:
+        return start
+    if not (args.out / "photos.npz").is_file():  # here: no photos is one message, not a worker's traceback
+        load_photos(args.out / "photos.npz")
     stream = Stream(start, end, args.seed, args.batch, args.out / "photos.npz")
     loader = DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4)
-    t0, seen = time.time(), 0
+    t0, seen, done = time.time(), 0, start
     for step, x, tgt in loader:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
@@ -326,17 +418,12 @@ def main() -> None:
                    "img_s": round(seen / (time.time() - t0), 1)}
             rows.append(row)
             log(json.dumps(row))
-        if done in snapshots:
+        if done in args.snapshots:
             export(model, args.out / f"snapshot_{done:05d}.safetensors", {"step": done})
         if done % args.save_every == 0 or done == end:
-            save_state(args.out, done, model, opt, rows)
-    if args.export is not None:
-        meta = {"architecture": pear_vit.PEAR_VIT, "steps": end, "schedule_steps": args.steps, "batch": args.batch,
-                "seed": args.seed,
-                "teacher": "tf_efficientnet_lite0 (built-in ImageNet weights)"}
-        export(model, args.export, meta)
-        log(f"exported {args.export}")
+            save_state(args.out, done, model, opt, rows, options)
+    return done
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -43,7 +43,8 @@ def test_random_init_changes_output(model_factory, batch_factory, kind):
 
 @pytest.mark.parametrize("adapter", ["parallel", "sequential"])
 def test_positions_on_a_12_block_vit(model_factory, adapter):
-    model = pear.attach(model_factory("vit", depth=12), PearConfig(adapter=adapter))
+    model = model_factory("vit", depth=12)
+    pear.attach(model, PearConfig(adapter=adapter))
     expected = [f"blocks.{i}.{k}" for i in range(12) for k in ("attn", "mlp")]
     assert pear.positions(model) == expected
     assert pear_state(model).positions == expected
@@ -60,7 +61,8 @@ def test_positions_on_a_12_block_vit(model_factory, adapter):
 
 
 def test_lora_positions_are_the_qkv_projections(model_factory):
-    model = pear.attach(model_factory("vit", depth=12), PearConfig(adapter="lora", sublayers=("mlp",)))
+    model = model_factory("vit", depth=12)
+    pear.attach(model, PearConfig(adapter="lora", sublayers=("mlp",)))
     assert pear.positions(model) == [f"blocks.{i}.attn.qkv" for i in range(12)]
     slot = model.blocks[4].attn.qkv
     assert isinstance(slot, PearSlot) and isinstance(slot.base, nn.Linear)
@@ -84,7 +86,8 @@ def test_lora_positions_are_the_qkv_projections(model_factory):
     ],
 )
 def test_position_selection(model_factory, cfg, expected):
-    model = pear.attach(model_factory("vit", depth=4), PearConfig(**cfg))
+    model = model_factory("vit", depth=4)
+    pear.attach(model, PearConfig(**cfg))
     assert pear.positions(model) == expected
     # Unselected sub-layers are left untouched.
     n_slots = sum(isinstance(m, PearSlot) for m in model.modules())
@@ -92,7 +95,8 @@ def test_position_selection(model_factory, cfg, expected):
 
 
 def test_cnn_selection_by_blocks_uses_global_block_depth(tiny_cnn):
-    model = pear.attach(tiny_cnn, PearConfig(blocks=(2, 5)))
+    model = tiny_cnn
+    pear.attach(model, PearConfig(blocks=(2, 5)))
     depths = [s.info.depth for s in pear.slots(model).values()]
     assert depths == [2, 3, 4]
     assert pear.positions(model) == ["blocks.1.1", "blocks.2.0", "blocks.2.1"]
@@ -113,7 +117,8 @@ def test_selecting_nothing_raises(tiny_vit, cfg):
     [("vit", ["head"]), ("deit", ["head"]), ("deit_distilled", ["head", "head_dist"]), ("cnn", ["classifier"])],
 )
 def test_only_adapters_and_head_train(model_factory, kind, heads):
-    model = pear.attach(model_factory(kind))
+    model = model_factory(kind)
+    pear.attach(model)
     adapters = {id(p) for a in adapter_modules(model).values() for p in a.parameters()}
     head_params = {id(p) for h in heads for p in getattr(model, h).parameters()}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
@@ -123,7 +128,8 @@ def test_only_adapters_and_head_train(model_factory, kind, heads):
 
 @pytest.mark.parametrize("kind", ["vit", "cnn"])
 def test_attaching_twice_raises(model_factory, kind):
-    model = pear.attach(model_factory(kind))
+    model = model_factory(kind)
+    pear.attach(model)
     n = len(pear.positions(model))
     with pytest.raises(ValueError, match="already"):
         pear.attach(model)
@@ -148,7 +154,9 @@ def test_api_on_unattached_model_raises(tiny_vit):
 @pytest.mark.parametrize("adapter", ["parallel", "sequential", "lora"])
 def test_adapter_reads_sublayer_input_or_output(tiny_vit, vit_batch, adapter):
     """Parallel/LoRA adapters see the sub-layer's input, sequential ones its output."""
-    model = pear.attach(tiny_vit, PearConfig(adapter=adapter)).eval()
+    model = tiny_vit
+    pear.attach(model, PearConfig(adapter=adapter))
+    model.eval()
     seen = {}
     hooks = []
     for name, slot in pear.slots(model).items():
@@ -168,7 +176,9 @@ def test_adapter_reads_sublayer_input_or_output(tiny_vit, vit_batch, adapter):
 
 @pytest.mark.parametrize("kind", ["cnn", "lite0"])
 def test_cnn_adapters_match_block_shapes(model_factory, batch_factory, kind):
-    model = pear.attach(model_factory(kind), PearConfig(init="random")).eval()
+    model = model_factory(kind)
+    pear.attach(model, PearConfig(init="random"))
+    model.eval()
     x = torch.nn.functional.interpolate(batch_factory(kind, n=1)[0], size=96)  # not attach's probe size
     shapes = {}
     hooks = []
@@ -195,3 +205,40 @@ def test_cnn_adapters_match_block_shapes(model_factory, batch_factory, kind):
     # Stages differ in width, so no signature is shared by the last and the first stage.
     stages = sorted(sigs, key=int)
     assert not (sigs[stages[0]] & sigs[stages[-1]])
+
+
+def test_attach_returns_a_one_line_summary_not_the_model(tiny_vit):
+    # A notebook cell ending in pear.attach(...) shows its return value: one line, not the model.
+    result = pear.attach(tiny_vit)
+    assert isinstance(result, pear.PearSummary)
+    assert "\n" not in repr(result) and len(repr(result)) < 300
+    trainable = sum(p.numel() for p in tiny_vit.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in tiny_vit.parameters())
+    assert (result.trainable_params, result.all_params) == (trainable, total)
+    assert result.positions == 6 and result.kept == 6 and result.shared == result.pruned == 0
+    assert result.adapter_params == pear_state(tiny_vit).unpruned_adapter_params
+    assert f"trainable params: {trainable:,} || all params: {total:,}" in repr(result)
+
+
+def test_the_summary_still_stands_in_for_the_model_with_a_warning(tiny_vit, vit_batch):
+    result = pear.attach(tiny_vit)
+    with pytest.warns(DeprecationWarning, match="returns a PearSummary"):
+        logits = result(vit_batch[0])
+    assert logits.shape[0] == vit_batch[0].shape[0]
+    with pytest.warns(DeprecationWarning):
+        assert result.pear_state is tiny_vit.pear_state
+
+
+def test_print_trainable_parameters_counts_a_shared_adapter_once(model_factory, capsys):
+    model = model_factory("vit")
+    pear.attach(model, PearConfig(init="random", prune_ratio=0.5))
+    scores = {n: float(i) for i, n in enumerate(pear.positions(model))}
+    pear.prune_and_share(model, pear.make_plan(scores, pear_state(model).config, model))
+    pear.print_trainable_parameters(model)
+    line = capsys.readouterr().out
+    s = pear.summary(model)
+    assert line.count("\n") == 1 and f"trainable params: {s.trainable_params:,}" in line
+    assert s.kept + s.shared + s.pruned == s.positions == 6 and s.kept == 3 and s.shared + s.pruned == 3
+    unique = {id(a): a for a in adapter_modules(model).values()}
+    assert s.adapter_params == sum(p.numel() for a in unique.values() for p in a.parameters())
+    assert s.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)

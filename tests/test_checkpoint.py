@@ -45,7 +45,8 @@ def batch(kind, n=4):
 def trained(model_factory, kind="vit", save_unpruned_to=None, **cfg):
     """A Pear model trained for a few steps, pruned by its measured importance, then
     trained on (so shared adapters move away from their pruning-time values)."""
-    model = pear.attach(model_factory(kind), PearConfig(**cfg))
+    model = model_factory(kind)
+    pear.attach(model, PearConfig(**cfg))
     x, y = batch(kind)
     tracker = ImportanceTracker(model)
     fit(model, x, y, 3, tracker)
@@ -154,7 +155,8 @@ def test_drifted_batchnorm_statistics_are_named_as_the_cause(tmp_path, model_fac
     """A library user who trains a CNN in model.train() mode lets the frozen backbone's
     BatchNorm running statistics drift; loading onto the original backbone is refused
     (the saved model depended on them) with an error that says so, not "other weights"."""
-    model = pear.attach(model_factory("lite0"))
+    model = model_factory("lite0")
+    pear.attach(model)
     x, y = batch("lite0")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()  # no freeze_norm_stats: the running statistics move
@@ -293,8 +295,10 @@ def test_save_killed_at_any_point_leaves_a_complete_checkpoint(tmp_path, model_f
     """A writer is SIGKILLed at every line of the save in turn (from atomic_dir_write
     on); each time the checkpoint folder must hold the old or the new checkpoint,
     complete, and leftovers must be hidden folders nobody reads as a checkpoint."""
-    old = pear.attach(model_factory("vit"), PearConfig(rank=64, init="random"))
-    new = pear.attach(model_factory("vit"), PearConfig(rank=64, init="random"))
+    old = model_factory("vit")
+    pear.attach(old, PearConfig(rank=64, init="random"))
+    new = model_factory("vit")
+    pear.attach(new, PearConfig(rank=64, init="random"))
     with torch.no_grad():
         for p in pear.adapters.adapter_modules(new)["blocks.0.attn"].parameters():
             p.add_(1.0)
@@ -331,7 +335,7 @@ def test_save_killed_at_any_point_leaves_a_complete_checkpoint(tmp_path, model_f
         assert dest.is_dir(), f"no checkpoint after the writer was killed {msg}"
         loaded = pear.load(dest, backbone, backbone_name=VIT)
         v = _version(pear.checkpoint.task_tensors(loaded), versions)
-        assert sorted(p.name for p in dest.iterdir()) == sorted([CONFIG_FILE, TENSORS_FILE])
+        assert sorted(p.name for p in dest.iterdir()) == sorted([CONFIG_FILE, TENSORS_FILE, "README.md"])  # + its card
         for leftover in run.iterdir():
             assert leftover.name == "checkpoint" or leftover.name.startswith("."), leftover
         seen.append((msg, v))
@@ -351,7 +355,8 @@ def test_saved_files_get_the_users_default_mode_not_a_private_temp_mode(tmp_path
 
     old = os.umask(umask)
     try:
-        model = pear.attach(model_factory("vit"))
+        model = model_factory("vit")
+        pear.attach(model)
         pear.save(model, tmp_path / "ckpt", backbone=VIT)
         pear.save(model, tmp_path / "ckpt", backbone=VIT)  # the replacing path too
         atomic_write_text(tmp_path / "metrics.json", "{}")
@@ -368,7 +373,8 @@ def test_saved_files_get_the_users_default_mode_not_a_private_temp_mode(tmp_path
 def test_fingerprints_in_one_pass_equal_the_two_separate_ones(model_factory):
     from pear.checkpoint import fingerprints
 
-    model = pear.attach(model_factory("lite0"))
+    model = model_factory("lite0")
+    pear.attach(model)
     full, weights = fingerprints(model)
     assert (full, weights) == (fingerprint(model), fingerprint(model, buffers=False))
     assert full != weights  # BatchNorm buffers count in one and not the other

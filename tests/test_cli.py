@@ -54,7 +54,9 @@ def test_each_method_writes_a_complete_run_folder(runs, method):
     assert metrics["task"] == "toy" and metrics["method"] == method and metrics["epochs"] == 2
     assert 0 <= metrics["test_acc"] <= 100 and (metrics["test_acc"] * N_TEST / 100).is_integer()  # a percentage
     assert isinstance(metrics["trainable_params"], int) and metrics["trainable_params"] > 0
-    assert metrics["checkpoint_file_bytes"] == sum(f.stat().st_size for f in (run / "checkpoint").iterdir())
+    # The model card (README.md) is documentation, not counted as the stored task.
+    assert metrics["checkpoint_file_bytes"] == sum(f.stat().st_size for f in (run / "checkpoint").iterdir()
+                                                   if f.name != "README.md")
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
     summary = {k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params", "checkpoint_file_bytes")}
     assert json.loads(printed[printed.index("{\n"):]) == summary
@@ -261,8 +263,119 @@ def test_every_pear_option_is_a_train_flag(tmp_path):
                                       "--share", "matched", "--rank", "4"])
     pear = _train_config(args).pear
     assert (pear.act, pear.blocks, pear.sublayers, pear.target, pear.init, pear.share, pear.rank) == (
-        "gelu", (0, 1), ("mlp",), "attn", "random", "rank", 4)
+        "gelu", (0, 1), ("mlp",), "attn", "random", "matched", 4)
     config = tmp_path / "c.yaml"
     config.write_text("data: d\ntask: t\nout: o\npear: {act: identity, blocks: [1, 2]}\n")
     pear = _train_config(build_parser().parse_args(["train", "-c", str(config), "--scale", "0.5"])).pear
     assert (pear.act, pear.blocks, pear.scale) == ("identity", (1, 2), 0.5)
+
+
+# ---------------------------------------------------------------- help, version, share policy spelling
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from pear.cli import build_parser
+
+    missing = [f"pear {name} {'/'.join(a.option_strings) or a.dest}"
+               for name, sub in _subparsers(build_parser()) for a in sub._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_version(capsys):
+    import pear
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"pear {pear.__version__}"
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_texts_say_what_the_code_does(capsys):
+    top = _help([], capsys)
+    assert "EfficientNet" not in top and "pear_vit_tiny6_patch4_32" in top
+    train = _help(["train"], capsys)
+    assert "L-BFGS" in train and "Adam steps" not in train
+    assert "(default matched)" in train and "(default rank)" not in train
+    assert "peft-lora-eq" in _help(["suite"], capsys)
+
+
+def test_the_matched_share_policy_is_written_matched_and_rank_still_reads(tmp_path):
+    from pear.config import PearConfig
+    from pear.harness.options import TrainConfig
+
+    assert PearConfig().share == "matched" and PearConfig().to_dict()["share"] == "matched"
+    assert PearConfig(share="rank").share == "matched"  # args.yaml and pear_config.json of earlier runs
+    old = TrainConfig.from_dict({"data": "d", "task": "t", "out": "o", "share": "rank"})
+    assert old.to_dict()["pear"]["share"] == "matched"
+
+
+def test_a_pear_run_logs_and_stores_the_matched_policy(runs):
+    run, printed = runs["pear"]
+    assert yaml.safe_load((run / "args.yaml").read_text())["pear"]["share"] == "matched"
+    assert json.loads((run / "checkpoint" / "pear_config.json").read_text())["pear_config"]["share"] == "matched"
+    assert json.loads((run / "plan.json").read_text())["policy"] == "matched"
+    assert "(matched sharing" in (run / "train.log").read_text()
+
+
+# ---------------------------------------------------------------- run folders from anywhere, and moved
+
+def _train_relative(root: Path, tiny_vtab: Path, tiny_vit_args, monkeypatch) -> Path:
+    """A 1-epoch linear run trained from `root` with --data and --out given relative, as the demo does."""
+    shutil.copytree(tiny_vtab, root / "data")
+    monkeypatch.chdir(root)
+    assert main(["train", "--data", "data", "--task", "toy", "--out", "runs/r", *tiny_vit_args, "--method", "linear",
+                 "--epochs", "1", "--batch-size", "16", "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    return root / "runs" / "r"
+
+
+def test_a_run_folder_evaluates_from_any_folder(tiny_vtab, tiny_vit_args, tmp_path, monkeypatch, capsys):
+    run = _train_relative(tmp_path / "demo", tiny_vtab, tiny_vit_args, monkeypatch)
+    monkeypatch.chdir(tmp_path)  # the parent folder: 'data' is not here
+    rc, out, err = _run_cli(["eval", "--run", "demo/runs/r", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["test_acc"] == result["recorded_test_acc"]
+    assert Path(yaml.safe_load((run / "args.yaml").read_text())["data"]).is_absolute()
+
+
+def test_a_moved_run_folder_takes_the_data_again(tiny_vtab, tiny_vit_args, tmp_path, monkeypatch, capsys):
+    from pear.harness.options import TrainConfig
+    from pear.harness.rundir import check_same_run
+    from pear.harness.runs import load_run_config
+
+    run = _train_relative(tmp_path / "a", tiny_vtab, tiny_vit_args, monkeypatch)
+    # Another machine: the run folder and the data under other paths, the old ones gone.
+    shutil.move(tmp_path / "a" / "runs" / "r", tmp_path / "moved")
+    shutil.move(tmp_path / "a" / "data", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    moved = tmp_path / "moved"
+    rc, out, err = _run_cli(["eval", "--run", moved, "--data", "elsewhere", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["test_acc"] == json.loads(out)["recorded_test_acc"]
+    recorded = load_run_config(moved)
+    check_same_run(moved, TrainConfig.from_dict({**recorded, "data": "elsewhere", "out": str(moved)}))  # --resume
+    # Data whose task lists differ is not the run's data.
+    test_list = tmp_path / "elsewhere" / "toy" / "test.txt"
+    test_list.write_text("".join(test_list.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(Exception, match=r"--data .*elsewhere.* holds other task lists for 'toy'"):
+        check_same_run(moved, TrainConfig.from_dict({**recorded, "data": "elsewhere", "out": str(moved)}))
+    rc, _, err = _run_cli(["eval", "--run", moved, "--data", "elsewhere", "--device", "cpu"], capsys)
+    assert rc == 2 and "holds other task lists for 'toy'" in err

@@ -16,7 +16,7 @@ def test_defaults_follow_the_spec():
     assert c.blocks is None and c.target is None
     assert c.importance == "taylor"
     assert c.prune_ratio == 0.5
-    assert c.share == "rank"
+    assert c.share == "matched"
     assert c.knowledge == "merge"
 
 

@@ -11,7 +11,9 @@ def _attached(model_factory, kind, **cfg):
     # Random init: with the default zero-initialised up projection every Taylor term of
     # the first step is 0 (theta_up = 0 and dL/dtheta_down = 0), which would make a
     # hand check vacuous.
-    return pear.attach(model_factory(kind), PearConfig(init="random", **cfg))
+    model = model_factory(kind)
+    pear.attach(model, PearConfig(init="random", **cfg))
+    return model
 
 
 def _hand(model, method):
@@ -66,7 +68,8 @@ def test_score_is_the_mean_of_the_hand_computed_per_step_scores(model_factory, b
 
 @pytest.mark.parametrize("method", ["taylor", "gradient"])
 def test_positions_without_gradient_score_zero_for_that_step(tiny_vit, vit_batch, method):
-    model = pear.attach(tiny_vit, PearConfig(init="random"))
+    model = tiny_vit
+    pear.attach(model, PearConfig(init="random"))
     tracker = ImportanceTracker(model, method=method)
     x, y = vit_batch
     nn.functional.cross_entropy(model(x), y).backward()
@@ -82,7 +85,8 @@ def test_positions_without_gradient_score_zero_for_that_step(tiny_vit, vit_batch
 def test_zero_init_gives_zero_taylor_scores_on_the_first_step(tiny_vit, vit_batch):
     """Documents a property of the method with the default init: the first step of the
     window carries no Taylor signal (it only dilutes the mean uniformly)."""
-    model = pear.attach(tiny_vit)
+    model = tiny_vit
+    pear.attach(model)
     tracker = ImportanceTracker(model)
     x, y = vit_batch
     nn.functional.cross_entropy(model(x), y).backward()
@@ -150,7 +154,8 @@ def test_output_score_is_the_mean_adapter_output_norm(model_factory, batch_facto
 
 
 def test_random_scores_are_seeded(tiny_vit):
-    model = pear.attach(tiny_vit, PearConfig(importance="random", seed=3))
+    model = tiny_vit
+    pear.attach(model, PearConfig(importance="random", seed=3))
     a = ImportanceTracker(model).scores()  # needs no update()
     b = ImportanceTracker(model).scores()
     c = ImportanceTracker(model, seed=4).scores()
@@ -164,13 +169,15 @@ def test_random_scores_are_seeded(tiny_vit):
 
 @pytest.mark.parametrize("method", ["taylor", "magnitude", "gradient", "output"])
 def test_scores_before_any_update_raise(tiny_vit, method):
-    model = pear.attach(tiny_vit)
+    model = tiny_vit
+    pear.attach(model)
     with pytest.raises(ValueError, match="update"):
         ImportanceTracker(model, method=method).scores()
 
 
 def test_unknown_method_raises(tiny_vit):
-    model = pear.attach(tiny_vit)
+    model = tiny_vit
+    pear.attach(model)
     with pytest.raises(ValueError, match="fisher"):
         ImportanceTracker(model, method="fisher")
 
@@ -181,7 +188,8 @@ def test_tracker_on_unattached_model_raises(tiny_vit):
 
 
 def test_tracker_after_pruning_raises(tiny_vit):
-    model = pear.attach(tiny_vit, PearConfig(importance="random"))
+    model = tiny_vit
+    pear.attach(model, PearConfig(importance="random"))
     scores = ImportanceTracker(model).scores()
     pear.prune_and_share(model, pear.make_plan(scores, pear.PearConfig(), model))
     with pytest.raises(ValueError, match="before pruning"):
@@ -190,7 +198,8 @@ def test_tracker_after_pruning_raises(tiny_vit):
 
 @pytest.mark.parametrize("method", ["taylor", "output"])
 def test_state_dict_round_trip(tiny_vit, vit_batch, train_steps, method):
-    model = pear.attach(tiny_vit, PearConfig(init="random", importance=method))
+    model = tiny_vit
+    pear.attach(model, PearConfig(init="random", importance=method))
     a = ImportanceTracker(model)
     train_steps(model, vit_batch, 2, tracker=a)
     state = a.state_dict()
@@ -210,7 +219,8 @@ def test_state_dict_round_trip(tiny_vit, vit_batch, train_steps, method):
 
 
 def test_update_runs_no_forward_or_backward_and_leaves_grads_alone(tiny_vit, vit_batch):
-    model = pear.attach(tiny_vit, PearConfig(init="random"))
+    model = tiny_vit
+    pear.attach(model, PearConfig(init="random"))
     tracker = ImportanceTracker(model)
     x, y = vit_batch
     nn.functional.cross_entropy(model(x), y).backward()

@@ -13,7 +13,9 @@ from pear.pruning import _svd_merge_into, _weights
 
 
 def _attached(model_factory, **cfg):
-    return pear.attach(model_factory("vit"), PearConfig(init="random", **cfg))
+    model = model_factory("vit")
+    pear.attach(model, PearConfig(init="random", **cfg))
+    return model
 
 
 def _scores(model):
@@ -132,8 +134,8 @@ def test_capture_inputs_records_what_each_adapter_is_fed(adapter, model_factory,
 
 
 def test_distill_on_a_cnn_with_strided_adapters(model_factory, batch_factory):
-    model = pear.attach(model_factory("cnn"), PearConfig(init="random", knowledge="distill", distill_steps=5,
-                                                      prune_scope="group"))
+    model = model_factory("cnn")
+    pear.attach(model, PearConfig(init="random", knowledge="distill", distill_steps=5, prune_scope="group"))
     x, _ = batch_factory("cnn")
     plan = pear.make_plan(_scores(model), model.pear_state.config, model)
     assert plan.shares

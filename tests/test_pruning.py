@@ -37,7 +37,9 @@ def _cfg(**kw):
 
 def _vit6(model_factory, **cfg):
     """Attached 3-block ViT with non-zero adapters (so pruning decisions are visible)."""
-    return pear.attach(model_factory("vit"), PearConfig(init="random", **cfg))
+    model = model_factory("vit")
+    pear.attach(model, PearConfig(init="random", **cfg))
+    return model
 
 
 # --------------------------------------------------------------------------- plan()
@@ -58,12 +60,13 @@ def test_plan_prunes_round_ratio_n_of_the_least_important(n_blocks, ratio):
     assert set(p.pruned) == set(lowest)
     # Both lists come back in model order.
     assert p.pruned == [n for n in names if n in p.pruned] and p.kept == [n for n in names if n in p.kept]
-    assert p.ratio == ratio and p.policy == "rank" and p.scores == scores
+    assert p.ratio == ratio and p.policy == "matched" and p.scores == scores
     assert (p.pruned_params, p.total_params) == (len(p.pruned), n)
 
 
 def test_plan_with_model_agrees_and_counts_parameters(model_factory):
-    model = pear.attach(model_factory("vit"))
+    model = model_factory("vit")
+    pear.attach(model)
     p = pear.make_plan(S6, _cfg(), model)
     assert p.pruned == S6_PRUNED and p.kept == S6_KEPT
     per = pear_state(model).unpruned_adapter_params // 6
@@ -86,7 +89,8 @@ def test_a_ratio_below_one_keeps_at_least_one_adapter(ratio):
 
 
 def test_a_ratio_below_one_keeps_at_least_one_cnn_adapter(tiny_cnn):
-    model = pear.attach(tiny_cnn)
+    model = tiny_cnn
+    pear.attach(model)
     p = pear.make_plan({n: float(i) for i, n in enumerate(pear.positions(model))}, _cfg(prune_ratio=0.99), model)
     assert p.kept == ["blocks.5.0"]  # the most important (and largest) adapter
 
@@ -154,7 +158,8 @@ def test_plan_rejects_bad_scores(scores, match):
 
 
 def test_plan_rejects_scores_for_other_positions(model_factory):
-    model = pear.attach(model_factory("vit"))
+    model = model_factory("vit")
+    pear.attach(model)
     bad = dict(S6)
     bad["blocks.7.attn"] = bad.pop("blocks.0.attn")
     with pytest.raises(ValueError, match="positions"):
@@ -174,7 +179,8 @@ def _cnn_scores(model, low):
 
 @pytest.mark.parametrize("policy", ["rank", "top1", "nearest"])
 def test_cnn_shares_only_between_equal_signatures(tiny_cnn, policy):
-    model = pear.attach(tiny_cnn)
+    model = tiny_cnn
+    pear.attach(model)
     sl = pear.slots(model)
     sig = {n: s.info.signature for n, s in sl.items()}
     # blocks.0.0 has a signature of its own; blocks.2.1 has three compatible peers
@@ -206,7 +212,8 @@ def test_cnn_shares_only_between_equal_signatures(tiny_cnn, policy):
 
 
 def test_cnn_ratio_counts_parameters_not_adapters(tiny_cnn):
-    model = pear.attach(tiny_cnn)
+    model = tiny_cnn
+    pear.attach(model)
     sizes = {n: sum(p.numel() for p in a.parameters()) for n, a in adapter_modules(model).items()}
     assert len(set(sizes.values())) > 1
     scores = _cnn_scores(model, [])
@@ -223,7 +230,8 @@ def test_cnn_ratio_counts_parameters_not_adapters(tiny_cnn):
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
 def test_group_scope_prunes_within_each_compatible_group_so_every_pruned_position_shares(tiny_cnn, ratio):
-    model = pear.attach(tiny_cnn)
+    model = tiny_cnn
+    pear.attach(model)
     sl = pear.slots(model)
     sig = {n: s.info.signature for n, s in sl.items()}
     scores = _cnn_scores(model, [])
@@ -262,7 +270,8 @@ def test_prune_scope_is_validated():
 
 
 def test_prune_and_share_refuses_incompatible_shares(tiny_cnn):
-    model = pear.attach(tiny_cnn)
+    model = tiny_cnn
+    pear.attach(model)
     names = pear.positions(model)
     p = PrunePlan(pruned=["blocks.0.0"], kept=names[1:], shares={"blocks.0.0": "blocks.5.0"},
                   scores=_cnn_scores(model, ["blocks.0.0"]), ratio=0.05, policy="rank")
@@ -499,7 +508,8 @@ def test_plan_from_dict_rejects_malformed_plans(mutate):
 
 @pytest.mark.parametrize("kind", ["vit", "cnn"])
 def test_training_goes_on_after_pruning(model_factory, batch_factory, train_steps, kind):
-    model = pear.attach(model_factory(kind))
+    model = model_factory(kind)
+    pear.attach(model)
     batch = batch_factory(kind)
     opt = torch.optim.AdamW([t for t in model.parameters() if t.requires_grad], lr=1e-2)
     tracker = ImportanceTracker(model)

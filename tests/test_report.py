@@ -18,7 +18,8 @@ HEAD = D * 5 + 5
 
 
 def _pruned_vit(model_factory, **cfg):
-    model = pear.attach(model_factory("vit"), PearConfig(**cfg))
+    model = model_factory("vit")
+    pear.attach(model, PearConfig(**cfg))
     plan = pear.make_plan(S6, pear_state(model).config, model)
     pear.prune_and_share(model, plan)
     return model, plan
@@ -32,7 +33,8 @@ def _check_byte_sums(t):
 
 
 def test_report_before_pruning(tiny_vit):
-    model = pear.attach(tiny_vit)
+    model = tiny_vit
+    pear.attach(model)
     r = pear.report(model)
     assert r["config"] == PearConfig().to_dict()
     assert [row["name"] for row in r["positions"]] == pear.positions(model)
@@ -106,7 +108,8 @@ def test_report_counts_frozen_checkpoints_as_stored_but_not_trainable(model_fact
 
 
 def test_report_on_a_pruned_cnn(tiny_cnn):
-    model = pear.attach(tiny_cnn)
+    model = tiny_cnn
+    pear.attach(model)
     names = pear.positions(model)
     scores = {n: float(i) for i, n in enumerate(names)}
     plan = pear.make_plan(scores, pear_state(model).config, model)
@@ -123,7 +126,8 @@ def test_report_on_a_pruned_cnn(tiny_cnn):
 
 
 def test_report_counts_both_heads_of_a_distilled_deit(model_factory):
-    model = pear.attach(model_factory("deit_distilled"))
+    model = model_factory("deit_distilled")
+    pear.attach(model)
     t = pear.report(model)["totals"]
     assert t["head_params"] == 2 * HEAD
     assert t["trainable_params"] == t["adapter_params"] + 2 * HEAD

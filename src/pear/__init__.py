@@ -7,6 +7,9 @@
     pear.prune_and_share(model, p)
     pear.report(model)                               # per-position table + stored tensor bytes
 
+or, from the training step: `pruner = pear.Pruner(model, optimizer, prune_step=N)` and
+`pruner.step()` after each backward. `pear.save_pretrained` / `pear.from_pretrained` keep a task.
+
 The names that need torch are imported on first use (PEP 562), so `import pear` and the
 `pear` command line's help and option checks do not import it.
 """
@@ -16,22 +19,28 @@ import sys as _sys
 import types as _types
 from importlib import metadata as _metadata
 
+from . import timm_registry as _timm_registry
 from .config import PearConfig
 from .errors import PearError
+
+_timm_registry.register()  # timm.create_model("pear_vit_tiny6_patch4_32", pretrained=True) after import pear
 
 # Each torch-backed name of the API -> the submodule that defines it.
 _LAZY = {
     "attach": "adapters", "positions": "adapters", "slots": "adapters", "unwrap": "adapters",
+    "PearSummary": "adapters", "summary": "adapters", "print_trainable_parameters": "adapters",
     "ImportanceTracker": "importance",
     "PrunePlan": "pruning", "make_plan": "pruning", "prune_and_share": "pruning", "capture_inputs": "pruning",
     "prune_optimizer": "pruning",
     "freeze_norm_stats": "norms",
     "report": "report", "share_map": "report",
-    "save": "checkpoint", "load": "checkpoint",
+    "save": "checkpoint", "load": "checkpoint", "save_pretrained": "checkpoint", "from_pretrained": "checkpoint",
     "MultiTaskModel": "multitask",
+    "merge_and_unload": "merge",
+    "Pruner": "trainer",
 }
 _SUBMODULES = frozenset({"adapters", "atomic", "checkpoint", "cli", "config", "errors", "harness", "importance",
-                         "jsontypes", "multitask", "norms", "pruning", "report"})
+                         "integrations", "jsontypes", "merge", "multitask", "norms", "pruning", "report", "timm_registry", "trainer"})
 
 __all__ = [
     "PearConfig",
@@ -40,6 +49,9 @@ __all__ = [
     "positions",
     "slots",
     "unwrap",
+    "PearSummary",
+    "summary",
+    "print_trainable_parameters",
     "ImportanceTracker",
     "PrunePlan",
     "make_plan",
@@ -51,7 +63,11 @@ __all__ = [
     "share_map",
     "save",
     "load",
+    "save_pretrained",
+    "from_pretrained",
     "MultiTaskModel",
+    "merge_and_unload",
+    "Pruner",
 ]
 try:
     __version__ = _metadata.version("pear-peft")

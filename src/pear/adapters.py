@@ -219,9 +219,11 @@ def _probe_shapes(model: nn.Module, modules: list[nn.Module]) -> list[tuple[torc
     return [shapes[k] for k in range(len(modules))]
 
 
-def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
+def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
     """Insert adapters at the configured positions, freeze the backbone, keep the head
-    trainable. Returns the same model (modified in place)."""
+    trainable. The model is modified in place; the return value is its `PearSummary`
+    (one line, so a notebook cell ending in `pear.attach(...)` does not print the whole
+    model)."""
     config = config or PearConfig()
     model = unwrap(model)
     if getattr(model, "pear_state", None) is not None:
@@ -282,7 +284,7 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> nn.Module:
         positions=[c[0] for c in cands],
         unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
     )
-    return model
+    return summary(model)
 
 
 def _check_size(model: nn.Module, config: PearConfig, names: list[str], dims: list[tuple[int, int, int]]) -> None:
@@ -310,3 +312,69 @@ def classifier(model: nn.Module) -> nn.Module | None:
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True, repr=False)
+class PearSummary:
+    """Counts of an attached model, printed on one line (peft's print_trainable_parameters).
+
+    Until 0.1 `attach` returned the model itself; code that still uses its return value as
+    the model keeps working (attribute access and calls go to the model), with a warning."""
+
+    positions: int
+    kept: int
+    shared: int
+    pruned: int
+    adapter_params: int
+    trainable_params: int
+    all_params: int
+    model: nn.Module = field(compare=False)
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / max(1, self.all_params)
+
+    def __str__(self) -> str:
+        return (f"trainable params: {self.trainable_params:,} || all params: {self.all_params:,} || "
+                f"trainable%: {self.trainable_percent:.4f} || Pear positions: {self.positions} "
+                f"({self.kept} own an adapter, {self.shared} shared, {self.pruned} pruned), "
+                f"adapter params: {self.adapter_params:,}")
+
+    def __repr__(self) -> str:
+        return f"PearSummary({self})"
+
+    def _legacy(self) -> nn.Module:
+        import warnings
+
+        warnings.warn("pear.attach modifies the model in place and returns a PearSummary; use the model you "
+                      "passed to it (the summary stands in for it until the next release)",
+                      DeprecationWarning, stacklevel=3)
+        return self.model
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "model":  # copy/pickle probes; and no recursion while unpickling
+            raise AttributeError(name)
+        return getattr(self._legacy(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self._legacy()(*args, **kwargs)
+
+
+def summary(model: nn.Module) -> PearSummary:
+    """The one-line counts of an attached model: positions kept / shared / pruned, adapter
+    parameters (each shared adapter once), trainable and all parameters."""
+    pear_state(model)  # PearError unless adapters are attached
+    sl = slots(model)
+    shared = sum(1 for n, s in sl.items() if s.adapter is not None and s.info.source != n)
+    pruned = sum(1 for s in sl.values() if s.adapter is None)
+    params = list(unwrap(model).parameters())  # each shared module once
+    return PearSummary(
+        positions=len(sl), kept=len(sl) - shared - pruned, shared=shared, pruned=pruned,
+        adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        all_params=sum(p.numel() for p in params), model=unwrap(model))
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print `summary(model)`: trainable and all parameters, as peft prints them, and Pear's positions."""
+    print(summary(model))

@@ -68,7 +68,7 @@ def atomic_dir_write(dest: Path, write) -> None:
         default_mode(tmp, is_dir=True)
         write(tmp)
         for f in tmp.iterdir():
-            if f.is_file():
+            if f.is_file() and not f.is_symlink():  # chmod and open would act on a link's target
                 default_mode(f)  # some writers (safetensors) make their files private
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -104,30 +104,38 @@ def recover_dir(dest: Path) -> None:
     """Undo what a writer killed inside `atomic_dir_write` left behind: between its two
     renames `dest` is missing and the previous complete version sits in
     `.<name>.old-<pid>`, which is moved back; half-written temporary folders and
-    superseded old versions are removed."""
+    superseded old versions are removed. Only real folders count: a link under such a
+    name was not made by a writer here, and is neither moved into place nor followed."""
     dest = Path(dest)
     if not dest.parent.is_dir():
         return
-    olds = sorted(dest.parent.glob(f".{glob.escape(dest.name)}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and not dest.exists():
+    olds = sorted(_own_dirs(dest, "old"), key=lambda p: p.lstat().st_mtime)
+    if olds and not dest.exists() and not dest.is_symlink():
         os.replace(olds.pop(), dest)
-    for leftover in [*olds, *dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*")]:
+    for leftover in [*olds, *_own_dirs(dest, "tmp")]:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _own_dirs(dest: Path, kind: str) -> list[Path]:
+    """`atomic_dir_write`'s hidden `.NAME.<kind>-*` folders beside `dest` (real folders only)."""
+    return [p for p in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*") if not p.is_symlink() and p.is_dir()]
 
 
 def check_replaceable(dest: Path, names, what: str) -> None:
     """Refuse to replace `dest` unless it is missing or a folder of the kind Pear writes
     there: `names` lists what such a folder holds (a name ending in '/' is a folder).
-    Anything else is the user's and is never deleted: the error names it. Hidden
-    leftovers of Pear's own interrupted writes (`.NAME.tmp-*`, `.NAME.old-*`) are allowed."""
+    Anything else is the user's and is never deleted: the error names it, and so is a
+    symlink under one of those names (Pear writes no links; appending to a linked train.log
+    would write into its target). Hidden leftovers of Pear's own interrupted writes
+    (`.NAME.tmp-*`, `.NAME.old-*`) are allowed."""
     dest = Path(dest)
     if not dest.exists() and not dest.is_symlink():
         return
     if dest.is_symlink() or not dest.is_dir():
         raise PearError(f"{dest} exists and is not a folder; Pear will not replace it with a {what}")
     allowed = {n.rstrip("/") for n in names}
-    foreign = sorted(p.name for p in dest.iterdir()
-                     if p.name not in allowed and not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)))
+    foreign = sorted(p.name for p in dest.iterdir() if p.is_symlink() or p.name not in allowed
+                     and not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise PearError(f"{dest} holds files Pear did not write there ({shown}); it is not a {what}, so Pear will "

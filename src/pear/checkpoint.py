@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as tensor_bytes, save_file
 from torch import nn
 
-from .atomic import atomic_dir_write, check_replaceable, sha256_file
+from .atomic import atomic_dir_write, atomic_write_file, check_replaceable, sha256_file
+from .card import CARD_FILE, render as render_card
 from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
 from .config import PearConfig
-from .errors import PearError
+from .errors import BackboneMismatch, PearError
 from .jsontypes import NONE, checkpoint_problems, wrong_types
 
 FORMAT = "pear-task"
@@ -59,9 +60,9 @@ def head_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None)
 
 
-def _backbone_tensors(model: nn.Module):
-    """(header, bytes, is_buffer) to hash for each frozen backbone tensor, by name; the
-    head, adapters and LoRA weights left out."""
+def _frozen_backbone(model: nn.Module):
+    """(name in the plain timm model, tensor, is_buffer) for each frozen backbone tensor,
+    by name; the head, adapters and LoRA weights left out."""
     model = unwrap(model)
     skip = set()
     for m in model.modules():
@@ -75,8 +76,25 @@ def _backbone_tensors(model: nn.Module):
     for name, t, is_buffer in sorted(((_backbone_name(n), t, b) for n, t, b in items), key=lambda x: x[0]):
         if id(t) in skip or "lora_" in name or (head and (name == head or name.startswith(head + "."))):
             continue
+        yield name, t, is_buffer
+
+
+def _backbone_tensors(model: nn.Module):
+    """(header, bytes, is_buffer) to hash for each frozen backbone tensor, by name."""
+    for name, t, is_buffer in _frozen_backbone(model):
         yield f"{name}:{tuple(t.shape)}:{t.dtype}".encode(), \
             t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), is_buffer
+
+
+def save_backbone(model: nn.Module, path: str | Path) -> None:
+    """Write the frozen backbone's tensors (those its state dict holds, under the plain
+    timm model's names, head and adapters left out) to the .safetensors file `path`,
+    atomically: a weights file that `create_backbone` loads back with the same fingerprint."""
+    model = unwrap(model)
+    kept = {_backbone_name(n) for n in model.state_dict()}
+    tensors = {n: t.detach().cpu().contiguous() for n, t, _ in _frozen_backbone(model) if n in kept}
+    data = tensor_bytes(tensors, metadata={"format": "pear-backbone"})
+    atomic_write_file(Path(path), lambda fh: fh.write(data))
 
 
 def fingerprint(model: nn.Module, buffers: bool = True) -> str:
@@ -101,6 +119,31 @@ def fingerprints(model: nn.Module) -> tuple[str, str]:
     return full.hexdigest()[:32], params.hexdigest()[:32]
 
 
+# What create_backbone records on a model: the settings besides its tensors that change
+# what it computes (input normalisation; a weights folder's architecture options).
+SETTINGS_ATTR = "pear_backbone_settings"
+
+
+def backbone_settings(model: nn.Module) -> dict | None:
+    """The settings `pear.harness.backbones.create_backbone` recorded on `model`, as JSON
+    (lists, not tuples), or None for a model built another way."""
+    settings = getattr(unwrap(model), SETTINGS_ATTR, None)
+    return json.loads(json.dumps(settings)) if isinstance(settings, dict) else None
+
+
+def check_settings(path: Path, saved: dict, model: nn.Module) -> None:
+    """PearError naming each setting that differs between the backbone a checkpoint was
+    trained on (`saved`: its backbone record) and `model`. Checkpoints from before the
+    settings were recorded, and models not built by create_backbone, are not compared."""
+    want, got = saved.get("settings"), backbone_settings(model)
+    if not isinstance(want, dict) or got is None or want == got:
+        return
+    diffs = [f"{k} was {want.get(k, '(unset)')!r}, now {got.get(k, '(unset)')!r}"
+             for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
+    raise PearError(f"{path} was trained on a backbone set up otherwise, which would compute other outputs: "
+                    f"{'; '.join(diffs)}. Pass the weights used in training, unchanged")
+
+
 # ---------------------------------------------------------------- save
 
 def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -120,8 +163,11 @@ def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None,
          class_names: list[str] | None = None, fingerprint_value: str | None = None,
-         meta: dict | None = None) -> Path:
-    """Write the task checkpoint of a Pear model to `directory` (atomically)."""
+         meta: dict | None = None, weights: str | Path | None = None) -> Path:
+    """Write the task checkpoint of a Pear model to `directory` (atomically), with its
+    model card (README.md). `backbone` (the timm name) and `weights` (the file, folder,
+    'builtin' or 'random' it was built with) name the base model: the weights' source
+    and SHA-256 are recorded, so that `from_pretrained` rebuilds it when they are found."""
     state = pear_state(model)
     base = unwrap(model)
     tensors = task_tensors(base)
@@ -149,18 +195,73 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names else None,
         "backbone": {"name": backbone, "fingerprint": fingerprint_value or full_fp,
-                     "weights_fingerprint": weights_fp},
+                     "weights_fingerprint": weights_fp, **weights_record(backbone, weights), **settings_field(base)},
+
         "meta": meta or {},
     }
 
-    write_tensor_dir(directory, tensors, info)
+    def card(tmp: Path, written: dict) -> None:
+        (tmp / CARD_FILE).write_text(render_card(written, file_bytes=(tmp / TENSORS_FILE).stat().st_size),
+                                     encoding="utf-8")
+
+    write_tensor_dir(directory, tensors, info, extra=card)
     return Path(directory)
 
 
+def weights_record(backbone: str | None, weights: str | Path | None) -> dict:
+    """{weights_source, weights_sha256} of the base model's weights: an absolute path (a
+    folder's hash is its model.safetensors'), 'builtin' (Pear's shipped file) or 'random'."""
+    if weights is None or weights == "random":  # None: not known
+        return {"weights_source": weights, "weights_sha256": None}
+    builtin = _builtin(backbone)
+    if weights == "builtin" or (builtin is not None and Path(weights).resolve() == _located(builtin)):
+        return {"weights_source": "builtin", "weights_sha256": builtin.sha256 if builtin else None}
+    path = Path(weights).resolve()
+    hashed = path / "model.safetensors" if path.is_dir() else path
+    return {"weights_source": str(path), "weights_sha256": sha256_file(hashed) if hashed.is_file() else None}
+
+
+def _builtin(backbone: str | None):
+    if not backbone:
+        return None
+    from .harness.backbones import BUILTIN_WEIGHTS  # timm: only when a checkpoint is saved
+
+    return BUILTIN_WEIGHTS.get(backbone.split(".")[0])
+
+
+def _located(builtin) -> Path | None:
+    try:
+        return builtin.locate().resolve()
+    except PearError:  # its package is not installed: then a file given is not that one
+        return None
+
+
+def recorded_weights(info: dict) -> str | None:
+    """The weights a checkpoint was trained with, when they are still where it says and
+    hash the same: 'builtin', 'random' or a path; None otherwise."""
+    bb = info.get("backbone") or {}
+    source, sha = bb.get("weights_source"), bb.get("weights_sha256")
+    if source in ("builtin", "random") or not source:
+        return source or None
+    path = Path(source)
+    hashed = path / "model.safetensors" if path.is_dir() else path
+    if not path.exists() or (sha is not None and (not hashed.is_file() or sha256_file(hashed) != sha)):
+        return None
+    return source
+
+
+def settings_field(model: nn.Module) -> dict:
+    """{"settings": ...} for a backbone record, or {} when the model carries none."""
+    settings = backbone_settings(model)
+    return {} if settings is None else {"settings": settings}
+
+
+
 def write_tensor_dir(directory: str | Path, tensors: dict[str, torch.Tensor], info: dict,
-                     tensors_file: str = TENSORS_FILE, info_file: str = CONFIG_FILE) -> None:
+                     tensors_file: str = TENSORS_FILE, info_file: str = CONFIG_FILE, extra=None) -> None:
     """Atomically write `tensors` (safetensors) and `info` (JSON, with the tensors'
-    names, shapes and file hash added) as one folder."""
+    names, shapes and file hash added) as one folder; `extra(tmp, info)` may add the
+    model card (CARD_FILE) to it."""
     info = dict(info)
     info["tensors"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                        for k, v in tensors.items()}
@@ -169,8 +270,10 @@ def write_tensor_dir(directory: str | Path, tensors: dict[str, torch.Tensor], in
         save_file(tensors, str(tmp / tensors_file), metadata={"format": str(info.get("format"))})
         info["tensors_sha256"] = sha256_file(tmp / tensors_file)
         (tmp / info_file).write_text(json.dumps(seal(info), indent=1, allow_nan=False), encoding="utf-8")
+        if extra is not None:
+            extra(tmp, info)
 
-    check_replaceable(Path(directory), {tensors_file, info_file}, "checkpoint folder")
+    check_replaceable(Path(directory), {tensors_file, info_file, CARD_FILE}, "checkpoint folder")
     atomic_dir_write(Path(directory), write)
 
 
@@ -354,6 +457,7 @@ def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str
     want = ckpt.info.get("backbone") or {}
     if backbone_name and want.get("name") and backbone_name != want["name"]:
         raise PearError(f"{ckpt.path} was trained on backbone {want['name']!r}, not {backbone_name!r}")
+    check_settings(ckpt.path, want, backbone)
     got = fingerprint(backbone)
     if want.get("fingerprint") and got != want["fingerprint"]:
         given = f"the given backbone{' ' + repr(backbone_name) if backbone_name else ''}"
@@ -365,9 +469,11 @@ def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str
                 f"depended on them. Keep the frozen backbone's norm layers in eval mode while training "
                 f"(pear.freeze_norm_stats(model) after model.train()), then train and "
                 f"save again")
-        raise PearError(
+        source = want.get("weights_source")
+        raise BackboneMismatch(
             f"{ckpt.path} was trained on a backbone with weight fingerprint {want['fingerprint']}, but "
-            f"{given} has {got}: other weights (pass the same --weights file used for training)"
+            f"{given} has {got}: other weights. Build the backbone with the weights it was trained on"
+            + (f" ({source})" if source else "") + ", or call pear.from_pretrained(folder) to rebuild it"
         )
 
 
@@ -478,3 +584,30 @@ def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | Non
         slots(trial)[p["name"]].info.importance = p.get("importance")
     trial.pear_checkpoint = ckpt.info
     return trial
+
+
+# ---------------------------------------------------------------- peft-style names
+
+def save_pretrained(model: nn.Module, directory: str | Path, *, backbone: str | None = None,
+                    weights: str | Path | None = None, class_names: list[str] | None = None,
+                    meta: dict | None = None) -> Path:
+    """`save` as peft users call it: the base model's timm name and weights file default
+    to what the model itself records (timm's pretrained_cfg: its architecture and, for
+    `timm.create_model(..., pretrained=True)` from a local file such as Pear's built-in
+    ViT, that file)."""
+    cfg = getattr(unwrap(model), "pretrained_cfg", None) or {}
+    return save(model, directory, backbone=backbone or cfg.get("architecture"),
+                weights=weights if weights is not None else cfg.get("file"), class_names=class_names, meta=meta)
+
+
+def from_pretrained(directory: str | Path, backbone: nn.Module | str | None = None, *,
+                    weights: str | Path | None = None) -> nn.Module:
+    """A saved task on its backbone. `backbone` is the plain model (see `load`), or a timm
+    name, or None for the recorded one; without a module the backbone is built from
+    `weights`, or from the recorded weights when they are still there with the same
+    SHA-256 (the fingerprint check refuses any other). Rebuilt models come in eval mode."""
+    if isinstance(backbone, nn.Module):
+        return load(directory, backbone)
+    from .harness.runs import rebuild  # timm, data configs: only when the backbone is built here
+
+    return rebuild(directory, backbone=backbone, weights=None if weights is None else str(weights))[0]

@@ -17,7 +17,7 @@ import shlex
 import sys
 import warnings
 
-from .errors import PearError
+from .errors import BackboneMismatch, PearError
 from .harness.files import read_mapping
 from .harness.options import add_train_arguments
 
@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .harness.runs import evaluate_run
 
-    result = evaluate_run(args.run, device=args.device)
+    result = evaluate_run(args.run, device=args.device, data=args.data)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -112,8 +112,8 @@ def cmd_suite(args) -> int:
         runs = suite.sweep(**sweep)
         if args.list:
             print(suite.list_runs(runs))
-        elif args.aggregate:
-            suite.finish(runs, args.out, command=shlex.join(["pear", *args.argv]))
+        elif args.aggregate:  # results.md names the suite's command, not this one
+            suite.finish(runs, args.out, command=shlex.join(["pear", *_without(args.argv, "--aggregate")]))
         else:
             _emit_slurm(args, runs)
     else:
@@ -130,22 +130,32 @@ def _seeds(text: str) -> list[int]:
 
 
 def _emit_slurm(args, runs) -> None:
-    from pathlib import Path
+    from .harness.slurm import emit_slurm
 
-    from .atomic import atomic_write_text
-    from .harness.slurm import slurm_script
+    argv = _without(args.argv, "--emit-slurm", "--slurm-gres")  # the same suite, run by each array task
+    emit_slurm(args.emit_slurm, [sys.executable, "-m", "pear", *argv], len(runs), sum(r.tuning for r in runs),
+               args.out, args.data, gres=args.slurm_gres)
 
-    argv, skip = [], False
-    for a in args.argv:  # the same suite, without --emit-slurm FILE
-        if skip or a == "--emit-slurm" or a.startswith("--emit-slurm="):
-            skip = a == "--emit-slurm"
-            continue
-        argv.append(a)
-    (Path(args.out) / "logs").mkdir(parents=True, exist_ok=True)  # sbatch does not create --output's folder
-    script = slurm_script([sys.executable, "-m", "pear", *argv], len(runs), sum(r.tuning for r in runs), args.out,
-                          Path.cwd(), args.emit_slurm)
-    atomic_write_text(Path(args.emit_slurm), script)
     print(f"wrote {args.emit_slurm}: {len(runs)} runs as a job array; submit with `sbatch {args.emit_slurm}`")
+
+
+def _without(argv: list[str], *flags: str) -> list[str]:
+    """`argv` without `flags` and their values (a flag in `_FLAGS_WITH_VALUE` takes the next word, unless
+    written --flag=VALUE)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in a and name in _FLAGS_WITH_VALUE
+            continue
+        out.append(a)
+    return out
+
+
+_FLAGS_WITH_VALUE = ("--emit-slurm", "--slurm-gres")
 
 
 def _suite_base(args) -> dict:
@@ -160,8 +170,11 @@ def _suite_base(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="pear", description="Pear: pruning and sharing adapters for "
                                      "parameter-efficient fine-tuning of vision models.")
+    parser.add_argument("--version", action="version", version=f"pear {__version__}", help="print the version")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one (task, method) run")
@@ -170,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="recompute a run's test accuracy from its saved checkpoint")
     p.add_argument("--run", required=True, help="run folder written by pear train")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=None, help="data root to evaluate on (default: the one the run recorded); "
+                   "for a run folder moved to another machine, it must hold the same task lists")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="built-in datasets")
@@ -178,61 +193,64 @@ def build_parser() -> argparse.ArgumentParser:
     b = dsub.add_parser("build", help="write a built-in real dataset in VTAB-1k format")
     b.add_argument("name", help="fashion_mnist | sprites_loc | sprites_ori")
     b.add_argument("--out", required=True, help="data root to write into")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the images drawn into each split (default 0)")
     b.add_argument("--source", default=None, help="folder of Fashion-MNIST IDX files (default: Debian's)")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing task folder")
     b.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("demo", help="the built-in default: EfficientNet-Lite0 + Fashion-MNIST 1k, method pear")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data", default="data")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("demo", help="the built-in default: Pear's own ViT (pear_vit_tiny6_patch4_32) + "
+                       "Fashion-MNIST 1k at 32 px, method pear")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; a finished demo there is "
+                   "shown again, an unfinished one resumed)")
+    p.add_argument("--data", default="data", help="data root; the Fashion-MNIST 1k task is built into it when "
+                   "missing (default data)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run folder and train again")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("inspect", help="per-position importance, pruning and sharing, stored bytes")
     p.add_argument("path", help="run folder or checkpoint folder")
     p.add_argument("--plot", default=None, help="write a PNG of the pruning map")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print everything as JSON instead of the table")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("predict", help="top-k classes for images with a task checkpoint")
     p.add_argument("--ckpt", required=True, help="task checkpoint folder (RUN/checkpoint)")
     p.add_argument("--backbone", default=None, help="timm name (default: the checkpoint's)")
     p.add_argument("--weights", default=None, help="the backbone weights used in training")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("suite", help="run every (task, method, seed); resumable; writes results.csv/.md + plot",
+    # allow_abbrev=False: --emit-slurm's script repeats this command line minus --emit-slurm FILE,
+    # so an abbreviation (--emit FILE) would reach every array task.
+    p = sub.add_parser("suite", allow_abbrev=False,
+                       help="run every (task, method, seed); resumable; writes results.csv/.md + plot",
                        description="Run every (task, method, seed) into OUT/runs/..., resumably, and aggregate "
                        "OUT/results.csv/.md. A whole suite holds OUT alone while it runs (OUT/.pear-lock, an flock "
                        "the kernel drops when the process dies): a second suite on OUT is refused, naming its PID. "
                        "--index runs hold OUT shared, so any number of them run side by side (each run folder has "
                        "its own lock), but not beside a whole suite of the same OUT.")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="VTAB-format data root holding every task folder")
     p.add_argument("--tasks", default=None, help="comma-separated task names (required unless --preset)")
-    p.add_argument("--methods", default=None, help="(required unless --preset, which defaults to pear) ""comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too) and "
+    p.add_argument("--methods", default=None, help="(required unless --preset, which defaults to pear) ""comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too),peft-lora-eq (LoRA at the rank "
+                   "whose trainable parameters match pear's) and "
                    "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group, "
                    "or any Pear option as pear@FIELD=VALUE[@FIELD=VALUE...], e.g. pear@act=gelu@blocks=0+6")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, each run once per (task, method) "
+                   "(default 0)")
     p.add_argument("--out", default=None, help="suite folder, outside --data (required unless --preset: "
                    "suites/PRESET)")
     p.add_argument("--preset", default=None, choices=["vtab1k"], help="vtab1k: the 19 VTAB-1k tasks (every "
                    "folder must be in --data) with the paper-style recipe: 100 epochs (10 warm-up), AdamW lr 1e-3, "
                    "wd 1e-4, batch 64, cosine, 224 px; flags override the recipe")
     p.add_argument("-c", "--config", default=None, help="YAML of training options shared by all runs")
-    p.add_argument("--backbone", default=None)
-    p.add_argument("--weights", default=None)
-    p.add_argument("--img-size", dest="img_size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=int, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--workers", type=int, default=None)
+    for flag, typ in (("--backbone", str), ("--weights", str), ("--img-size", int), ("--epochs", int),
+                      ("--warmup-epochs", int), ("--batch-size", int), ("--lr", float), ("--workers", int)):
+        p.add_argument(flag, type=typ, default=None, help=f"every run's {flag}, as in pear train")
     p.add_argument("--devices", default=None, help="comma-separated devices, one run per device at a time "
                    "(e.g. cuda:0,cuda:1)")
     p.add_argument("--build", action="store_true", help="build missing built-in datasets into --data first")
@@ -249,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "name the runs that have not")
     sched.add_argument("--emit-slurm", default=None, metavar="FILE", help="write an sbatch --array script that "
                        "runs every index of this suite")
+    sched.add_argument("--slurm-gres", default="gpu:1", metavar="GRES", help="the script's #SBATCH --gres, e.g. "
+                       "gpu:a100:1; '' for none (default gpu:1)")
     p.set_defaults(func=cmd_suite)
     return parser
 
@@ -259,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("once")
     try:
         return args.func(args)
+    except BackboneMismatch as exc:
+        print(f"pear: error: {exc}; on the command line, pass the same --weights used for training",
+              file=sys.stderr)
+        return 2
     except PearError as exc:
         print(f"pear: error: {exc}", file=sys.stderr)
         return 2

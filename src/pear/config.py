@@ -20,11 +20,10 @@ from .errors import PearError
 ADAPTER_KINDS = ("parallel", "sequential", "lora")
 SUBLAYERS = ("attn", "mlp")
 IMPORTANCE_METHODS = ("taylor", "magnitude", "gradient", "output", "random")
-# Stored values; the matched policy is stored under its earlier name 'rank', which
-# checkpoints, plans and pruning use.
-SHARE_POLICIES = ("rank", "nearest", "top1", "none")
-SHARE_POLICY_NAMES = ("matched", "nearest", "top1", "none")  # what users write
-SHARE_ALIASES = {"matched": "rank"}  # name -> stored value
+SHARE_POLICIES = ("matched", "nearest", "top1", "none")
+SHARE_POLICY_NAMES = SHARE_POLICIES  # what users write, and what files store
+# Earlier name -> today's: files written before the rename store the matched policy as 'rank'; they keep loading.
+SHARE_ALIASES = {"rank": "matched"}
 KNOWLEDGE_MODES = ("none", "merge", "frozen", "distill", "svd")
 PRUNE_SCOPES = ("global", "group")
 ACTIVATIONS = ("relu", "gelu", "identity")
@@ -77,10 +76,10 @@ class PearConfig:
                   "than the ratio says; on a ViT, whose positions all match, the same as global)."},
     )
     share: str = field(
-        default="rank",
+        default="matched",
         metadata={"help": "Share policy for pruned positions: matched (i-th most important kept adapter "
-                  "to the i-th least important pruned position; stored as 'rank', its earlier name, "
-                  "which is accepted too), nearest (closest kept position by depth, "
+                  "to the i-th least important pruned position; 'rank', its earlier name, is read as "
+                  "matched), nearest (closest kept position by depth, "
                   "same sub-layer kind), top1 (the single most important adapter), none (plain pruning)."},
     )
     knowledge: str = field(
@@ -94,7 +93,8 @@ class PearConfig:
     )
     distill_steps: int = field(
         default=100,
-        metadata={"help": "Adam steps of the 'distill' knowledge checkpoint (ignored by the other modes)."},
+        metadata={"help": "L-BFGS iterations of the 'distill' knowledge checkpoint's fit (ignored by the other "
+                  "modes)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the 'random' importance control."})
 

@@ -12,3 +12,7 @@ expected. The CLI prints the message and exits with code 2, no traceback.
 
 class PearError(ValueError):
     """A user-facing error: the message alone must tell the user what to fix."""
+
+
+class BackboneMismatch(PearError):
+    """A task checkpoint was given a backbone with other weights than it was trained on."""

@@ -9,7 +9,9 @@ NONE = type(None)
 # What every checkpoint (a Pear task or a plain run's) records about itself.
 CHECKPOINT_FIELDS = {"head": (str, NONE), "num_classes": (int, NONE), "class_names": (list, NONE),
                      "backbone": (dict, NONE), "meta": (dict, NONE)}
-BACKBONE_FIELDS = {"name": (str, NONE), "fingerprint": (str, NONE), "weights_fingerprint": (str, NONE)}
+BACKBONE_FIELDS = {"name": (str, NONE), "fingerprint": (str, NONE), "weights_fingerprint": (str, NONE),
+                   "weights_source": (str, NONE), "weights_sha256": (str, NONE), "settings": (dict, NONE)}
+
 
 
 def has_type(value, types: type | tuple[type, ...]) -> bool:

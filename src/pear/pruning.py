@@ -318,7 +318,9 @@ def capture_inputs(model: nn.Module, batches, max_rows: int = 8192) -> dict[str,
     hooks = []
     for name, slot in slots(model).items():
         def keep(t: torch.Tensor, name: str = name) -> None:
-            captured.setdefault(name, []).append(t.detach().reshape(-1, t.shape[-1]) if t.ndim == 3 else t.detach())
+            # fp32, whatever autocast computed them in: the fit runs on the fp32 adapters.
+            t = t.detach().float()
+            captured.setdefault(name, []).append(t.reshape(-1, t.shape[-1]) if t.ndim == 3 else t)
         if slot.mode == "parallel":
             hooks.append(slot.register_forward_pre_hook(lambda mod, args, keep=keep: keep(args[0])))
         else:

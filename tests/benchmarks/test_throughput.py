@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from pear.harness.precision import choose
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
 TOY = ["--backbone", "vit_tiny_patch16_224", "--model-kwargs",
@@ -46,7 +49,7 @@ def test_every_method_and_the_tracker_are_measured(throughput, tmp_path):
     assert head < params["lora"] < params["full"] and params["adapter"] < params["full"]
     assert rows["adapter"]["step_time_vs_adapter"] == 1.0
     assert res["tracker_overhead"] > 0 and res["tracker_update_ms"] > 0
-    assert res["settings"]["amp_bf16"] is False  # CPU default, as in training
+    assert res["settings"]["amp_bf16"] is choose(None, torch.device("cpu")).amp  # CPU default, as in training
     assert res["machine"]["process_peak_rss_mb"] > 0
 
 
@@ -65,12 +68,33 @@ def test_markdown_names_the_command_and_each_method(throughput, tmp_path):
     (["--out", "res.txt"], "must end in .md or .json"),
     (["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (["--model-kwargs", "[1]"], "expected a JSON object"),
+    (["--precisions", "fp32,fp8"], "unknown ['fp8']"),
+    (["--precisions", "fp32", "--amp"], "leave out --amp"),
 ])
 def test_bad_arguments_are_refused_by_name(throughput, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         throughput.parse_args(args)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_precision_settings_side_by_side_with_the_ceiling(throughput, tmp_path):
+    out = tmp_path / "res.json"
+    assert throughput.main([*TOY, "--methods", "pear", "--precisions", "fp32,bf16-matmul-frozen,auto",
+                            "--ceiling", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["precision"]: r for r in res["results"]}
+    assert list(rows) == ["fp32", "bf16-matmul-frozen", "auto"]
+    assert (rows["fp32"]["amp_bf16"], rows["fp32"]["attention"]) == (False, "sdpa")
+    assert rows["bf16-matmul-frozen"]["frozen_bf16"] and rows["bf16-matmul-frozen"]["attention"] == "matmul"
+    assert rows["fp32"]["speedup_vs_fp32"] == 1.0
+    for r in rows.values():
+        assert 0 < r["speedup_round_min"] <= r["speedup_round_max"]
+        assert r["step_gflop"] > 0 and r["achieved_gflops"] > 0 and r["share_of_bf16_ceiling"] > 0
+    c = res["ceiling"]
+    assert c["square_2048"]["bf16"] > 0 and c["step_shape"]["inner"] == 32 and c["step_shape"]["cols"] == 128
+    md = throughput.markdown(res)
+    assert "Matmul ceiling" in md and "speed-up vs fp32" in md and "| pear [auto] |" in md
 
 
 def test_quartiles_stay_within_the_timed_steps(throughput):

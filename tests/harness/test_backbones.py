@@ -284,3 +284,20 @@ def test_random_init_warns_and_uses_the_pretrained_cfg_normalisation():
 def test_img_size_is_ignored_by_convolutional_backbones():
     model, _ = create_backbone("tf_efficientnet_lite0", 2, img_size=64)
     assert logits(model.eval(), torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+class RunsACommand:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+def test_pickled_code_is_named_as_code(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(RunsACommand(), protocol=2))
+    with pytest.raises(PearError, match=rf"{re.escape(str(path))} holds code \(a call of posix\.system\) and was "
+                                        r"refused: nothing in it was run"):
+        tiny_vit(10, path)

@@ -271,3 +271,53 @@ def test_fuzz_read_idx(tmp_path_factory, payload):
     except PearError:
         return
     assert array.dtype == np.uint8 and array.ndim in (1, 3)
+
+
+def _racing_build(monkeypatch, name: str, root: Path):
+    """Start building `name` into `root` in a thread that pauses half-way through writing its temporary
+    folder; returns (the thread, the list its error lands in) once it is half-way."""
+    import threading
+    import time
+
+    halfway, errors = threading.Event(), []
+    write = builders._write_task
+
+    def slow(folder, splits, class_names):
+        (folder / "images").mkdir()
+        halfway.set()
+        time.sleep(0.5)  # meanwhile a second build starts
+        (folder / "images").rmdir()
+        write(folder, splits, class_names)
+
+    monkeypatch.setattr(builders, "_write_task", slow)
+
+    def first():
+        try:
+            build_dataset(name, root)
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever the first build met
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert halfway.wait(10)
+    monkeypatch.setattr(builders, "_write_task", write)
+    return thread, errors
+
+
+def test_a_second_build_waits_for_the_first_and_is_refused_cleanly(tmp_path, small_builds, monkeypatch):
+    thread, errors = _racing_build(monkeypatch, "sprites_loc", tmp_path)
+    with pytest.raises(PearError, match="already exists"):
+        build_dataset("sprites_loc", tmp_path)
+    thread.join()
+    assert errors == []
+    assert task_info(tmp_path, "sprites_loc").num_classes == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sprites_loc"]
+
+
+def test_a_build_if_missing_takes_the_result_of_a_build_under_way(tmp_path, small_builds, monkeypatch):
+    """`pear suite --index I --build` of every array task at once: one builds, the others use it."""
+    thread, errors = _racing_build(monkeypatch, "sprites_ori", tmp_path)
+    assert build_dataset("sprites_ori", tmp_path, if_missing=True) == tmp_path / "sprites_ori"
+    thread.join()
+    assert errors == []
+    assert len((tmp_path / "sprites_ori" / "train800.txt").read_text().splitlines()) == 3

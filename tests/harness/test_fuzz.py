@@ -1,8 +1,9 @@
 """Fuzzing every file format Pear reads from users: VTAB list files, IDX files, task
 checkpoints (pear_config.json and the safetensors file), run options (as YAML, flags
 and the suite hand them over), the training state's state.json, the suite's readers
-(metrics.json, choice.json and args.yaml as --list and --aggregate read them), and the CLI
-on top of them.
+(metrics.json, choice.json and args.yaml as --list and --aggregate read them), weights
+folders (a transformers ViT's config.json and preprocessor_config.json, a timm export's
+config.json), and the CLI on top of them.
 
 The property is always the same: whatever the bytes, the reader returns a valid result
 or raises PearError; no other exception, no read outside the task folder, no large
@@ -44,6 +45,7 @@ import pear
 from pear.checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint, seal
 from pear.cli import main
 from pear.errors import PearError
+from pear.harness.backbones import create_backbone
 from pear.harness.builders import read_idx
 from pear.harness.data import MAX_INFERRED_CLASSES, read_list, task_info
 from pear.harness import suite, tuning
@@ -203,7 +205,8 @@ def _backbone() -> torch.nn.Module:
 def checkpoint(tmp_path_factory):
     """(folder, pristine file bytes, backbone) of a pruned, shared tiny-ViT task."""
     backbone = _backbone()
-    model = pear.attach(copy.deepcopy(backbone), pear.PearConfig(rank=2, prune_ratio=0.5, knowledge="frozen"))
+    model = copy.deepcopy(backbone)
+    pear.attach(model, pear.PearConfig(rank=2, prune_ratio=0.5, knowledge="frozen"))
     scores = {name: float(i) for i, name in enumerate(pear.slots(model))}
     pear.prune_and_share(model, pear.make_plan(scores, pear.PearConfig(rank=2, prune_ratio=0.5), model))
     folder = tmp_path_factory.mktemp("ckpt") / "checkpoint"
@@ -552,3 +555,76 @@ def test_the_suite_fixture_reads_clean(suite_folder):
     root, out, _ = suite_folder
     suite.list_runs(suite.sweep(str(root), **SUITE, out=str(out), base=SUITE_BASE, tune=True))
     assert len(aggregate(out)) == 2
+
+
+# ---------------------------------------------------------------- weights folders (hub.py)
+
+def _hub_folders(root: Path) -> dict[str, tuple[Path, dict[str, bytes]]]:
+    """A tiny transformers ViT folder and a tiny timm folder, each as (folder, its files' bytes)."""
+    from safetensors.torch import save_file
+    from timm.models import save_for_hf
+
+    hf = root / "hf"
+    hf.mkdir()
+    sizes = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24, image_size=8,
+                 patch_size=4, num_channels=3)
+    (hf / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTModel"],
+                                                "hidden_act": "gelu", "layer_norm_eps": 1e-12, "qkv_bias": True,
+                                                **sizes}))
+    (hf / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5],
+                                                             "image_std": [0.5, 0.5, 0.5],
+                                                             "size": {"height": 8, "width": 8}}))
+    d, inner, tokens = 16, 24, 5
+    tensors = {"embeddings.cls_token": torch.zeros(1, 1, d), "embeddings.position_embeddings": torch.zeros(1, tokens, d),
+               "embeddings.patch_embeddings.projection.weight": torch.zeros(d, 3, 4, 4),
+               "embeddings.patch_embeddings.projection.bias": torch.zeros(d),
+               "layernorm.weight": torch.ones(d), "layernorm.bias": torch.zeros(d)}
+    layer = "encoder.layer.0."
+    for name, shape in {"layernorm_before": (d,), "layernorm_after": (d,)}.items():
+        tensors.update({f"{layer}{name}.weight": torch.ones(shape), f"{layer}{name}.bias": torch.zeros(shape)})
+    for name, (rows, cols) in {"attention.attention.query": (d, d), "attention.attention.key": (d, d),
+                               "attention.attention.value": (d, d), "attention.output.dense": (d, d),
+                               "intermediate.dense": (inner, d), "output.dense": (d, inner)}.items():
+        tensors.update({f"{layer}{name}.weight": torch.zeros(rows, cols), f"{layer}{name}.bias": torch.zeros(rows)})
+    save_file(tensors, str(hf / "model.safetensors"))
+    timm_dir = root / "timm"
+    source = timm.create_model("vit_tiny_patch16_224", depth=1, embed_dim=16, num_heads=2, patch_size=4, img_size=8)
+    save_for_hf(source, str(timm_dir), safe_serialization=True)
+    return {kind: (folder, {p.name: p.read_bytes() for p in folder.iterdir()}) for kind, folder in
+            (("transformers", hf), ("timm", timm_dir))}
+
+
+@pytest.fixture(scope="module")
+def hub_folders(tmp_path_factory):
+    folders = _hub_folders(tmp_path_factory.mktemp("hub"))
+    for folder, _ in folders.values():
+        create_backbone(None, 3, weights=folder)  # the pristine folders load
+    return folders
+
+
+def _fuzz_folder_file(hub_folders, tmp_path_factory, data, kind: str, name: str) -> None:
+    _, files = hub_folders[kind]
+    fuzzed = tmp_path_factory.getbasetemp() / f"fuzzed-{kind}"
+    _write(fuzzed, {**files, name: data.draw(config_texts(files[name]))})
+    try:
+        create_backbone(None, 3, weights=fuzzed)
+    except PearError:
+        pass
+
+
+@FUZZ
+@given(data=st.data())
+def test_transformers_config_json(hub_folders, tmp_path_factory, data):
+    _fuzz_folder_file(hub_folders, tmp_path_factory, data, "transformers", "config.json")
+
+
+@FUZZ
+@given(data=st.data())
+def test_transformers_preprocessor_config_json(hub_folders, tmp_path_factory, data):
+    _fuzz_folder_file(hub_folders, tmp_path_factory, data, "transformers", "preprocessor_config.json")
+
+
+@FUZZ
+@given(data=st.data())
+def test_timm_config_json(hub_folders, tmp_path_factory, data):
+    _fuzz_folder_file(hub_folders, tmp_path_factory, data, "timm", "config.json")

@@ -26,7 +26,7 @@ def test_run_and_checkpoint_folders_agree_with_the_model_report(tiny_run):
     t = info["totals"]
     assert {k: v for k, v in t.items() if k != "checkpoint_file_bytes"} == rep["totals"]
     assert t["pruned"] == 2 and t["shared"] == 2 and t["adapter_ratio"] == 0.5
-    assert t["checkpoint_file_bytes"] == sum(f.stat().st_size for f in ckpt.iterdir())
+    assert t["checkpoint_file_bytes"] == sum(f.stat().st_size for f in ckpt.iterdir() if f.name != "README.md")
     assert info["metrics"] == json.loads((tiny_run.run / "metrics.json").read_text())
     assert t["checkpoint_file_bytes"] == info["metrics"]["checkpoint_file_bytes"]
 
@@ -52,6 +52,7 @@ def test_table_shows_every_position_and_the_totals(tiny_run):
 
 def test_plot_writes_a_png(tiny_run, tmp_path):
     out = tmp_path / "plots" / "map.png"
+    out.parent.mkdir()  # a user-named file goes into a folder that exists (pear.harness.outputs)
     info = inspect_path(tiny_run.run, plot=out)
     assert info["plot"] == str(out)
     data = out.read_bytes()

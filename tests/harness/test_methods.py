@@ -14,7 +14,8 @@ def _trainable_lora(model):
 @pytest.mark.parametrize("kind", ["vit", "cnn"])
 def test_equal_budget_lora_is_the_rank_closest_to_the_adapters_parameters(kind, model_factory):
     config = PearConfig()
-    adapter = pear.attach(model_factory(kind), config)
+    adapter = model_factory(kind)
+    pear.attach(adapter, config)
     budget = adapter.pear_state.unpruned_adapter_params
     rank = lora_rank(model_factory(kind), config)
     lora = {r: _trainable_lora(prepare(model_factory(kind), "peft-lora", PearConfig(rank=r))) for r in

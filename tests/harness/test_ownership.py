@@ -133,7 +133,8 @@ def test_yaml_booleans_must_be_booleans(finished, tmp_path, capsys):
 
 
 def test_save_never_replaces_user_files(model_factory, tmp_path):
-    model = pear.attach(model_factory("vit"))
+    model = model_factory("vit")
+    pear.attach(model)
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
@@ -496,7 +497,8 @@ def test_pear_error_is_a_value_error_and_the_library_raises_it(model_factory):
     assert issubclass(PearError, ValueError)
     with pytest.raises(PearError, match="PearConfig.rank"):
         pear.PearConfig(rank=0)
-    model = pear.attach(model_factory("vit"))
+    model = model_factory("vit")
+    pear.attach(model)
     with pytest.raises(PearError, match="already"):
         pear.attach(model)
 
@@ -537,3 +539,63 @@ assert caught and caught[0].category is DeprecationWarning
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[-1] == "False False", proc.stderr
+
+
+# ---------------------------------------------------------------- issue 22: TensorBoard runs, lock files
+
+def test_a_tensorboard_run_can_be_resumed_and_replaced(finished, capsys):
+    run, _, argv = finished
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"")  # what a crashed --tensorboard run left
+    rc, err = _cli(_with(argv, resume=True, tensorboard=True), capsys)
+    assert rc == 0, err
+    rc, err = _cli(_with(argv, overwrite=True, tensorboard=True), capsys)
+    assert rc == 0, err
+    assert any((run / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hard link", "someone's file"])
+def test_a_run_lock_never_writes_into_a_file_it_did_not_make(finished, tmp_path, capsys, plant):
+    run, _, argv = finished
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    (run / LOCK_FILE).unlink(missing_ok=True)
+    if plant == "symlink":
+        (run / LOCK_FILE).symlink_to(notes)
+    elif plant == "hard link":
+        os.link(notes, run / LOCK_FILE)
+    else:
+        (run / LOCK_FILE).write_text("my notes\n")
+    err = _refused(_with(argv, resume=True), capsys)
+    assert LOCK_FILE in err and "Pear will not" in err
+    assert notes.read_text() == "my notes\n"
+    if plant == "someone's file":
+        assert (run / LOCK_FILE).read_text() == "my notes\n"
+
+
+def test_the_suite_folder_lock_never_follows_a_symlink(suite_argv, tmp_path, capsys, monkeypatch):
+    from pear.harness import suite
+
+    trained = []
+    monkeypatch.setattr(suite, "train", _fake_train(trained))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / LOCK_FILE).symlink_to(notes)
+    for argv in (suite_argv, [*suite_argv, "--index", "0"]):
+        err = _refused(argv, capsys)
+        assert "symbolic link" in err
+    assert notes.read_text() == "my notes\n" and trained == []
+
+
+def test_a_missing_tensorboard_package_is_found_before_the_run_folder_exists(finished, tmp_path, capsys,
+                                                                              monkeypatch, suite_argv):
+    _, _, argv = finished
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    out = tmp_path / "fresh"
+    err = _refused(_with(argv, out=out, tensorboard=True), capsys)
+    assert "--tensorboard needs the tensorboard package" in err
+    assert not out.exists()
+    err = _refused([*suite_argv, "--tensorboard"], capsys)
+    assert "--tensorboard needs the tensorboard package" in err
+    assert not (tmp_path / "suite").exists()

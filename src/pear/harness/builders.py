@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from pear.atomic import atomic_dir_write, check_replaceable
 from pear.errors import PearError
 from pear.harness.data import read_at_most
+from pear.harness.rundir import waiting_for
 
 BUILTIN_DATASETS = ("fashion_mnist", "sprites_loc", "sprites_ori")
 
@@ -265,7 +266,7 @@ def _write_task(folder: Path, splits, class_names: list[str]) -> None:
 
 
 def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | Path | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, if_missing: bool = False) -> Path:
     """Write built-in dataset `name` to ``<out_root>/<name>/`` and return that folder.
 
     - ``fashion_mnist``: real Fashion-MNIST from the IDX files in `source` (default: the
@@ -284,7 +285,10 @@ def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | 
     The build happens in a temporary folder beside the destination and replaces it in one
     step at the end (`pear.atomic.atomic_dir_write`), so an interrupted build never leaves
     a half-written task folder, and the folder gets the mode the user's umask gives.
-    An existing destination is refused unless `overwrite`.
+    An existing destination is refused unless `overwrite`; with `if_missing` it is returned
+    as it is (`pear suite --build`, whose array tasks may all start the same build at once).
+    One build per data root at a time: a second process waits for the first (an flock on
+    the data root, `pear.harness.rundir.waiting_for`), then finds its result.
     """
     if name not in BUILTIN_DATASETS:
         raise PearError(f"dataset {name!r} is not built in; expected one of "
@@ -295,21 +299,37 @@ def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | 
         raise PearError(f"dataset {name!r} is generated and takes no source; got {source}")
     out_root = Path(out_root)
     dest = out_root / name
-    if dest.exists() and not overwrite:
-        raise PearError(f"{dest} already exists; pass overwrite=True (or remove it) to rebuild")
-    check_replaceable(dest, BUILT_FILES, "dataset Pear built")
+    if _check_destination(dest, overwrite, if_missing):
+        return dest
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise PearError(f"output root {out_root} is not a folder") from None
     except OSError as e:
         raise PearError(f"cannot create output root {out_root}: {e.strerror or e}") from None
+    with waiting_for(out_root, "dataset build"):
+        if _check_destination(dest, overwrite, if_missing):  # again: another build may have just finished it
+            return dest
+        _build(name, dest, seed, source)
+    return dest
 
+
+def _check_destination(dest: Path, overwrite: bool, if_missing: bool) -> bool:
+    """True when `dest` exists and `if_missing` takes it as it is; a PearError when it exists and may not be
+    replaced; False when the build goes ahead."""
+    if dest.exists() and not overwrite:
+        if if_missing:
+            return True
+        raise PearError(f"{dest} already exists; pass overwrite=True (or remove it) to rebuild")
+    check_replaceable(dest, BUILT_FILES, "dataset Pear built")
+    return False
+
+
+def _build(name: str, dest: Path, seed: int, source: str | Path | None) -> None:
     if name == "fashion_mnist":
         splits, class_names = _fashion_mnist(source, seed)
     else:
         splits, class_names = _sprites("x" if name == "sprites_loc" else "theta", seed)
 
     atomic_dir_write(dest, lambda tmp: _write_task(tmp, splits, class_names))
-    return dest
 

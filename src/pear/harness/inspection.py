@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import atomic_write_file
+from ..card import CARD_FILE
 from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..config import SHARE_ALIASES
 from ..errors import PearError
 from ..jsontypes import checkpoint_problems
 from ..report import checkpoint_report, tensors_size
+from .outputs import PNG, write_output
 from .runs import checkpoint_kind, read_metrics
 from .state import PLAIN_FILES, read_plain
 
 _KIND_COLOURS = {"attn": "#3b75af", "mlp": "#ef8636", "qkv": "#519e3e", "block": "#3b75af"}
 
-# Files store the matched share policy under its earlier name; users read the current one.
-_PUBLIC_SHARE = {stored: name for name, stored in SHARE_ALIASES.items()}
+# Files written before the rename store the matched share policy as 'rank'; users read today's name.
+_PUBLIC_SHARE = SHARE_ALIASES
 
 
 def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
@@ -63,8 +64,11 @@ def _described(kind: str, ckpt: Path, info: dict) -> dict:
 def _inspect_pear(ckpt: Path) -> dict:
     task = read_checkpoint(ckpt)
     rep = checkpoint_report(task)
-    files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE))
-    rep["totals"]["checkpoint_file_bytes"] = sum(files.values())
+    card = (CARD_FILE,) if (ckpt / CARD_FILE).is_file() else ()  # checkpoints before 0.2 have none
+    files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE, *card))
+    # What a task costs to store and load: its tensors and config. The model card is listed
+    # but not counted: it is documentation, and its size depends on paths in its command.
+    rep["totals"]["checkpoint_file_bytes"] = sum(n for name, n in files.items() if name != CARD_FILE)
     return {**_described("pear", ckpt, task.info), **rep, "files": files}
 
 
@@ -251,9 +255,6 @@ def plot_pruning_map(info: dict, path: str | Path) -> Path:
 
 
 def _save_png(fig, path: Path) -> Path:
-    """Save next to `path`, then rename: a reader never sees half a PNG."""
-    try:
-        atomic_write_file(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
-    except OSError as exc:
-        raise PearError(f"cannot write plot {path}: {exc.strerror or exc}") from None
-    return path
+    """Write the PNG under the rule for user-named files (`pear.harness.outputs`): never
+    over a checkpoint or another file that is not a PNG, and atomically."""
+    return write_output(path, lambda fh: fig.savefig(fh, format="png", dpi=120), PNG)

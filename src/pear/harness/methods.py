@@ -46,7 +46,8 @@ def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float
     if method in LORA_METHODS:
         rank = lora_rank(model, config) if method == "peft-lora-eq" else config.rank
         return _lora(model, rank, lora_alpha, head)
-    return attach(model, pear_config_for(method, config))
+    attach(model, pear_config_for(method, config))
+    return model
 
 
 def lora_targets(model: nn.Module) -> str:
@@ -59,7 +60,9 @@ def lora_targets(model: nn.Module) -> str:
 def lora_rank(model: nn.Module, config: PearConfig) -> int:
     """The LoRA rank whose trainable parameters come closest to those of the unpruned Pear
     adapters that `config` would attach to `model` (counted on a copy)."""
-    budget = pear_state(attach(copy.deepcopy(model), pear_config_for("adapter", config))).unpruned_adapter_params
+    trial = copy.deepcopy(model)
+    attach(trial, pear_config_for("adapter", config))
+    budget = pear_state(trial).unpruned_adapter_params
     pattern = lora_targets(model)
     per_rank = 0  # LoRA adds r * (fan-in + fan-out) per targeted layer
     for name, m in model.named_modules():

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import hashlib
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,7 +23,7 @@ from typing import Any
 
 from ..config import PearConfig
 from ..errors import PearError
-from .hub import default_backbone
+from .hub import default_backbone, default_img_size
 from .method_names import METHOD_ALIASES, METHODS, PRUNING_METHODS, canonical_method, pear_config_for
 
 
@@ -45,8 +47,9 @@ class TrainConfig:
         "help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True})
     method: str = _opt("pear", " | ".join(METHODS) + " (" + ", ".join(
         f"{old!r} = {new!r}" for old, new in METHOD_ALIASES.items()) + ")")
-    img_size: int | None = _opt(None, "input resolution (default: the backbone's own: 224 for ViT-B/16 and "
-                                      "Lite0, 32 for pear_vit_tiny6_patch4_32)")
+    img_size: int | None = _opt(None, "input resolution (default: the one a --weights folder's config.json "
+                                      "gives, else the backbone's own: 224 for ViT-B/16 and Lite0, 32 for "
+                                      "pear_vit_tiny6_patch4_32)")
     epochs: int = _opt(100, "training epochs")
     warmup_epochs: int | None = _opt(None, "linear LR warm-up epochs (default: 10% of epochs, at least 1)")
     batch_size: int = _opt(64, "global batch size")
@@ -59,7 +62,8 @@ class TrainConfig:
     prune_epoch: int | None = _opt(None, "epoch at which to prune (default: the end of the warm-up)")
     lora_alpha: float | None = _opt(None, "alpha of the peft-lora baselines (default: their rank, a scale of 1)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool | None = _opt(None, "bf16 autocast (default: on with CUDA, off on CPU)")
+    amp: bool | None = _opt(None, "bf16 autocast (default: on with CUDA and on a CPU with bf16 matrix "
+                                   "instructions, AMX or AVX512-BF16; --no-amp: fp32)")
     compile: bool = _opt(False, "torch.compile the model (wrapped again after pruning; a few graphs, never one "
                                 "per step)")
     workers: int = _opt(2, "data loader worker processes")
@@ -72,17 +76,24 @@ class TrainConfig:
     overwrite: bool = _opt(False, "replace an existing run folder")
     resume: bool = _opt(False, "continue the run in --out from its last complete epoch")
     eval_batch_size: int = _opt(256, "evaluation batch size")
+    task_lists: str | None = _opt(None, "SHA-256 of the task's list files, recorded by the run: a run folder "
+                                        "moved elsewhere takes any --data that holds the same lists", cli=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.pear, dict):
             self.pear = _pear_from_dict(self.pear)
         _check_types(self)
+        # Absolute, so that args.yaml names the same files from any working directory (an earlier
+        # args.yaml's relative paths meant the folder it was read from; read there, they still do).
+        self.data = os.path.abspath(self.data)
+        if self.weights not in (None, "builtin", "random"):
+            self.weights = os.path.abspath(self.weights)
         if self.overwrite and self.resume:
             raise PearError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         if self.backbone is None:
             self.backbone = default_backbone(self.weights)
-        if self.img_size is None:
-            self.img_size = native_img_size(self.backbone)
+        if self.img_size is None:  # a checkpoint folder's own resolution first: its name may be a generic ViT's
+            self.img_size = default_img_size(self.weights) or native_img_size(self.backbone)
         if self.method not in METHODS and self.method not in METHOD_ALIASES:
             raise PearError(f"--method {self.method!r} is unknown; expected one of {', '.join(METHODS)}")
         self.method = canonical_method(self.method)
@@ -231,18 +242,18 @@ def flat_options(d: dict) -> dict:
 
 # Options that change how or where a run executes, not what it computes: a run is the
 # same run (to resume, to skip as finished, to list or aggregate) under options that differ
-# from its recorded ones in these, in nothing else. `data` is where the task's folder is
-# (the task itself is compared), and it changes when folders move between machines.
-EXECUTION_FIELDS = ("data", "out", "device", "workers", "cache_gb", "progress", "overwrite", "resume",
+# from its recorded ones in these, in nothing else. The data root compares by what it holds
+# (`other_data`): its path changes when folders move between machines.
+EXECUTION_FIELDS = ("out", "task_lists", "device", "workers", "cache_gb", "progress", "overwrite", "resume",
                     "eval_batch_size", "compile", "deterministic", "tensorboard")
 
 
 def changed_options(recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
-    """The same-run rule: {option: (recorded value, value in `cfg`)} for every option that
-    changes the result and differs (`ignore`: options not to compare). Both sides are read
-    as TrainConfig, so an option added later compares with its default and an earlier
-    method alias with today's name; a weights path compares resolved. PearError when the
-    recorded options are not valid options."""
+    """The same-run rule: {option: (recorded value, value in `cfg`, why or None)} for every
+    option that changes the result and differs (`ignore`: options not to compare). Both sides
+    are read as TrainConfig, so an option added later compares with its default and an earlier
+    method alias with today's name; a weights path compares resolved, the data root by its task
+    lists. PearError when the recorded options are not valid options."""
     try:
         old = TrainConfig.from_dict({**recorded, "resume": False, "overwrite": False})
     except (PearError, TypeError) as exc:
@@ -253,17 +264,53 @@ def changed_options(recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = 
         before = old_flat.get(key)
         if key in EXECUTION_FIELDS or key in ignore:
             continue
+        if key == "data":
+            why = other_data(before, old_flat.get("task_lists"), value, cfg.task)
+            if why:
+                out[key] = (before, value, why)
+            continue
         if key == "weights" and before is not None and value is not None:
             before, value = str(Path(before).resolve()), str(Path(value).resolve())
         if before != value:
-            out[key] = (before, value)
+            out[key] = (before, value, None)
     return out
 
 
 def differences(recorded: dict, cfg: TrainConfig) -> list[str]:
-    """`changed_options` as '--flag: VALUE (the run has RECORDED)', one per option."""
-    return [f"{_flag(key)} {value!r} (the run has {before!r})"
-            for key, (before, value) in changed_options(recorded, cfg).items()]
+    """`changed_options` as '--flag VALUE (the run has RECORDED)', one per option."""
+    return [why or f"{_flag(key)} {value!r} (the run has {before!r})"
+            for key, (before, value, why) in changed_options(recorded, cfg).items()]
+
+
+def task_lists_digest(root: str | Path, task: str) -> str | None:
+    """SHA-256 over the list files (and classes.txt) of `task` under `root`; None where there is no such task."""
+    from ..atomic import sha256_file
+    from .data import SPLITS, task_info
+
+    try:
+        task_dir = task_info(root, task).dir
+    except PearError:
+        return None
+    digest = hashlib.sha256()
+    for name in (*(f"{s}.txt" for s in SPLITS), "classes.txt"):
+        if (task_dir / name).is_file():
+            digest.update(f"{name} {sha256_file(task_dir / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def other_data(recorded: str, recorded_digest: str | None, given: str, task: str) -> str | None:
+    """Why the data root `given` is not the one a run recorded (`recorded`, its task lists' digest
+    `recorded_digest`), or None: another path holding the same task lists is the same data (a run
+    folder moved to another machine, its data given again)."""
+    if Path(recorded).resolve() == Path(given).resolve():
+        return None
+    want = recorded_digest or task_lists_digest(recorded, task)
+    if want is None:
+        return (f"--data {given!r}: the run's data root {recorded!r} is gone and its args.yaml (written by an "
+                f"earlier Pear) records no digest of its task lists to check {given!r} against")
+    if task_lists_digest(given, task) != want:
+        return f"--data {given!r} holds other task lists for {task!r} than the run's data root {recorded!r}"
+    return None
 
 
 # ---------------------------------------------------------------- parsing option values from text

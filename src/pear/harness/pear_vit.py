@@ -6,15 +6,18 @@ serves ViT-B/16 serves it: the same `attn`, `mlp` and `attn.qkv` positions. Its 
 were made on this project's CPUs by `scripts/pretrain_vit.py`: distilled from the built-in
 ImageNet EfficientNet-Lite0 on unlabelled images (wallpaper photos, Fashion-MNIST images
 outside the built-in task's splits, procedural shapes), with no human labels. The file
-ships inside the package and is checked against its SHA-256 on every load.
+ships inside the package and is checked against its SHA-256 on every load, also through
+`timm.create_model(PEAR_VIT, pretrained=True)`, which reads it from disk (no download).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
 
-__all__ = ["PEAR_VIT", "PEAR_VIT_ARGS", "PEAR_VIT_SHA256", "pear_vit_tiny6_patch4_32"]
+__all__ = ["PEAR_VIT", "PEAR_VIT_ARGS", "PEAR_VIT_SHA256", "pear_vit_tiny6_patch4_32", "weights_file"]
 
 PEAR_VIT = "pear_vit_tiny6_patch4_32"
 PEAR_VIT_ARGS = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3)
@@ -30,7 +33,20 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def weights_file() -> Path:
+    """The shipped weights (timm's own key names, no head)."""
+    return Path(__file__).resolve().parent.parent / "weights" / f"{PEAR_VIT}.safetensors"
+
+
 @register_model
 def pear_vit_tiny6_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """ViT, 6 blocks x width 192, patch 4 at 32 px; headless unless num_classes is given."""
-    return _create_vision_transformer(PEAR_VIT, pretrained=pretrained, **{**PEAR_VIT_ARGS, **kwargs})
+    """ViT, 6 blocks x width 192, patch 4 at 32 px; headless unless num_classes is given.
+    pretrained=True loads the shipped file after checking its SHA-256."""
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if pretrained and "file" not in overlay:
+        from .backbones import check_sha256  # here: backbones imports this module
+
+        check_sha256(weights_file(), PEAR_VIT_SHA256)
+        overlay["file"] = str(weights_file())
+    return _create_vision_transformer(PEAR_VIT, pretrained=pretrained, pretrained_cfg_overlay=overlay or None,
+                                      **{**PEAR_VIT_ARGS, **kwargs})

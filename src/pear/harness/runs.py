@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CONFIG_FILE, load as load_task
-from ..errors import PearError
+from ..checkpoint import CONFIG_FILE, load as load_task, recorded_weights
+from ..errors import BackboneMismatch, PearError
 from ..jsontypes import NONE, checkpoint_problems, wrong_types
 from .files import read_mapping
 from .methods import METHODS, canonical_method, prepare
+from .rundir import BACKBONE_FILE
 from .state import PLAIN_FILES, load_plain, read_plain
 
 
@@ -29,11 +30,33 @@ def checkpoint_kind(ckpt: Path) -> str:
                     f"{PLAIN_FILES[1]} (plain run) in it")
 
 
+def random_backbone(name: str | None, weights: str | Path | None) -> bool:
+    """Whether `create_backbone(name, ..., weights)` initialises the backbone at random:
+    weights 'random', or none for a model without built-in weights."""
+    from timm.models import split_model_name_tag
+
+    from .backbones import BUILTIN_WEIGHTS
+
+    return weights == "random" or (weights is None and name is not None
+                                   and split_model_name_tag(name)[0] not in BUILTIN_WEIGHTS)
+
+
+def saved_backbone(run: Path, name: str | None, weights: str | Path | None) -> Path | None:
+    """RUN/backbone.safetensors when the run's backbone was drawn at random and the run
+    kept it: drawn again from the seed it could have other bits, since torch's CPU
+    random kernels differ between machines (vector paths)."""
+    path = Path(run) / BACKBONE_FILE
+    return path if random_backbone(name, weights) and path.is_file() else None
+
+
 def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | None = None,
             device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """(model in eval mode, checkpoint info, data config) from a checkpoint folder.
     The backbone defaults to the one recorded in the checkpoint; `weights` must be the
-    file used in training (the checkpoint's fingerprint check enforces it)."""
+    file used in training (the checkpoint's fingerprint check enforces it), and defaults
+    to the recorded one when it is still there with the same SHA-256. A randomly
+    initialised backbone comes from the run folder's backbone.safetensors beside the
+    checkpoint (RUN/checkpoint, RUN/best) where the run kept one."""
     ckpt = Path(ckpt)
     # Imported here: timm pulls in torchvision and torch._dynamo (seconds), which
     # checkpoint_kind users such as `pear inspect` never need.
@@ -46,13 +69,19 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     if not name:
         raise PearError(f"{ckpt}: no backbone recorded; pass --backbone")
     img_size = meta.get("img_size")
+    if weights is None and name == (info.get("backbone") or {}).get("name"):
+        weights = recorded_weights(info)
     kwargs = meta.get("model_kwargs") or {}
-    # A randomly initialised backbone (tests, no --weights) is defined by the run's seed.
+    saved = saved_backbone(ckpt.parent, name, weights)
+    # The head's initial bits (overwritten by the checkpoint's) and, in runs that did not
+    # keep their random backbone, the backbone: drawn from the run's seed.
     torch.manual_seed(int(meta.get("seed", 0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init warning: the fingerprint check decides
-        model, data_cfg = create_backbone(name, info.get("num_classes"), weights,
+        model, data_cfg = create_backbone(name, info.get("num_classes"), str(saved) if saved else weights,
                                           img_size=img_size, model_kwargs=kwargs)
+    if saved is None and random_backbone(name, weights):
+        _check_redrawn_backbone(ckpt, info, model)
     if kind == "pear":
         model = load_task(ckpt, model, backbone_name=name)
     else:
@@ -101,13 +130,31 @@ def _plain_pear_config(info: dict):
     return PearConfig(rank=(info.get("meta") or {}).get("rank", 8))
 
 
-def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
+def _check_redrawn_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
+    """A backbone drawn again at random that is not the one the checkpoint was trained on:
+    say why, and where the right one is."""
     from ..checkpoint import fingerprint
 
     want = (info.get("backbone") or {}).get("fingerprint")
+    got = fingerprint(model) if want and info.get("method") != "full" else want
+    if got == want:
+        return
+    raise PearError(f"{ckpt} was trained on a randomly initialised backbone (fingerprint {want}), and drawing it "
+                    f"again from the run's seed gave other bits here ({got}): torch's CPU random "
+                    f"kernels differ between machines. Pear keeps such a backbone in the run folder as "
+                    f"{BACKBONE_FILE}, beside the checkpoint folder: keep the checkpoint in its run folder or pass "
+                    f"that file as --weights. A run without it evaluates only on a machine like the one that "
+                    f"trained it")
+
+
+def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
+    from ..checkpoint import check_settings, fingerprint
+
+    # Settings matter for every method, `full` too: they change what the same tensors compute.
+    check_settings(ckpt, info.get("backbone") or {}, model)
+    want = (info.get("backbone") or {}).get("fingerprint")
     if info.get("method") != "full" and want and fingerprint(model) != want:
-        raise PearError(f"{ckpt} was trained on other backbone weights (fingerprint {want}); "
-                        f"pass the same --weights file used for training")
+        raise BackboneMismatch(f"{ckpt} was trained on other backbone weights (fingerprint {want})")
 
 
 # metrics.json keys renamed since older runs wrote them: old name -> today's.
@@ -136,23 +183,44 @@ def load_run_config(run: Path) -> dict:
     return read_mapping(path, "run options")
 
 
-def evaluate_run(run: str | Path, device: str = "auto") -> dict:
+def _eval_precision(amp: bool | None, device, metrics: dict, where: Path):
+    """The precision to re-evaluate a run with: what it recorded when it ran on the same
+    kind of device, else today's choice for this device (a run that recorded no choice
+    ran by the old rule, `precision.legacy`)."""
+    from .precision import Precision, choose, legacy
+
+    same_kind = str(metrics.get("device", "")).split(":")[0] == device.type
+    if "precision" in metrics:
+        recorded = Precision.from_dict(metrics["precision"], str(where))
+        return recorded if same_kind else choose(amp, device)
+    return legacy(amp, device) if metrics else choose(amp, device)
+
+
+def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None = None) -> dict:
+
     """Recompute a run's test accuracy from its saved checkpoint and compare it with
-    the accuracy recorded in metrics.json."""
+    the accuracy recorded in metrics.json. `data`: another data root than the recorded one
+    (a run folder moved to another machine), which must hold the same task lists."""
     from .batches import Split, evaluate, resolve_device
     from .data import VtabDataset, build_transform
-    from .options import TrainConfig
+    from .options import TrainConfig, other_data
+    from .precision import apply_attention
+
 
     run = Path(run)
     cfg = TrainConfig.from_dict({**load_run_config(run), "resume": False, "overwrite": False})
+    if data is not None:
+        problem = other_data(cfg.data, cfg.task_lists, str(data), cfg.task)
+        if problem:
+            raise PearError(f"{run}: {problem}")
+        cfg.data = str(data)
     dev = resolve_device(device)
     model, info, data_cfg = rebuild(run / "checkpoint", weights=cfg.weights, device=dev)
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
-    amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
-    acc = evaluate(model, split, dev, amp, batch_size=cfg.eval_batch_size)
-    recorded = None
-    metrics = run / "metrics.json"
-    if metrics.is_file():
-        recorded = read_metrics(metrics).get("test_acc")
+    metrics = read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    precision = _eval_precision(cfg.amp, dev, metrics, run / "metrics.json")
+    apply_attention(model, precision.attention)
+    acc = evaluate(model, split, dev, precision.amp, batch_size=cfg.eval_batch_size)
+    recorded = metrics.get("test_acc")
     return {"run": str(run), "task": cfg.task, "method": cfg.method, "test_acc": acc, "recorded_test_acc": recorded}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..adapters import unwrap
-from ..checkpoint import FORMAT_VERSION, head_name, read_tensor_dir, write_tensor_dir
+from ..checkpoint import FORMAT_VERSION, head_name, read_tensor_dir, settings_field, write_tensor_dir
 from ..errors import PearError
 from ..pruning import PrunePlan, prune_and_share, prune_optimizer
 
@@ -56,7 +56,8 @@ def _fill_model(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path)
 # ---------------------------------------------------------------- resumable state
 
 def save_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, tracker, *, epoch: int,
-               step: int, history: list, plan: PrunePlan | None, best: dict | None) -> None:
+               step: int, history: list, plan: PrunePlan | None, best: dict | None,
+               precision: dict | None = None) -> None:
     tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
     opt = optimizer.state_dict()
     opt_values: dict[str, dict] = {}
@@ -75,6 +76,7 @@ def save_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         "format": STATE_FORMAT, "format_version": FORMAT_VERSION,
         "epoch": epoch, "step": step, "history": history, "best": best,
         "plan": plan.to_dict() if plan else None,
+        "precision": precision,
         "tracker": tracker.state_dict() if tracker is not None else None,
         "optim_groups": opt["param_groups"], "optim_state_keys": sorted(opt["state"]),
         "optim_values": opt_values,
@@ -126,7 +128,8 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         raise PearError(f"{directory}: the saved training state is inconsistent ({exc!r}); "
                         f"start again with --overwrite") from None
     model.to(device)
-    return {k: info[k] for k in ("epoch", "step", "history", "plan", "best")}
+    # 'precision' (how the run computes) is absent from states written before it was recorded.
+    return {**{k: info[k] for k in ("epoch", "step", "history", "plan", "best")}, "precision": info.get("precision")}
 
 
 def _is_count(v) -> bool:
@@ -176,7 +179,7 @@ def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str,
     base = unwrap(model)
     head = head_name(base)
     info = {"format": PLAIN_FORMAT, "format_version": FORMAT_VERSION, "method": method,
-            "backbone": {"name": backbone, "fingerprint": fingerprint_value}, "head": head,
+            "backbone": {"name": backbone, "fingerprint": fingerprint_value, **settings_field(base)}, "head": head,
             "num_classes": int(base.get_submodule(head).weight.shape[0]) if head else None,
             "class_names": class_names, "meta": meta}
     write_tensor_dir(directory, model_tensors(base), info, *PLAIN_FILES)

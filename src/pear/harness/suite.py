@@ -48,6 +48,7 @@ from .results import aggregate, vtab_summary
 from .rundir import lock_folder, outside_data, unlock
 from .suite_methods import method_overrides
 from .train import train
+from .watch import require_tensorboard
 from . import tuning
 
 # The suite owns these: they name and place each run.
@@ -115,6 +116,8 @@ def run_suite(data: str, tasks: list[str], methods: list[str], seeds: list[int],
     tasks, methods, seeds, base = _checked(tasks, methods, seeds, base)
     _ensure_data(data, tasks, build_missing)
     sweep(data, tasks, methods, seeds, out, base, tune)  # every run's options, before anything is written
+    if base.get("tensorboard"):
+        require_tensorboard()
     lock = hold(out)
     try:
         chosen = _tune(data, tasks, methods, base, out, devices) if tune else {}
@@ -241,6 +244,8 @@ def run_index(index: int, data: str, tasks: list[str], methods: list[str], seeds
         raise PearError(f"--index {index} is out of range: this suite has {len(runs)} runs (0-{len(runs) - 1}); "
                         f"`--list` shows them")
     run = runs[index]
+    if base.get("tensorboard"):
+        require_tensorboard()
     _ensure_data(data, [run.task], build_missing)
     lock = hold(out, shared=True)
     try:
@@ -397,7 +402,7 @@ def _ensure_data(data: str, tasks: list[str], build_missing: bool) -> None:
                 raise PearError(f"built-in dataset {task} is not in {data}; pass --build (build_missing=True) "
                                 f"to write it, or `pear data build {task} --out {data}`")
             print(f"suite: building {task} into {data}", flush=True)
-            build_dataset(task, data)
+            build_dataset(task, data, if_missing=True)  # another --index may be building it too
         task_info(data, task)
 
 
@@ -413,7 +418,7 @@ def _check_same_options(run: _Run) -> None:
     except PearError as exc:
         raise PearError(f"{args}: {exc}; delete that run folder to train it again") from None
     if diff:
-        shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        shown = ", ".join(why or f"{k}: {a!r} there, {b!r} now" for k, (a, b, why) in sorted(diff.items()))
         raise PearError(f"run folder {run.dir} was made with other options ({shown}); use another suite "
                         f"folder, or delete that run folder to train it again")
 

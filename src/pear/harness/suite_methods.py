@@ -38,7 +38,7 @@ def _ratio(text: str) -> float:
 
 # Name prefix -> (TrainConfig field it sets on method `pear`, parser of the rest, form).
 ABLATIONS = {
-    "pear-share-": _choice("share", SHARE_POLICY_NAMES, tuple(SHARE_ALIASES.values())),
+    "pear-share-": _choice("share", SHARE_POLICY_NAMES, tuple(SHARE_ALIASES)),
     "pear-kc-": _choice("knowledge", KNOWLEDGE_MODES),
     "pear-imp-": _choice("importance", IMPORTANCE_METHODS),
     "pear-r": ("prune_ratio", _ratio, "<ratio in [0,1)>"),

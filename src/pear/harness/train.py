@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import platform
+import shlex
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from torch import nn
 
 from ..adapters import pear_state, unwrap
 from ..atomic import recover_dir
-from ..checkpoint import save as save_task
+from ..card import CARD_FILE, render as render_card
+from ..checkpoint import TENSORS_FILE, read_checkpoint, save as save_task, save_backbone
 from ..errors import PearError
 from ..importance import ImportanceTracker
 from ..norms import freeze_norm_stats
@@ -37,10 +39,13 @@ from . import distributed as D
 from .batches import GlobalBatches, Split, evaluate, resolve_device
 from .data import VtabDataset, build_transform, task_info
 from .methods import PEAR_METHODS, PRUNING_METHODS, build_model
-from .options import TrainConfig
-from .rundir import RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
+from .options import TrainConfig, task_lists_digest
+from .precision import Precision, apply_attention, choose, hold_frozen_bf16, legacy
+from .rundir import BACKBONE_FILE, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
+from .runs import random_backbone, saved_backbone
+
 from .state import load_plain, load_state, save_plain, save_state
-from .watch import Board, progress
+from .watch import Board, progress, require_tensorboard
 
 __all__ = ["TrainConfig", "train", "build", "make_optimizer", "lr_factor", "prepare_run_dir"]
 
@@ -72,9 +77,11 @@ def make_optimizer(model: nn.Module, lr: float, wd: float) -> torch.optim.Optimi
 
 # ---------------------------------------------------------------- the run
 
-def build(cfg: TrainConfig, num_classes: int, device: torch.device):
-    """Backbone + method; returns (model, data_config, backbone fingerprint)."""
-    return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear, weights=cfg.weights, img_size=cfg.img_size,
+def build(cfg: TrainConfig, num_classes: int, device: torch.device, backbone_file: Path | None = None):
+    """Backbone + method; returns (model, data_config, backbone fingerprint).
+    backbone_file: weights to load instead of cfg.weights (a resumed run's random backbone)."""
+    weights = str(backbone_file) if backbone_file else cfg.weights
+    return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear, weights=weights, img_size=cfg.img_size,
                        model_kwargs=cfg.model_kwargs, device=device, lora_alpha=cfg.lora_alpha)
 
 
@@ -101,7 +108,7 @@ class _Run:
     ctx: "D.Context"
     folder: RunFolder
     device: torch.device
-    amp: bool
+    precision: Precision
     info: object  # data.TaskInfo
     fp: str  # the backbone's fingerprint
     model: nn.Module
@@ -115,6 +122,10 @@ class _Run:
     plan: PrunePlan | None = None
     best: dict | None = None
     board: Board | None = None  # rank 0 of a run with --tensorboard
+
+    @property
+    def amp(self) -> bool:
+        return self.precision.amp
 
     @property
     def out(self) -> Path:
@@ -148,23 +159,27 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
 
 def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
     cfg, ctx = run.cfg, run.ctx
+    _keep_random_backbone(run)
     _resume(run)
+    _apply_precision(run)
     run.board = _board(run)
     try:
         run.fwd = _wrap(run.model, cfg, ctx)
         for epoch in range(run.start_epoch, cfg.epochs):
             _epoch(run, epoch, splits["train"], splits.get("val"))
+        if run.best is not None and cfg.select_on:
+            if ctx.is_main:  # only rank 0's disk is sure to hold RUN/best
+                _restore_best(run.model, run.out / "best", cfg, run.device)
+            D.broadcast_module(run.model, ctx)
+            run.fwd = _wrap(run.model, cfg, ctx, run.fwd)
+        # The eager model, not the compiled one: compiled kernels may round differently, and the
+        # recorded accuracy must be the one `pear eval --run` recomputes from the checkpoint.
+        test_acc = evaluate(run.model, splits["test"], run.device, run.amp, ctx, cfg.eval_batch_size)
+        if run.board is not None:
+            run.board.test(run.step, test_acc)
     finally:
         if run.board is not None:
             run.board.close()
-    if run.best is not None and cfg.select_on:
-        if ctx.is_main:  # only rank 0's disk is sure to hold RUN/best
-            _restore_best(run.model, run.out / "best", cfg, run.device)
-        D.broadcast_module(run.model, ctx)
-        run.fwd = _wrap(run.model, cfg, ctx, run.fwd)
-    # The eager model, not the compiled one: compiled kernels may round differently, and the
-    # recorded accuracy must be the one `pear eval --run` recomputes from the checkpoint.
-    test_acc = evaluate(run.model, splits["test"], run.device, run.amp, ctx, cfg.eval_batch_size)
     metrics = None
     if ctx.is_main:
         metrics = write_results(run, test_acc)
@@ -178,11 +193,17 @@ def _validate(cfg: TrainConfig, ctx: "D.Context"):
     checked before its folder is created or an old run touched: (device, model,
     fingerprint, task info, splits)."""
     device = resolve_device(cfg.device) if not ctx.enabled else ctx.device
+    if cfg.tensorboard and ctx.is_main:  # only rank 0 writes event files
+        require_tensorboard()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     info = task_info(cfg.data, cfg.task)
-    model, data_cfg, fp = build(cfg, info.num_classes, device)
+    cfg.task_lists = task_lists_digest(cfg.data, cfg.task)  # recorded: a moved run's --data is checked by it
+    # A resumed run on a random backbone continues on the one it drew, not on one drawn again here.
+    kept = saved_backbone(Path(cfg.out), cfg.backbone, cfg.weights) if cfg.resume else None
+    model, data_cfg, fp = build(cfg, info.num_classes, device, kept)
+
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     names = {"train": cfg.train_split, **({"val": "val200"} if cfg.select_on else {}), "test": "test"}
     splits = {k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
@@ -200,12 +221,33 @@ def _start(cfg: TrainConfig, ctx: "D.Context", folder: RunFolder, device: torch.
         log.info("run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
                  out, cfg.method, cfg.data, info.name, cfg.backbone, len(splits["train"]), len(splits["test"]),
                  device, ctx.world)
-    run = _Run(cfg, ctx, folder, device, amp=(device.type == "cuda") if cfg.amp is None else cfg.amp, info=info, fp=fp,
+    run = _Run(cfg, ctx, folder, device, precision=choose(cfg.amp, device, distributed=ctx.enabled), info=info, fp=fp,
                model=model, optimizer=make_optimizer(model, cfg.lr, cfg.wd),
                sampler=GlobalBatches(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.rank, ctx.world),
                tracker=None)
     run.tracker = ImportanceTracker(model) if run.pruning else None
     return run
+
+
+def _apply_precision(run: _Run) -> None:
+    """Put the run's precision into its model: chosen now for a fresh run, the one a
+    resumed run started with (precision.legacy for states that recorded none)."""
+    p = run.precision
+    apply_attention(run.model, p.attention)
+    if p.frozen_bf16:
+        hold_frozen_bf16(run.model)
+    log.info("precision: bf16 autocast %s, attention %s, frozen weights in bf16 %s (%s)", p.amp, p.attention,
+             p.frozen_bf16, p.reason)
+
+
+def _keep_random_backbone(run: _Run) -> None:
+    """Rank 0 saves a randomly initialised frozen backbone in the run folder before it
+    trains: drawn again from the seed on another machine it can have other bits (torch's
+    CPU random kernels differ between vector paths), which the checkpoint's fingerprint
+    refuses. Full fine-tuning stores the whole model anyway."""
+    cfg, path = run.cfg, run.out / BACKBONE_FILE
+    if run.ctx.is_main and cfg.method != "full" and random_backbone(cfg.backbone, cfg.weights) and not path.is_file():
+        guarded(lambda: save_backbone(run.model, path), path)
 
 
 def _board(run: _Run) -> Board | None:
@@ -216,6 +258,7 @@ def _board(run: _Run) -> Board | None:
     board = Board(run.out / "tensorboard", purge_step=run.step if run.start_epoch else None)
     if run.start_epoch == 0:
         board.params(0, _trainable(run.model))
+        board.hparams(run.cfg.to_dict())
     return board
 
 
@@ -228,13 +271,15 @@ def _resume(run: _Run) -> None:
     if cfg.resume and state_dir.is_dir():
         st = load_state(state_dir, run.model, run.optimizer, run.tracker, run.device)
         run.start_epoch, run.step, run.history, run.best = st["epoch"] + 1, st["step"], st["history"], st.get("best")
+        run.precision = (Precision.from_dict(st["precision"], str(state_dir / "state.json")) if st["precision"]
+                         else legacy(cfg.amp, run.device))
         run.plan = PrunePlan.from_dict(st["plan"]) if st.get("plan") else None
         if run.plan is not None and run.tracker is not None:
             run.tracker.close()
             run.tracker = None
         log.info("resumed from %s at epoch %d (step %d)", state_dir, run.start_epoch, run.step)
     elif cfg.resume:
-        log.info("--resume: no saved state in %s, starting from scratch", run.out)
+        log.info("fresh start at epoch 1 (nothing saved to resume from yet)")
     if cfg.resume:
         D.check_same((run.start_epoch, run.step, run.plan.digest() if run.plan else None),
                      "resume points (epoch, step, plan)", ctx,
@@ -260,8 +305,10 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
     rec = {"epoch": epoch, "loss": loss_sum / max(1, seen), "train_acc": 100.0 * correct / max(1, seen),
            "images_per_second": seen / dt, "images": seen, "seconds": dt,
            "lr": run.optimizer.param_groups[0]["lr"]}
-    if val_split is not None and (run.plan is not None or not run.pruning):
+    if val_split is not None:
         rec["val_acc"] = evaluate(run.fwd, val_split, run.device, run.amp, ctx, cfg.eval_batch_size)
+    # The best epoch is chosen from the pruned model only: an unpruned one is not what the run stores.
+    if "val_acc" in rec and (run.plan is not None or not run.pruning):
         if run.best is None or rec["val_acc"] > run.best["val_acc"]:
             run.best = {"epoch": epoch, "val_acc": rec["val_acc"]}
             if ctx.is_main:
@@ -274,7 +321,8 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
                  rec["train_acc"], rec["images_per_second"],
                  f"  val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else "")
         guarded(lambda: save_state(run.out / "state", run.model, run.optimizer, run.tracker, epoch=epoch,
-                                   step=run.step, history=run.history, plan=run.plan, best=run.best),
+                                   step=run.step, history=run.history, plan=run.plan, best=run.best,
+                                   precision=run.precision.to_dict()),
                 run.out / "state")
     D.barrier()
 
@@ -285,7 +333,10 @@ def write_results(run: _Run, test_acc: float) -> dict:
     cfg, model, out = run.cfg, run.model, run.out
     ckpt = out / "checkpoint"
     guarded(lambda: _save_checkpoint(run, ckpt), ckpt)
-    stored = sum(f.stat().st_size for f in ckpt.iterdir())
+    if cfg.method in PEAR_METHODS:  # the card again, with the test accuracy and the command
+        write_text(ckpt / CARD_FILE, render_card(read_checkpoint(ckpt).info, test_acc=test_acc,
+                                                 command=_command(cfg), file_bytes=(ckpt / TENSORS_FILE).stat().st_size))
+    stored = sum(f.stat().st_size for f in ckpt.iterdir() if f.name != CARD_FILE)  # as pear inspect counts
     rep = report(model) if cfg.method in PEAR_METHODS else None
     trainable = _trainable(model)
     # Over every epoch, including those a resumed run's earlier processes trained.
@@ -301,6 +352,7 @@ def write_results(run: _Run, test_acc: float) -> dict:
         "world_size": run.ctx.world, "device": str(run.device), "plan_digest": run.plan.digest() if run.plan else None,
         "selected_epoch": run.best["epoch"] if run.best and cfg.select_on else None,
         "torch": torch.__version__, "python": platform.python_version(),
+        "precision": run.precision.to_dict(),
     }
     if rep:
         write_text(out / "report.json", json.dumps(rep, indent=1))
@@ -336,7 +388,8 @@ def _prune(run: _Run, split: Split) -> PrunePlan:
     inputs = None
     if state.config.knowledge == "distill":
         first = [list(range(min(DISTILL_IMAGES, len(split))))]
-        inputs = capture_inputs(model, (x.to(run.device) for x, _ in split.loader(first)))
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            inputs = capture_inputs(model, (x.to(run.device) for x, _ in split.loader(first)))
     prune_and_share(model, p, inputs=inputs)
     dropped = prune_optimizer(run.optimizer, model)
     log.info("pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
@@ -417,10 +470,29 @@ def _save_checkpoint(run: _Run, directory: Path) -> None:
             "seed": cfg.seed, "rank": cfg.pear.rank, "lora_alpha": cfg.lora_alpha}
     if cfg.method in PEAR_METHODS:
         save_task(run.model, directory, backbone=cfg.backbone, class_names=info.class_names, fingerprint_value=run.fp,
-                  meta=meta)
+                  meta=meta, weights=_weights_used(cfg))
     else:
         save_plain(run.model, directory, method=cfg.method, backbone=cfg.backbone, class_names=info.class_names,
                    fingerprint_value=run.fp, meta=meta)
+
+
+def _weights_used(cfg: TrainConfig) -> str:
+    """What the backbone was built from: --weights, or (without it) the built-in weights or none."""
+    from .backbones import BUILTIN_WEIGHTS
+
+    if cfg.weights is not None:
+        return str(cfg.weights)
+    return "builtin" if (cfg.backbone or "").split(".")[0] in BUILTIN_WEIGHTS else "random"
+
+
+def _command(cfg: TrainConfig) -> str:
+    """A `pear train` command for this run (every option is in RUN/args.yaml)."""
+    parts = ["pear", "train", "--data", str(cfg.data), "--task", cfg.task, "--method", cfg.method]
+    for flag, value in (("--backbone", cfg.backbone), ("--weights", cfg.weights), ("--img-size", cfg.img_size),
+                        ("--epochs", cfg.epochs), ("--seed", cfg.seed), ("--out", cfg.out)):
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 def _restore_best(model, directory: Path, cfg: TrainConfig, device) -> None:

@@ -11,14 +11,18 @@ step axis:
     train/lr              learning rate of each step
     epoch/loss            mean training loss of the epoch (all ranks)
     accuracy/train        training accuracy of the epoch, %
-    accuracy/val          val200 accuracy, % (with --select-on val200)
+    accuracy/val          val200 accuracy of every epoch, % (with --select-on val200)
+    accuracy/test         test accuracy at the end of the run, %
     speed/images_per_second
     params/trainable      at step 0 (before pruning) and at the prune step (after)
     pruning/map           image at the prune step: `pear inspect --plot`'s chart
+
+and the run's options as hparams (TensorBoard's HPARAMS tab), with the accuracies as its metrics.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -28,9 +32,11 @@ import numpy as np
 
 from ..errors import PearError
 
-__all__ = ["PLAIN_SECONDS", "Progress", "progress", "Board"]
+__all__ = ["PLAIN_SECONDS", "Progress", "progress", "Board", "require_tensorboard"]
 
 PLAIN_SECONDS = 10.0
+# The scalars the HPARAMS tab shows beside each run's options.
+HPARAM_METRICS = ("accuracy/test", "accuracy/val", "accuracy/train")
 
 
 class Progress:
@@ -75,15 +81,22 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def require_tensorboard():
+    """torch's SummaryWriter, or a PearError naming the package to install. Runs call it
+    before their folder is made, so a missing package leaves nothing behind."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise PearError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or pip install 'pear-peft[tensorboard]')") from None
+    return SummaryWriter
+
+
 class Board:
     """TensorBoard event files of one run (see the module docstring for the tags)."""
 
     def __init__(self, log_dir: Path, purge_step: int | None = None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise PearError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                            "(or pip install 'pear-peft[tensorboard]')") from None
+        SummaryWriter = require_tensorboard()
         # A resumed run drops what its crashed process logged after the last saved state.
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
@@ -96,6 +109,21 @@ class Board:
                          ("images_per_second", "speed/images_per_second")):
             if key in record:
                 self.writer.add_scalar(tag, record[key], step)
+        self.writer.flush()
+
+    def test(self, step: int, accuracy: float) -> None:
+        self.writer.add_scalar("accuracy/test", accuracy, step)
+        self.writer.flush()
+
+    def hparams(self, options: dict) -> None:
+        """The run's options (a TrainConfig's to_dict(), Pear options nested under 'pear') for the HPARAMS
+        tab, written into this run's own event file (SummaryWriter.add_hparams would open another run)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = {**{k: v for k, v in options.items() if k != "pear"}, **(options.get("pear") or {})}
+        values = {k: v if isinstance(v, bool | int | float | str) else json.dumps(v) for k, v in flat.items()}
+        for summary in hparams(values, dict.fromkeys(HPARAM_METRICS, 0.0)):
+            self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
     def params(self, step: int, trainable: int) -> None:

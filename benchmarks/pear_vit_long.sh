@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The built-in transformer on the built-in tasks with a recipe long enough for adapters to
+# matter (benchmarks/results/pear_vit_long/), on a 2-core CPU in bf16 (AMX). Run from the
+# repo root after `bash scripts/setup.sh`; every phase is resumable (run it again and
+# finished runs are skipped), and each phase is `pear suite` calls:
+#
+#   bash benchmarks/pear_vit_long.sh [phases]    # default: "epochs adequacy curve ablations"
+#
+#   epochs     the recipe curve: adapter (s = 1) trained on train800 for 10/20/30/50 epochs,
+#              val200 after the last epoch, seed 0 (chooses EPOCHS below)
+#   adequacy   linear and adapter, 3 seeds, --tune (adapter scale on val200): is the testbed
+#              able to separate methods (adapter - linear >= 10 points, adapter std <= 1.5)?
+#   curve      pear and prune at prune ratios 0.5 / 0.75 / 0.9, 3 seeds, --tune; plus full,
+#              peft-lora and peft-lora-eq
+#   ablations  share / knowledge checkpoint / importance at ratio 0.75, 3 seeds, pear's scale
+#
+# Two runs at a time (--devices cpu,cpu), one thread each. Suite folders go to $SUITES
+# (default ../suites: run folders hold checkpoints); the tables and plots are copied here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+PEAR=.venv/bin/pear
+DATA=${DATA:-../data}
+SUITES=${SUITES:-../suites}
+RESULTS=benchmarks/results/pear_vit_long
+TASKS=fashion_mnist,sprites_loc,sprites_ori
+EPOCHS=${EPOCHS:-30}
+BASE=(--backbone pear_vit_tiny6_patch4_32 --batch-size 32 --workers 0 --devices cpu,cpu --build)
+RECIPE=("${BASE[@]}" --epochs "$EPOCHS")
+export OMP_NUM_THREADS=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's Pear, even from a second worktree
+mkdir -p "$RESULTS"
+
+keep() {  # keep the suite's tables, plot and tuning choices beside the other results
+    local from=$1 to=$2
+    mkdir -p "$to"
+    cp "$from"/results.md "$from"/results.csv "$to"/
+    [ -f "$from"/accuracy_vs_bytes.png ] && cp "$from"/accuracy_vs_bytes.png "$to"/
+    [ -d "$from"/tuning ] && (cd "$from" && find tuning -name choice.json -exec cp --parents {} "$OLDPWD/$to" \;)
+    return 0
+}
+
+for phase in ${@:-epochs adequacy curve ablations}; do
+    case $phase in
+    epochs)
+        for e in 10 20 30 50; do
+            $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0 --out "$SUITES/long_epochs_$e" "${BASE[@]}" \
+                --epochs "$e" -c benchmarks/configs/select_val200.yaml --methods adapter@scale=1
+        done
+        $PY benchmarks/recipe_curve.py "$SUITES"/long_epochs_{10,20,30,50} --out "$RESULTS/recipe_curve.md" ;;
+    adequacy)
+        $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
+            --methods linear,adapter
+        keep "$SUITES/long" "$RESULTS" ;;
+    curve)
+        $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
+            --methods linear,adapter,pear,prune,pear@prune_ratio=0.75,prune@prune_ratio=0.75,pear@prune_ratio=0.9,prune@prune_ratio=0.9,full,peft-lora,peft-lora-eq
+        keep "$SUITES/long" "$RESULTS" ;;
+    ablations)
+        $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
+            --methods pear@prune_ratio=0.75@share=nearest,pear@prune_ratio=0.75@share=top1,pear@prune_ratio=0.75@share=none,pear@prune_ratio=0.75@knowledge=none,pear@prune_ratio=0.75@knowledge=frozen,pear@prune_ratio=0.75@knowledge=distill,pear@prune_ratio=0.75@importance=magnitude,pear@prune_ratio=0.75@importance=random
+        keep "$SUITES/long" "$RESULTS" ;;
+    *) echo "unknown phase $phase (epochs, adequacy, curve, ablations)" >&2; exit 2 ;;
+    esac
+done
