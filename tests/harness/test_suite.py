@@ -305,16 +305,24 @@ def test_aggregate_names_a_seed_folder_that_is_no_seed(tmp_path):
         aggregate(tmp_path)
 
 
-@pytest.mark.parametrize("recorded", ["pear: 5\n", "epochs: [1]\n", "pear: {rank: [1]}\n", "- 1\n"])
-def test_a_damaged_args_yaml_in_a_suite_is_named(data, tmp_path, monkeypatch, capsys, recorded):
+@pytest.mark.parametrize("damage, named", [
+    ({"pear": 5}, "'pear' must be a mapping"), ({"epochs": [1]}, "--epochs must be an integer"),
+    ({"pear": {"rank": [1]}}, "rank"), ({"data": "a\x00b"}, "a\\x00b' is not a path"), ("- 1\n", "must hold a mapping"),
+])
+def test_a_damaged_args_yaml_in_a_suite_is_named(data, tmp_path, monkeypatch, capsys, damage, named):
+    import yaml
+
     from pear.cli import main
 
     monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail("trained despite a damaged run folder"))
-    run = tmp_path / "runs/toy/linear/seed0"
+    (real,) = suite.sweep(data, ["toy"], ["linear"], [0], tmp_path, base=TINY)
+    run = real.dir
     run.mkdir(parents=True)
+    recorded = damage if isinstance(damage, str) else yaml.safe_dump({**real.cfg.to_dict(), **damage})
     (run / "args.yaml").write_text(recorded)
-    with pytest.raises(PearError, match=str(run / "args.yaml")):
+    with pytest.raises(PearError) as info:
         run_suite(data=data, tasks=["toy"], methods=["linear"], seeds=[0], out=tmp_path, base=TINY)
+    assert str(run / "args.yaml") in str(info.value) and named in str(info.value), str(info.value)
     argv = ["suite", "--data", str(data), "--tasks", "toy", "--methods", "linear", "--out", str(tmp_path)]
     for mode in (["--index", "0"], ["--list"], ["--aggregate"]):
         assert main([*argv, *mode]) == 2

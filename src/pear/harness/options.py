@@ -265,7 +265,10 @@ def changed_options(recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = 
         if key in EXECUTION_FIELDS or key in ignore:
             continue
         if key == "data":
-            why = other_data(before, old_flat.get("task_lists"), value, cfg.task)
+            try:
+                why = other_data(before, old_flat.get("task_lists"), value, cfg.task)
+            except (OSError, ValueError) as exc:  # a recorded path no file system takes (a NUL byte)
+                raise PearError(f"its recorded --data {before!r} is not a path ({exc})") from None
             if why:
                 out[key] = (before, value, why)
             continue
