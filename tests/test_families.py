@@ -67,8 +67,8 @@ def test_a_registered_family_is_used_by_attach_and_the_checkpoint(tmp_path):
     class Tiny(nn.Module):
         def __init__(self):
             super().__init__()
-            self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
-            self.fc = nn.Linear(4, 3)
+            self.layers = nn.ModuleList([nn.Linear(16, 16) for _ in range(2)])
+            self.fc = nn.Linear(16, 3)
 
         def forward(self, x):
             for layer in self.layers:
@@ -92,14 +92,14 @@ def test_a_registered_family_is_used_by_attach_and_the_checkpoint(tmp_path):
     try:
         torch.manual_seed(0)
         model = Tiny()
-        pear.attach(model)
+        pear.attach(model, pear.PearConfig(rank=2, init="random"))
         assert pear.positions(model) == ["layers.0", "layers.1"]
         assert {n for n, p in model.named_parameters() if p.requires_grad and "adapter" not in n} == {"fc.weight", "fc.bias"}
         folder = save(model, tmp_path / "ckpt")
         assert read_checkpoint(folder).info["head"] == "fc"
         torch.manual_seed(0)
         fresh = Tiny()
-        x = torch.randn(2, 4)
+        x = torch.randn(2, 16)
         torch.testing.assert_close(load(folder, fresh)(x), model(x))
     finally:
         families.FAMILIES.pop("toy_mlp")

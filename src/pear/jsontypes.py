@@ -7,7 +7,7 @@ from __future__ import annotations
 NONE = type(None)
 
 # What every checkpoint (a Pear task or a plain run's) records about itself.
-CHECKPOINT_FIELDS = {"head": (str, NONE), "num_classes": (int, NONE), "class_names": (list, NONE),
+CHECKPOINT_FIELDS = {"head": (str, list, NONE), "num_classes": (int, NONE), "class_names": (list, NONE),
                      "backbone": (dict, NONE), "meta": (dict, NONE)}
 BACKBONE_FIELDS = {"name": (str, NONE), "fingerprint": (str, NONE), "weights_fingerprint": (str, NONE),
                    "weights_source": (str, NONE), "weights_sha256": (str, NONE), "settings": (dict, NONE)}
@@ -34,6 +34,9 @@ def checkpoint_problems(info: dict) -> list[str]:
     if problems:  # the checks below read inside these fields
         return problems
     problems = wrong_types(info.get("backbone") or {}, BACKBONE_FIELDS, "backbone.")
+    head = info.get("head")
+    if isinstance(head, list) and (len(head) < 2 or not all(isinstance(h, str) and h for h in head)):
+        problems.append(f"head must be a module name or a list of several, got {head!r}")
     names, n = info.get("class_names"), info.get("num_classes")
     if names is not None and (not all(isinstance(c, str) for c in names) or (n is not None and len(names) != n)):
         problems.append(f"class_names must be {n if n is not None else 'the'} class name strings")
