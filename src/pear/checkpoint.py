@@ -30,7 +30,7 @@ from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwr
 from .config import PearConfig
 from .errors import BackboneMismatch, PearError
 from .families import head_names, heads
-from .jsontypes import NONE, checkpoint_problems, wrong_types
+from .jsontypes import NONE, checkpoint_problems, recorded_heads, wrong_types
 
 FORMAT = "pear-task"
 # Version 2 seals the JSON: `parts_sha256` holds a SHA-256 of each top-level field's
@@ -62,10 +62,8 @@ def head_prefixes(info: dict) -> dict[str, str]:
     """Head module name -> prefix of its tensors in a task checkpoint. One head ('head':
     a name) is stored under 'head.', as every checkpoint before several were; several
     ('head': a list of names) each under 'head.<name>.'."""
-    head = info.get("head")
-    if isinstance(head, str):
-        return {head: "head."}
-    return {n: f"head.{n}." for n in head or ()}
+    names = recorded_heads(info)
+    return {n: "head." if len(names) == 1 else f"head.{n}." for n in names}
 
 
 def _head_field(names: list[str]) -> str | list[str] | None:

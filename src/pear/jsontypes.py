@@ -27,6 +27,13 @@ def wrong_types(d: dict, fields: dict, where: str = "", required=()) -> list[str
     return problems + [f"{where}{k} is {d[k]!r}" for k, t in fields.items() if k in d and not has_type(d[k], t)]
 
 
+def recorded_heads(info: dict) -> list[str]:
+    """The head module names a checkpoint records: its 'head' is one name, or a list of
+    several (head, head_dist: a distilled DeiT); the first is the main head."""
+    head = info.get("head")
+    return [head] if isinstance(head, str) else [h for h in head or () if isinstance(h, str)]
+
+
 def checkpoint_problems(info: dict) -> list[str]:
     """What is wrong with the fields every checkpoint shares: their types, the backbone's
     fields, and class_names (strings, one per class)."""

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from pear.cli import main
+from pear.harness.inspection import inspect_path
 from pear.harness.runs import rebuild
 
 TENSORS = {"pear": "adapters.safetensors", "linear": "weights.safetensors"}
@@ -37,3 +38,5 @@ def test_a_distilled_deit_run_evaluates_to_its_recorded_accuracy(tmp_path, tiny_
         for param in ("weight", "bias"):
             key = f"head.{name}.{param}" if method == "pear" else f"{name}.{param}"
             torch.testing.assert_close(getattr(getattr(model, name), param).detach().cpu(), stored[key])
+    both = sum(t.numel() for t in [*model.head.parameters(), *model.head_dist.parameters()])
+    assert inspect_path(run)["totals"]["head_params"] == both
