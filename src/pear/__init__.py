@@ -39,7 +39,7 @@ _LAZY = {
     "merge_and_unload": "merge",
     "Pruner": "trainer",
 }
-_SUBMODULES = frozenset({"adapters", "atomic", "checkpoint", "cli", "config", "errors", "harness", "importance",
+_SUBMODULES = frozenset({"adapters", "atomic", "bottlenecks", "checkpoint", "cli", "config", "errors", "families", "harness", "importance",
                          "integrations", "jsontypes", "merge", "multitask", "norms", "pruning", "report", "timm_registry", "trainer"})
 
 __all__ = [

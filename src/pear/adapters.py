@@ -10,63 +10,16 @@ checkpoint, a frozen copy of its old adapter.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .bottlenecks import Bottleneck, ConvBottleneck  # noqa: F401  (their home before pear.bottlenecks)
 from .config import PearConfig
 from .errors import PearError
-
-_ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "identity": nn.Identity}
-
-
-class Bottleneck(nn.Module):
-    """`scale * up(act(down(x)))` on the last dimension (tokens)."""
-
-    def __init__(self, in_dim: int, out_dim: int, rank: int, scale: float, act: str = "relu",
-                 zero_init: bool = True, bias: bool = True) -> None:
-        super().__init__()
-        self.down = nn.Linear(in_dim, rank, bias=bias)
-        self.act = _ACTS[act]()
-        self.up = nn.Linear(rank, out_dim, bias=bias)
-        self.scale = scale
-        _init_pair(self.down, self.up, zero_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(x))) * self.scale
-
-
-class ConvBottleneck(nn.Module):
-    """The same bottleneck for feature maps: 1x1 convolutions; `down` carries the
-    block's stride so the adapter's output matches the block's output shape."""
-
-    def __init__(self, in_ch: int, out_ch: int, rank: int, scale: float, stride: int = 1,
-                 act: str = "relu", zero_init: bool = True) -> None:
-        super().__init__()
-        self.down = nn.Conv2d(in_ch, rank, kernel_size=1, stride=stride)
-        self.act = _ACTS[act]()
-        self.up = nn.Conv2d(rank, out_ch, kernel_size=1)
-        self.scale = scale
-        _init_pair(self.down, self.up, zero_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(x))) * self.scale
-
-
-def _init_pair(down: nn.Module, up: nn.Module, zero_init: bool) -> None:
-    nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
-    if down.bias is not None:
-        nn.init.zeros_(down.bias)
-    if zero_init:
-        nn.init.zeros_(up.weight)
-    else:
-        nn.init.kaiming_uniform_(up.weight, a=math.sqrt(5))
-    if up.bias is not None:
-        nn.init.zeros_(up.bias)
-
+from .families import family_of, heads
 
 class PearSlot(nn.Module):
     """Wraps one backbone sub-layer: `base(x)` plus whatever adapters the slot holds.
@@ -164,61 +117,6 @@ def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _blocks(model: nn.Module) -> nn.Module:
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or len(blocks) == 0:
-        raise PearError(
-            f"pear.attach supports timm VisionTransformer-style models (model.blocks[i].attn/.mlp) and "
-            f"EfficientNet/MobileNet-style CNNs (model.blocks[stage][i]); {type(model).__name__} has no 'blocks'"
-        )
-    return blocks
-
-
-def is_transformer(model: nn.Module) -> bool:
-    first = _blocks(unwrap(model))[0]
-    return hasattr(first, "attn") and hasattr(first, "mlp")
-
-
-def _candidates(model: nn.Module, cfg: PearConfig) -> list[tuple[str, nn.Module, str, int]]:
-    """(name, parent, attribute, depth) of every position the model offers for cfg.adapter."""
-    blocks = _blocks(model)
-    out = []
-    if is_transformer(model):
-        for i, block in enumerate(blocks):
-            if cfg.adapter == "lora":
-                out.append((f"blocks.{i}.attn.qkv", block.attn, "qkv", i))
-            else:
-                for kind in cfg.sublayers:
-                    out.append((f"blocks.{i}.{kind}", block, kind, i))
-    else:
-        if cfg.adapter != "parallel":
-            raise PearError(f"PearConfig.adapter={cfg.adapter!r} is for ViTs; CNN backbones take 'parallel'")
-        depth = 0
-        for s, stage in enumerate(blocks):
-            for j, _ in enumerate(stage):
-                out.append((f"blocks.{s}.{j}", stage, str(j), depth))
-                depth += 1
-    return out
-
-
-def _probe_shapes(model: nn.Module, modules: list[nn.Module]) -> list[tuple[torch.Size, torch.Size]]:
-    """Input/output shapes of CNN blocks from one small dummy forward pass."""
-    shapes: dict[int, tuple] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, (i[0].shape, o.shape)))
-             for k, m in enumerate(modules)]
-    p = next(model.parameters())
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return [shapes[k] for k in range(len(modules))]
-
-
 def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
     """Insert adapters at the configured positions, freeze the backbone, keep the head
     trainable. The model is modified in place; the return value is its `PearSummary`
@@ -228,60 +126,34 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
     model = unwrap(model)
     if getattr(model, "pear_state", None) is not None:
         raise PearError("model already has Pear adapters attached")
-    cands = _candidates(model, config)
+    family = family_of(model)
+    cands = family.candidates(model, config)
     if config.blocks is not None:
         lo, hi = config.blocks
-        cands = [c for c in cands if lo <= c[3] < hi]
+        cands = [c for c in cands if lo <= c.depth < hi]
     if config.target is not None:
-        cands = [c for c in cands if re.search(config.target, c[0])]
+        cands = [c for c in cands if re.search(config.target, c.name)]
     if not cands:
         raise PearError(
             f"PearConfig selects no positions (adapter={config.adapter!r}, sublayers={config.sublayers!r}, "
             f"blocks={config.blocks!r}, target={config.target!r}) in {type(model).__name__}"
         )
-    bases = [getattr(parent, attr) for _, parent, attr, _ in cands]
-    if is_transformer(model):
-        dims = []
-        for base in bases:
-            if config.adapter == "lora":
-                dims.append((base.in_features, base.out_features, 1))
-            else:
-                d = model.embed_dim if hasattr(model, "embed_dim") else base.fc1.in_features
-                dims.append((d, d, 1))
-    else:
-        dims = []
-        for shp_in, shp_out in _probe_shapes(model, bases):
-            stride = max(1, round(shp_in[-1] / shp_out[-1]))
-            dims.append((shp_in[1], shp_out[1], stride))
-
-    _check_size(model, config, [c[0] for c in cands], dims)
+    bases = [getattr(c.parent, c.attr) for c in cands]
+    dims = family.shapes(model, bases, config)
+    _check_size(model, config, [c.name for c in cands], dims)
     for p in model.parameters():
         p.requires_grad_(False)
     p = next(model.parameters())
-    zero = config.init == "zero"
     mode = "sequential" if config.adapter == "sequential" else "parallel"
-    for (name, parent, attr, depth), base, (din, dout, stride) in zip(cands, bases, dims):
-        if is_transformer(model):
-            lora = config.adapter == "lora"
-            adapter = Bottleneck(din, dout, config.rank, config.scale, act="identity" if lora else config.act,
-                                 zero_init=zero, bias=not lora)
-            kind = "qkv" if lora else attr
-            sig = ("linear", din, dout)
-        else:
-            adapter = ConvBottleneck(din, dout, config.rank, config.scale, stride=stride, act=config.act,
-                                     zero_init=zero)
-            kind = "block"
-            sig = ("conv", din, dout, stride)
+    for cand, base, (din, dout, stride) in zip(cands, bases, dims):
+        adapter, sig = family.make_adapter(config, cand, din, dout, stride)
         adapter.to(device=p.device, dtype=p.dtype)
-        setattr(parent, attr, PearSlot(base, adapter, mode, SlotInfo(name, kind, depth, sig)))
-
-    head = classifier(model)
-    if head is not None:
-        for q in head.parameters():
-            q.requires_grad_(True)
+        setattr(cand.parent, cand.attr, PearSlot(base, adapter, mode, SlotInfo(cand.name, cand.kind, cand.depth, sig)))
+    for head in heads(model).values():
+        head.requires_grad_(True)
     model.pear_state = PearState(
         config=config,
-        positions=[c[0] for c in cands],
+        positions=[c.name for c in cands],
         unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
     )
     return summary(model)
@@ -301,13 +173,12 @@ def _check_size(model: nn.Module, config: PearConfig, names: list[str], dims: li
 
 
 def classifier(model: nn.Module) -> nn.Module | None:
-    """The task head that trains beside the adapters: timm's `get_classifier()`, which
-    is a (head, head_dist) pair on distilled DeiTs."""
-    head = unwrap(model).get_classifier() if hasattr(unwrap(model), "get_classifier") else None
-    if isinstance(head, (tuple, list)):
-        heads = [h for h in head if isinstance(h, nn.Module)]
-        return nn.ModuleList(heads) if heads else None
-    return head if isinstance(head, nn.Module) else None
+    """The task head that trains beside the adapters (pear.families.heads): one module, or
+    a ModuleList of several (head and head_dist on a distilled DeiT)."""
+    found = list(heads(unwrap(model)).values())
+    if len(found) > 1:
+        return nn.ModuleList(found)
+    return found[0] if found else None
 
 
 def count_params(module: nn.Module) -> int:

@@ -29,7 +29,8 @@ from .card import CARD_FILE, render as render_card
 from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
 from .config import PearConfig
 from .errors import BackboneMismatch, PearError
-from .jsontypes import NONE, checkpoint_problems, wrong_types
+from .families import head_names, heads
+from .jsontypes import NONE, checkpoint_problems, recorded_heads, wrong_types
 
 FORMAT = "pear-task"
 # Version 2 seals the JSON: `parts_sha256` holds a SHA-256 of each top-level field's
@@ -52,12 +53,21 @@ def _backbone_name(name: str) -> str:
 
 
 def head_name(model: nn.Module) -> str | None:
-    """Dotted name of the classification head module, or None."""
-    model = unwrap(model)
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Module):
-        return None
-    return next((n for n, m in model.named_modules() if m is head), None)
+    """Dotted name of the main classification head module (the first of
+    pear.families.heads: 'head' of a distilled DeiT's head and head_dist), or None."""
+    return next(iter(head_names(unwrap(model))), None)
+
+
+def head_prefixes(info: dict) -> dict[str, str]:
+    """Head module name -> prefix of its tensors in a task checkpoint. One head ('head':
+    a name) is stored under 'head.', as every checkpoint before several were; several
+    ('head': a list of names) each under 'head.<name>.'."""
+    names = recorded_heads(info)
+    return {n: "head." if len(names) == 1 else f"head.{n}." for n in names}
+
+
+def _head_field(names: list[str]) -> str | list[str] | None:
+    return names[0] if len(names) == 1 else (names or None)
 
 
 def _frozen_backbone(model: nn.Module):
@@ -70,11 +80,11 @@ def _frozen_backbone(model: nn.Module):
             for sub in (m.adapter, m.frozen):
                 if sub is not None:
                     skip.update(id(t) for t in sub.parameters())
-    head = head_name(model)
+    names = head_names(model)
     items = [(n, t, False) for n, t in model.named_parameters(remove_duplicate=True)]
     items += [(n, t, True) for n, t in model.named_buffers()]
     for name, t, is_buffer in sorted(((_backbone_name(n), t, b) for n, t, b in items), key=lambda x: x[0]):
-        if id(t) in skip or "lora_" in name or (head and (name == head or name.startswith(head + "."))):
+        if id(t) in skip or "lora_" in name or any(name == h or name.startswith(h + ".") for h in names):
             continue
         yield name, t, is_buffer
 
@@ -155,9 +165,8 @@ def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for pos, s in slots(model).items():
         if s.frozen is not None:
             out.update({f"frozen.{pos}.{n}": t for n, t in s.frozen.state_dict().items()})
-    head = head_name(model)
-    if head:
-        out.update({f"head.{n}": t for n, t in model.get_submodule(head).state_dict().items()})
+    for head, prefix in head_prefixes({"head": _head_field(head_names(model))}).items():
+        out.update({f"{prefix}{n}": t for n, t in model.get_submodule(head).state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
@@ -177,6 +186,7 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
     if head:
         w = base.get_submodule(head).state_dict().get("weight")
         num_classes = int(w.shape[0]) if w is not None else None
+    head = _head_field(head_names(base))
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -447,7 +457,8 @@ def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
     problems = wrong_types(info, _TASK_FIELDS) + checkpoint_problems(info)
     if problems:
         raise TypeError("; ".join(problems))
-    n, head = info.get("num_classes"), tensors.get("head.weight")
+    main = next(iter(head_prefixes(info).values()), "head.")
+    n, head = info.get("num_classes"), tensors.get(main + "weight")
     if n is not None and (n < 1 or (head is not None and (head.ndim == 0 or head.shape[0] != n))):
         raise ValueError(f"num_classes {n} does not match the stored head "
                          f"{list(head.shape) if head is not None else '(none)'}")
@@ -498,21 +509,20 @@ def build_task(ckpt: TaskCheckpoint, model: nn.Module) -> "TaskModules":
             if p["frozen"]:
                 frozen[n] = _filled(template[n], _submodule_state(ckpt.tensors, f"frozen.{n}."))
                 frozen[n].requires_grad_(False)
-        head = None
-        if ckpt.info.get("head"):
-            head = _filled(_head_template(model, ckpt), _submodule_state(ckpt.tensors, "head."))
+        task_heads = {name: _filled(_head_template(model, ckpt, name, prefix), _submodule_state(ckpt.tensors, prefix))
+                 for name, prefix in head_prefixes(ckpt.info).items()}
     except (RuntimeError, KeyError, AttributeError) as exc:
         raise PearError(f"{ckpt.path}: tensors do not fit this backbone ({' '.join(str(exc).split())})") from None
     layout = {p["name"]: (p["source"], p["pruned"]) for p in ckpt.info["positions"]}
-    return TaskModules(owned, frozen, head, layout)
+    return TaskModules(owned, frozen, task_heads, layout)
 
 
-def _head_template(model: nn.Module, ckpt: TaskCheckpoint) -> nn.Module:
-    """The model's head module, resized to the checkpoint's class count if it is linear."""
-    head = unwrap(model).get_submodule(ckpt.info["head"])
-    w = ckpt.tensors.get("head.weight")
+def _head_template(model: nn.Module, ckpt: TaskCheckpoint, name: str, prefix: str) -> nn.Module:
+    """The model's head module `name`, resized to the checkpoint's class count if it is linear."""
+    head = unwrap(model).get_submodule(name)
+    w = ckpt.tensors.get(prefix + "weight")
     if isinstance(head, nn.Linear) and w is not None and tuple(w.shape) != tuple(head.weight.shape):
-        return nn.Linear(w.shape[1], w.shape[0], bias="head.bias" in ckpt.tensors).to(head.weight.device)
+        return nn.Linear(w.shape[1], w.shape[0], bias=prefix + "bias" in ckpt.tensors).to(head.weight.device)
     return head
 
 
@@ -530,13 +540,12 @@ class TaskModules:
 
     adapters: dict[str, nn.Module]
     frozen: dict[str, nn.Module]
-    head: nn.Module | None
+    heads: dict[str, nn.Module]  # head module name -> its trained module
     layout: dict[str, tuple[str | None, bool]]  # position -> (source position or None, pruned)
 
 
-def install(model: nn.Module, task: TaskModules, head: str | None,
-            slot_map: dict[str, PearSlot] | None = None) -> None:
-    """Point every slot at this task's adapters (pointer swaps only) and set its head."""
+def install(model: nn.Module, task: TaskModules, slot_map: dict[str, PearSlot] | None = None) -> None:
+    """Point every slot at this task's adapters (pointer swaps only) and set its heads."""
     base = unwrap(model)
     for n, s in (slot_map or slots(base)).items():
         src, pruned = task.layout.get(n, (None, True))
@@ -544,9 +553,9 @@ def install(model: nn.Module, task: TaskModules, head: str | None,
         s.frozen = task.frozen.get(n)
         s.info.source = src or n
         s.info.pruned = pruned
-    if head and task.head is not None:
+    for head, module in task.heads.items():
         parent, _, attr = head.rpartition(".")
-        setattr(base.get_submodule(parent) if parent else base, attr, task.head)
+        setattr(base.get_submodule(parent) if parent else base, attr, module)
 
 
 def skeleton_config(ckpt: TaskCheckpoint) -> PearConfig:
@@ -569,14 +578,16 @@ def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | Non
     base = unwrap(backbone)
     trial = copy.deepcopy(base)  # build on a copy first: nothing half-loaded if the tensors do not fit
     n_cls = ckpt.num_classes
-    if n_cls is not None and hasattr(trial, "reset_classifier") and trial.get_classifier().weight.shape[0] != n_cls:
+    main = next(iter(heads(trial).values()), None)
+    if n_cls is not None and hasattr(trial, "reset_classifier") and getattr(main, "weight", None) is not None \
+            and main.weight.shape[0] != n_cls:
         trial.reset_classifier(n_cls)
     try:
         attach(trial, skeleton_config(ckpt))
     except ValueError as exc:
         raise PearError(f"{ckpt.path}: its adapters do not fit this backbone ({exc})") from None
     task = build_task(ckpt, trial)
-    install(trial, task, ckpt.info.get("head"))
+    install(trial, task)
     state = pear_state(trial)
     state.pruned = bool(ckpt.info.get("pruned"))
     state.unpruned_adapter_params = int(ckpt.info.get("unpruned_adapter_params", state.unpruned_adapter_params))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import attach, pear_state, slots, unwrap
-from .checkpoint import TaskModules, build_task, fingerprint, head_name, install, read_checkpoint
+from .checkpoint import TaskModules, build_task, fingerprint, install, read_checkpoint
 from .config import PearConfig
 from .errors import PearError
 
@@ -27,7 +27,6 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.model = unwrap(backbone)
         self.backbone_name = backbone_name
-        self.head_name = head_name(self.model)
         self._fingerprint = fingerprint(self.model)
         self.task_modules = nn.ModuleDict()
         self._tasks: dict[str, TaskModules] = {}
@@ -63,7 +62,9 @@ class MultiTaskModel(nn.Module):
         holder = nn.Module()
         holder.adapters = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.adapters.items()})
         holder.frozen = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.frozen.items()})
-        holder.head = task.head
+        # One head keeps its old place in the state dict; several (head, head_dist) go by name.
+        holder.head = next(iter(task.heads.values())) if len(task.heads) == 1 else \
+            nn.ModuleDict({k.replace(".", "_"): m for k, m in task.heads.items()}) if task.heads else None
         self.task_modules[name] = holder
         if self.active is None:
             self.set_task(name)
@@ -71,7 +72,7 @@ class MultiTaskModel(nn.Module):
     def set_task(self, name: str) -> None:
         if name not in self._tasks:
             raise PearError(f"unknown task {name!r}; loaded: {', '.join(self._tasks) or 'none'}")
-        install(self.model, self._tasks[name], self.head_name, self._slots)
+        install(self.model, self._tasks[name], self._slots)
         pear_state(self.model).pruned = any(p for _, p in self._tasks[name].layout.values())
         self.active = name
 

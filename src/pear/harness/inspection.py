@@ -14,7 +14,7 @@ from ..card import CARD_FILE
 from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..config import SHARE_ALIASES
 from ..errors import PearError
-from ..jsontypes import checkpoint_problems
+from ..jsontypes import checkpoint_problems, recorded_heads
 from ..report import checkpoint_report, tensors_size
 from .outputs import PNG, write_output
 from .runs import checkpoint_kind, read_metrics
@@ -80,9 +80,10 @@ def _inspect_plain(ckpt: Path) -> dict:
     problems = checkpoint_problems(info)
     if problems:
         raise PearError(f"{ckpt / PLAIN_FILES[1]} is malformed: {'; '.join(problems)}")
-    head = info.get("head")
     stored_params, stored = tensors_size(tensors, "")
-    head_params, head_bytes = tensors_size(tensors, f"{head}.") if isinstance(head, str) else (0, 0)
+    # 'head' names one head module, or a list of several (head, head_dist: a distilled DeiT).
+    sizes = [tensors_size(tensors, f"{h}.") for h in recorded_heads(info)]
+    head_params, head_bytes = sum(p for p, _ in sizes), sum(b for _, b in sizes)
     files = _files(ckpt, PLAIN_FILES)
     return {
         **_described("plain", ckpt, info),

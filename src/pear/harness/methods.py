@@ -17,10 +17,10 @@ import re
 import torch
 from torch import nn
 
-from ..adapters import attach, is_transformer, pear_state
-from ..checkpoint import head_name
+from ..adapters import attach, pear_state
 from ..config import PearConfig
 from ..errors import PearError
+from ..families import family_of, heads
 from ..norms import freeze_norm_stats  # noqa: F401  (its home before pear.freeze_norm_stats)
 from .method_names import (  # noqa: F401  (their home until option parsing had to do without torch)
     LORA_METHODS, METHOD_ALIASES, METHODS, PEAR_METHODS, PRUNING_METHODS, canonical_method, pear_config_for)
@@ -32,7 +32,6 @@ def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float
     method = canonical_method(method)
     if method not in METHODS:
         raise PearError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    head = head_name(model)
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -40,21 +39,25 @@ def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float
     if method == "linear":
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in model.get_submodule(head).parameters():
-            p.requires_grad_(True)
+        _train_heads(model)
         return model
     if method in LORA_METHODS:
         rank = lora_rank(model, config) if method == "peft-lora-eq" else config.rank
-        return _lora(model, rank, lora_alpha, head)
+        return _lora(model, rank, lora_alpha)
     attach(model, pear_config_for(method, config))
     return model
 
 
+def _train_heads(model: nn.Module) -> None:
+    """Every task head trains (head and head_dist on a distilled DeiT)."""
+    for head in heads(model).values():
+        head.requires_grad_(True)
+
+
 def lora_targets(model: nn.Module) -> str:
-    """peft target regex: qkv of every ViT block, or the 1x1 projection convs of a CNN."""
-    if is_transformer(model):
-        return r".*blocks\.\d+\.attn\.qkv"
-    return r".*blocks\.\d+\.\d+\.(conv_pwl|conv_pw)"
+    """peft target regex, as the model's family says (pear.families): qkv of every ViT
+    block, or the 1x1 projection convs of a CNN."""
+    return family_of(model).lora_targets
 
 
 def lora_rank(model: nn.Module, config: PearConfig) -> int:
@@ -76,7 +79,7 @@ def lora_rank(model: nn.Module, config: PearConfig) -> int:
     return max(1, round(budget / per_rank))
 
 
-def _lora(model: nn.Module, rank: int, alpha: float | None, head: str) -> nn.Module:
+def _lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
@@ -86,8 +89,7 @@ def _lora(model: nn.Module, rank: int, alpha: float | None, head: str) -> nn.Mod
     model = inject_adapter_in_model(lcfg, model)
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
-    for p in model.get_submodule(head).parameters():
-        p.requires_grad_(True)
+    _train_heads(model)
     return model
 
 

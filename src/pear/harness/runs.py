@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checkpoint import CONFIG_FILE, load as load_task, recorded_weights
 from ..errors import BackboneMismatch, PearError
-from ..jsontypes import NONE, checkpoint_problems, wrong_types
+from ..jsontypes import NONE, checkpoint_problems, recorded_heads, wrong_types
 from .files import read_mapping
 from .methods import METHODS, canonical_method, prepare
 from .rundir import BACKBONE_FILE
@@ -114,7 +114,7 @@ def _validated_info(ckpt: Path, kind: str) -> dict:
         raise PearError(f"{path} is malformed: {'; '.join(problems)}")
     n, meta = info.get("num_classes"), info.get("meta") or {}
     if kind == "plain":
-        w = tensors.get(f"{info.get('head')}.weight")
+        w = tensors.get(f"{next(iter(recorded_heads(info)), None)}.weight")
         if n is not None and (w is None or w.ndim == 0 or w.shape[0] != n):
             raise PearError(f"{path} is malformed: num_classes {n} does not match the stored head")
         if canonical_method(info.get("method")) not in METHODS:

@@ -17,6 +17,7 @@ from torch import nn
 from ..adapters import unwrap
 from ..checkpoint import FORMAT_VERSION, head_name, read_tensor_dir, settings_field, write_tensor_dir
 from ..errors import PearError
+from ..families import head_names
 from ..pruning import PrunePlan, prune_and_share, prune_optimizer
 
 STATE_FORMAT = "pear-train-state"
@@ -177,9 +178,10 @@ def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str,
                meta: dict) -> None:
     """Checkpoint of a linear / full / lora run: its trainable tensors (all for full)."""
     base = unwrap(model)
-    head = head_name(base)
+    head, names = head_name(base), head_names(base)
     info = {"format": PLAIN_FORMAT, "format_version": FORMAT_VERSION, "method": method,
-            "backbone": {"name": backbone, "fingerprint": fingerprint_value, **settings_field(base)}, "head": head,
+            "backbone": {"name": backbone, "fingerprint": fingerprint_value, **settings_field(base)},
+            "head": names if len(names) > 1 else head,
             "num_classes": int(base.get_submodule(head).weight.shape[0]) if head else None,
             "class_names": class_names, "meta": meta}
     write_tensor_dir(directory, model_tensors(base), info, *PLAIN_FILES)

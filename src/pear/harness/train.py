@@ -496,11 +496,11 @@ def _command(cfg: TrainConfig) -> str:
 
 
 def _restore_best(model, directory: Path, cfg: TrainConfig, device) -> None:
-    from ..checkpoint import build_task, head_name, install, read_checkpoint
+    from ..checkpoint import build_task, install, read_checkpoint
 
     if cfg.method in PEAR_METHODS:
         ckpt = read_checkpoint(directory)
-        install(model, build_task(ckpt, model), head_name(model))
+        install(model, build_task(ckpt, model))
     else:
         load_plain(directory, model)
     model.to(device)

@@ -1,0 +1,192 @@
+"""The map of a backbone's structure, one entry per family.
+
+A family says, for the models it matches: which sub-layers are adapter positions
+(`candidates`), the shapes an adapter there needs (`shapes`), which adapter module sits
+there (`make_adapter`), the task head modules that train beside the adapters
+(`head_modules`: several on a distilled DeiT, head and head_dist) and the layers peft's
+LoRA targets (`lora_targets`). `pear.attach`, the checkpoint and the harness's LoRA ask
+this map and decide nothing themselves.
+
+Adding a family is one subclass of `Family` here (or in your own code), decorated with
+`@register_family("name")`, as timm's `register_model`. Families registered later are
+asked first, so an entry can take over models that a built-in one would match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .bottlenecks import Bottleneck, ConvBottleneck
+from .config import PearConfig
+from .errors import PearError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One position a model offers: `parent.<attr>` is the sub-layer a slot wraps."""
+
+    name: str  # dotted position name, e.g. 'blocks.3.attn'
+    parent: nn.Module
+    attr: str
+    depth: int  # block index, for the 'nearest' share policy and plots
+    kind: str = "block"  # 'attn', 'mlp', 'qkv', 'block', ...
+
+
+class Family:
+    """A backbone family. The defaults suit token models with linear adapters and timm's
+    `get_classifier()` head; subclasses override what differs."""
+
+    name = ""
+    description = ""  # what models it takes, for the error naming every family
+    lora_targets = ""  # peft's target_modules regex
+
+    def matches(self, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
+        raise NotImplementedError
+
+    def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
+        """(in width, out width, stride) of the adapter at each candidate's sub-layer."""
+        raise NotImplementedError
+
+    def make_adapter(self, cfg: PearConfig, cand: Candidate, din: int, dout: int,
+                     stride: int) -> tuple[nn.Module, tuple]:
+        """(adapter module, signature): adapters of equal signature can be shared."""
+        lora = cfg.adapter == "lora"
+        adapter = Bottleneck(din, dout, cfg.rank, cfg.scale, act="identity" if lora else cfg.act,
+                             zero_init=cfg.init == "zero", bias=not lora)
+        return adapter, ("linear", din, dout)
+
+    def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Dotted name -> module of each task head, in order; the first is the main one."""
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        found = [h for h in (head if isinstance(head, (tuple, list)) else [head]) if isinstance(h, nn.Module)]
+        names = {id(m): n for n, m in model.named_modules()}  # each module once, under its first name
+        return {names[id(h)]: h for h in found if id(h) in names}
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str):
+    """Class decorator: register a `Family` subclass under `name`."""
+    def add(cls: type[Family]) -> type[Family]:
+        if name in FAMILIES:
+            raise PearError(f"backbone family {name!r} is already registered")
+        family = cls()
+        family.name = name
+        FAMILIES[name] = family
+        return cls
+    return add
+
+
+def find_family(model: nn.Module) -> Family | None:
+    return next((f for f in reversed(FAMILIES.values()) if f.matches(model)), None)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family of `model` (a plain module, not a compiled/DDP wrapper); PearError if none."""
+    family = find_family(model)
+    if family is None:
+        raise PearError(f"pear.attach supports {'; '.join(f.description for f in FAMILIES.values())}; "
+                        f"{type(model).__name__} is none of these (has it a 'blocks' list?). Another kind of "
+                        f"backbone needs an entry in pear.families (register_family)")
+    return family
+
+
+def heads(model: nn.Module) -> dict[str, nn.Module]:
+    """The task head modules of `model` by name (those of timm's get_classifier() for a
+    model of no family, as a plain linear or full fine-tuning run may use)."""
+    return (find_family(model) or _GENERIC).head_modules(model)
+
+
+def head_names(model: nn.Module) -> list[str]:
+    return list(heads(model))
+
+
+_GENERIC = Family()
+
+
+def _blocks(model: nn.Module):
+    blocks = getattr(model, "blocks", None)
+    return blocks if isinstance(blocks, nn.Module) and len(blocks) > 0 else None
+
+
+def _token_blocks(model: nn.Module) -> bool:
+    blocks = _blocks(model)
+    return blocks is not None and hasattr(blocks[0], "attn") and hasattr(blocks[0], "mlp")
+
+
+@register_family("vit")
+class ViTFamily(Family):
+    """timm VisionTransformer-style models: adapters at blocks[i].attn / .mlp, LoRA-style
+    adapters at blocks[i].attn.qkv."""
+
+    description = "timm VisionTransformer-style models (model.blocks[i].attn/.mlp)"
+    lora_targets = r".*blocks\.\d+\.attn\.qkv"
+
+    def matches(self, model: nn.Module) -> bool:
+        return _token_blocks(model)
+
+    def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
+        out = []
+        for i, block in enumerate(model.blocks):
+            if cfg.adapter == "lora":
+                out.append(Candidate(f"blocks.{i}.attn.qkv", block.attn, "qkv", i, "qkv"))
+            else:
+                out += [Candidate(f"blocks.{i}.{kind}", block, kind, i, kind) for kind in cfg.sublayers]
+        return out
+
+    def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
+        if cfg.adapter == "lora":
+            return [(b.in_features, b.out_features, 1) for b in bases]
+        return [(model.embed_dim if hasattr(model, "embed_dim") else b.fc1.in_features,) * 2 + (1,) for b in bases]
+
+
+@register_family("staged_cnn")
+class StagedCNNFamily(Family):
+    """EfficientNet/MobileNet-style CNNs: one parallel conv adapter per block of
+    model.blocks[stage][i]; shapes from one small dummy forward pass."""
+
+    description = "EfficientNet/MobileNet-style CNNs (model.blocks[stage][i])"
+    lora_targets = r".*blocks\.\d+\.\d+\.(conv_pwl|conv_pw)"
+
+    def matches(self, model: nn.Module) -> bool:
+        return _blocks(model) is not None and not _token_blocks(model)
+
+    def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
+        if cfg.adapter != "parallel":
+            raise PearError(f"PearConfig.adapter={cfg.adapter!r} is for ViTs; CNN backbones take 'parallel'")
+        stages = [(s, j, stage) for s, stage in enumerate(model.blocks) for j, _ in enumerate(stage)]
+        return [Candidate(f"blocks.{s}.{j}", stage, str(j), depth) for depth, (s, j, stage) in enumerate(stages)]
+
+    def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
+        return [(i[1], o[1], max(1, round(i[-1] / o[-1]))) for i, o in _probe_shapes(model, bases)]
+
+    def make_adapter(self, cfg: PearConfig, cand: Candidate, din: int, dout: int,
+                     stride: int) -> tuple[nn.Module, tuple]:
+        adapter = ConvBottleneck(din, dout, cfg.rank, cfg.scale, stride=stride, act=cfg.act,
+                                 zero_init=cfg.init == "zero")
+        return adapter, ("conv", din, dout, stride)
+
+
+def _probe_shapes(model: nn.Module, modules: list[nn.Module]) -> list[tuple[torch.Size, torch.Size]]:
+    """Input/output shapes of CNN blocks from one small dummy forward pass."""
+    shapes: dict[int, tuple] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, (i[0].shape, o.shape)))
+             for k, m in enumerate(modules)]
+    p = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return [shapes[k] for k in range(len(modules))]
