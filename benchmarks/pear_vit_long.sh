@@ -4,12 +4,13 @@
 # repo root after `bash scripts/setup.sh`; every phase is resumable (run it again and
 # finished runs are skipped), and each phase is `pear suite` calls:
 #
-#   bash benchmarks/pear_vit_long.sh [phases]    # default: "epochs adequacy curve ablations"
+#   bash benchmarks/pear_vit_long.sh [phases]    # default: "epochs adequacy claim curve ablations"
 #
 #   epochs     the recipe curve: adapter (s = 1) trained on train800 for 10/20/30/50 epochs,
 #              val200 after the last epoch, seed 0 (chooses EPOCHS below)
-#   adequacy   linear and adapter, 3 seeds, --tune (adapter scale on val200): is the testbed
-#              able to separate methods (adapter - linear >= 10 points, adapter std <= 1.5)?
+#   adequacy   linear and adapter (s = 1), 3 seeds: is the testbed able to separate methods
+#              (adapter - linear >= 10 points on the mean, adapter std <= 1.5 on each task)?
+#   claim      pear and prune (s = 1) at prune ratios 0.75 and 0.9 on sprites_loc, 3 seeds
 #   curve      pear and prune at prune ratios 0.5 / 0.75 / 0.9, 3 seeds, --tune; plus full,
 #              peft-lora and peft-lora-eq
 #   ablations  share / knowledge checkpoint / importance at ratio 0.75, 3 seeds, pear's scale
@@ -40,7 +41,7 @@ keep() {  # keep the suite's tables, plot and tuning choices beside the other re
     return 0
 }
 
-for phase in ${@:-epochs adequacy curve ablations}; do
+for phase in ${@:-epochs adequacy claim curve ablations}; do
     case $phase in
     epochs)
         for e in 10 20 30 50; do
@@ -48,10 +49,14 @@ for phase in ${@:-epochs adequacy curve ablations}; do
                 --epochs "$e" -c benchmarks/configs/select_val200.yaml --methods adapter@scale=1
         done
         $PY benchmarks/recipe_curve.py "$SUITES"/long_epochs_{10,20,30,50} --out "$RESULTS/recipe_curve.md" ;;
-    adequacy)
-        $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
-            --methods linear,adapter
-        keep "$SUITES/long" "$RESULTS" ;;
+    adequacy)  # adapter at s = 1, the recipe curve's scale (no --tune: it would triple the cost)
+        $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long_adequacy" "${RECIPE[@]}" \
+            --methods linear,adapter@scale=1
+        keep "$SUITES/long_adequacy" "$RESULTS/adequacy" ;;
+    claim)  # sharing where most adapters are gone, on the task where adapters matter most, s = 1
+        $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long_claim" "${RECIPE[@]}" \
+            --methods pear@scale=1@prune_ratio=0.75,prune@scale=1@prune_ratio=0.75,pear@scale=1@prune_ratio=0.9,prune@scale=1@prune_ratio=0.9
+        keep "$SUITES/long_claim" "$RESULTS/claim_sprites_loc" ;;
     curve)
         $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
             --methods linear,adapter,pear,prune,pear@prune_ratio=0.75,prune@prune_ratio=0.75,pear@prune_ratio=0.9,prune@prune_ratio=0.9,full,peft-lora,peft-lora-eq
@@ -60,6 +65,6 @@ for phase in ${@:-epochs adequacy curve ablations}; do
         $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
             --methods pear@prune_ratio=0.75@share=nearest,pear@prune_ratio=0.75@share=top1,pear@prune_ratio=0.75@share=none,pear@prune_ratio=0.75@knowledge=none,pear@prune_ratio=0.75@knowledge=frozen,pear@prune_ratio=0.75@knowledge=distill,pear@prune_ratio=0.75@importance=magnitude,pear@prune_ratio=0.75@importance=random
         keep "$SUITES/long" "$RESULTS" ;;
-    *) echo "unknown phase $phase (epochs, adequacy, curve, ablations)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, curve, ablations)" >&2; exit 2 ;;
     esac
 done
