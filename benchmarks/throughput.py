@@ -53,6 +53,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -188,19 +189,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def precision_settings(args, device: torch.device) -> list[tuple[str, Precision]]:
-    """(label, precision) per setting to measure: the --precisions list, or the one the flags give."""
+def precision_settings(args, device: torch.device) -> list[tuple[str, "Callable[[nn.Module], Precision]"]]:
+    """(label, model -> precision) per setting to measure: the --precisions list, or the one the
+    flags give (training's automatic choice depends on the model: a CNN stays fp32 on the CPU)."""
     if args.precisions:
-        return [(name, choose(None, device) if name == "auto" else Precision(*PRECISIONS[name], name))
-                for name in args.precisions]
-    auto = choose(args.amp, device)
-    amp = auto.amp or args.frozen_bf16
-    attention = args.attention if args.attention != "auto" else choose(amp, device).attention
-    frozen = args.frozen_bf16 or (auto.frozen_bf16 and args.attention == "auto" and args.amp is None)
-    return [("", Precision(amp, attention, frozen, auto.reason))]
+        return [(name, (lambda model: choose(None, device, model)) if name == "auto"
+                 else (lambda model, name=name: Precision(*PRECISIONS[name], name))) for name in args.precisions]
+
+    def from_flags(model: nn.Module) -> Precision:
+        auto = choose(args.amp, device, model)
+        amp = auto.amp or args.frozen_bf16
+        attention = args.attention if args.attention != "auto" else choose(amp, device, model).attention
+        frozen = args.frozen_bf16 or (auto.frozen_bf16 and args.attention == "auto" and args.amp is None)
+        return Precision(amp, attention, frozen, auto.reason)
+    return [("", from_flags)]
 
 
-def make_bench(method: str, args, device: torch.device, precision: Precision, label: str = "") -> Bench:
+def make_bench(method: str, args, device: torch.device, resolve: "Callable[[nn.Module], Precision]",
+               label: str = "") -> Bench:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no pretrained weights given")
         model, _, _ = build_model(args.backbone, args.num_classes, "linear" if method == "input-grad" else method,
@@ -211,6 +217,7 @@ def make_bench(method: str, args, device: torch.device, precision: Precision, la
         g = torch.Generator().manual_seed(0)
         scores = {name: torch.rand((), generator=g).item() for name in positions(model)}
         prune_and_share(model, make_plan(scores, pear_state(model).config, model))
+    precision = resolve(model)
     apply_attention(model, precision.attention)
     if precision.frozen_bf16:
         hold_frozen_bf16(model)
@@ -403,7 +410,7 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings_list = precision_settings(args, device)
-    benches = [make_bench(m, args, device, prec, label) for label, prec in settings_list for m in args.methods]
+    benches = [make_bench(m, args, device, resolve, label) for label, resolve in settings_list for m in args.methods]
     if args.tracker:
         for adapter in [b for b in benches if b.name == "adapter"]:
             benches.append(Bench("adapter+tracker", adapter.model, adapter.fwd, adapter.optimizer, adapter.x,
@@ -443,8 +450,8 @@ def run(args) -> dict:
     if len(settings_list) > 1:
         _speedups(benches, results, per_round)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "argv")}
-    settings.update(amp_bf16=settings_list[0][1].amp if len(settings_list) == 1 else None, steps_per_round=per_round,
-                    precision_reason=choose(None, device).reason)
+    settings.update(amp_bf16=benches[0].amp if len(settings_list) == 1 else None, steps_per_round=per_round,
+                    precision_reason=choose(None, device, benches[0].model).reason)
     out = {"machine": machine(device), "command": shlex.join(["python", "benchmarks/throughput.py", *args.argv]),
            "settings": settings, "results": results}
     if args.ceiling:

@@ -49,7 +49,7 @@ def test_every_method_and_the_tracker_are_measured(throughput, tmp_path):
     assert head < params["lora"] < params["full"] and params["adapter"] < params["full"]
     assert rows["adapter"]["step_time_vs_adapter"] == 1.0
     assert res["tracker_overhead"] > 0 and res["tracker_update_ms"] > 0
-    assert res["settings"]["amp_bf16"] is choose(None, torch.device("cpu")).amp  # CPU default, as in training
+    assert res["settings"]["amp_bf16"] is choose(None, torch.device("cpu")).amp  # a ViT's CPU default, as in training
     assert res["machine"]["process_peak_rss_mb"] > 0
 
 

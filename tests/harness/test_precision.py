@@ -29,6 +29,14 @@ def test_amp_picks_itself_on_the_cpu(monkeypatch, has_bf16):
     assert not P.choose(None, CPU, distributed=True).frozen_bf16
 
 
+def test_a_cnn_stays_fp32_on_the_cpu(monkeypatch, model_factory):
+    monkeypatch.setattr(P, "cpu_has_bf16_matmul", lambda: True)
+    cnn, vit = model_factory("cnn"), model_factory("vit")
+    assert not P.has_attention(cnn) and P.has_attention(vit)
+    assert P.choose(None, CPU, cnn).amp is False and P.choose(None, CPU, vit).amp is True
+    assert P.choose(True, CPU, cnn).amp is True  # --amp still honoured
+
+
 def test_cuda_keeps_sdpa_and_old_runs_read_the_old_rule():
     cuda = torch.device("cuda")
     assert P.choose(None, cuda) == P.Precision(True, "sdpa", False, "CUDA: bf16 autocast by default")

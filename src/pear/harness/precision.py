@@ -4,9 +4,10 @@ weights held in bf16.
 The choices are rules written from measurements (benchmarks/throughput.py,
 benchmarks/results/cpu_bf16/), not timed again in every run:
 
-- bf16 autocast is on with CUDA, and on a CPU with bf16 matrix instructions (AMX or
-  AVX512-BF16); off elsewhere. On the CPU the choice only changes speed and rounding,
-  never the method; `--no-amp` keeps the fp32 path exactly as it was.
+- bf16 autocast is on with CUDA, and for a transformer on a CPU with bf16 matrix
+  instructions (AMX or AVX512-BF16); off elsewhere (a CNN such as EfficientNet-Lite0 was
+  measured no faster in bf16 on the CPU). On the CPU the choice only changes speed and
+  rounding, never the method; `--no-amp` keeps the fp32 path exactly as it was.
 - Attention: timm's `Attention` modules run PyTorch's fused SDPA kernel by default. On
   the CPU under bf16 its backward (`_scaled_dot_product_flash_attention_for_cpu`) is
   slower than the whole rest of the step for small heads, so there the explicit-matmul
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..errors import PearError
 
-__all__ = ["Precision", "cpu_has_bf16_matmul", "choose", "legacy", "apply_attention", "hold_frozen_bf16"]
+__all__ = ["Precision", "cpu_has_bf16_matmul", "has_attention", "choose", "legacy", "apply_attention", "hold_frozen_bf16"]
 
 ATTENTION = ("sdpa", "matmul")
 
@@ -73,8 +74,17 @@ def legacy(amp: bool | None, device: torch.device) -> Precision:
     return Precision(on, "sdpa", False, "a run made before the precision was recorded")
 
 
-def choose(amp: bool | None, device: torch.device, distributed: bool = False) -> Precision:
+def has_attention(model: nn.Module) -> bool:
+    """True for a model with timm attention modules (a ViT-like backbone)."""
+    return any(hasattr(m, "fused_attn") for m in model.modules())
+
+
+def choose(amp: bool | None, device: torch.device, model: nn.Module | None = None,
+           distributed: bool = False) -> Precision:
     """The precision a run uses on `device`, given the user's --amp (None: automatic).
+    `model`: on the CPU only a transformer gains from bf16 (measured: the built-in ViT's
+    step 1.8-2x faster, EfficientNet-Lite0's depthwise convolutions no faster), so a model
+    without attention stays fp32 there; None: decide as for a transformer.
     `distributed`: DDP broadcasts every rank's module states as they are, so the frozen
     weights stay fp32 there."""
     if device.type == "cuda":
@@ -83,7 +93,9 @@ def choose(amp: bool | None, device: torch.device, distributed: bool = False) ->
     if device.type != "cpu":
         on = bool(amp)
         return Precision(on, "sdpa", False, f"{device.type}: fp32 unless --amp")
-    if amp is None:
+    if amp is None and model is not None and not has_attention(model):
+        on, reason = False, "CPU, a model without attention: fp32 (bf16 is no faster for its convolutions)"
+    elif amp is None:
         on = cpu_has_bf16_matmul()
         reason = ("CPU has bf16 matrix instructions (AMX/AVX512-BF16): bf16 autocast" if on
                   else "CPU without bf16 matrix instructions: fp32")

@@ -183,7 +183,7 @@ def load_run_config(run: Path) -> dict:
     return read_mapping(path, "run options")
 
 
-def _eval_precision(amp: bool | None, device, metrics: dict, where: Path):
+def _eval_precision(amp: bool | None, device, metrics: dict, where: Path, model: nn.Module):
     """The precision to re-evaluate a run with: what it recorded when it ran on the same
     kind of device, else today's choice for this device (a run that recorded no choice
     ran by the old rule, `precision.legacy`)."""
@@ -192,8 +192,8 @@ def _eval_precision(amp: bool | None, device, metrics: dict, where: Path):
     same_kind = str(metrics.get("device", "")).split(":")[0] == device.type
     if "precision" in metrics:
         recorded = Precision.from_dict(metrics["precision"], str(where))
-        return recorded if same_kind else choose(amp, device)
-    return legacy(amp, device) if metrics else choose(amp, device)
+        return recorded if same_kind else choose(amp, device, model)
+    return legacy(amp, device) if metrics else choose(amp, device, model)
 
 
 def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None = None) -> dict:
@@ -219,7 +219,7 @@ def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None 
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
     metrics = read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    precision = _eval_precision(cfg.amp, dev, metrics, run / "metrics.json")
+    precision = _eval_precision(cfg.amp, dev, metrics, run / "metrics.json", model)
     apply_attention(model, precision.attention)
     acc = evaluate(model, split, dev, precision.amp, batch_size=cfg.eval_batch_size)
     recorded = metrics.get("test_acc")

@@ -221,7 +221,7 @@ def _start(cfg: TrainConfig, ctx: "D.Context", folder: RunFolder, device: torch.
         log.info("run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
                  out, cfg.method, cfg.data, info.name, cfg.backbone, len(splits["train"]), len(splits["test"]),
                  device, ctx.world)
-    run = _Run(cfg, ctx, folder, device, precision=choose(cfg.amp, device, distributed=ctx.enabled), info=info, fp=fp,
+    run = _Run(cfg, ctx, folder, device, precision=choose(cfg.amp, device, model, distributed=ctx.enabled), info=info, fp=fp,
                model=model, optimizer=make_optimizer(model, cfg.lr, cfg.wd),
                sampler=GlobalBatches(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.rank, ctx.world),
                tracker=None)
