@@ -11,6 +11,7 @@
 #   adequacy   linear and adapter (s = 1), 3 seeds: is the testbed able to separate methods
 #              (adapter - linear >= 10 points on the mean, adapter std <= 1.5 on each task)?
 #   claim      pear and prune (s = 1) at prune ratios 0.75 and 0.9 on sprites_loc, 3 seeds
+#   precision  bf16 (the CPU default with AMX) against fp32: pear, fashion_mnist, 3 seeds, 5 epochs
 #   curve      pear and prune at prune ratios 0.5 / 0.75 / 0.9, 3 seeds, --tune; plus full,
 #              peft-lora and peft-lora-eq
 #   ablations  share / knowledge checkpoint / importance at ratio 0.75, 3 seeds, pear's scale
@@ -57,6 +58,13 @@ for phase in ${@:-epochs adequacy claim curve ablations}; do
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long_claim" "${RECIPE[@]}" \
             --methods pear@scale=1@prune_ratio=0.75,prune@scale=1@prune_ratio=0.75,pear@scale=1@prune_ratio=0.9,prune@scale=1@prune_ratio=0.9
         keep "$SUITES/long_claim" "$RESULTS/claim_sprites_loc" ;;
+    precision)  # bf16 (the CPU default with AMX) against fp32, pear on fashion_mnist, 3 seeds, the demo's 5 epochs
+        for p in bf16 fp32; do
+            cfg=(); [ $p = fp32 ] && cfg=(-c benchmarks/configs/fp32.yaml)
+            $PEAR suite --data "$DATA" --tasks fashion_mnist --seeds 0,1,2 --out "$SUITES/precision_$p" "${BASE[@]}" \
+                --epochs 5 --warmup-epochs 1 "${cfg[@]}" --methods pear
+            keep "$SUITES/precision_$p" "$RESULTS/precision/$p"
+        done ;;
     curve)
         $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
             --methods linear,adapter,pear,prune,pear@prune_ratio=0.75,prune@prune_ratio=0.75,pear@prune_ratio=0.9,prune@prune_ratio=0.9,full,peft-lora,peft-lora-eq
@@ -65,6 +73,6 @@ for phase in ${@:-epochs adequacy claim curve ablations}; do
         $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
             --methods pear@prune_ratio=0.75@share=nearest,pear@prune_ratio=0.75@share=top1,pear@prune_ratio=0.75@share=none,pear@prune_ratio=0.75@knowledge=none,pear@prune_ratio=0.75@knowledge=frozen,pear@prune_ratio=0.75@knowledge=distill,pear@prune_ratio=0.75@importance=magnitude,pear@prune_ratio=0.75@importance=random
         keep "$SUITES/long" "$RESULTS" ;;
-    *) echo "unknown phase $phase (epochs, adequacy, claim, curve, ablations)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, ablations)" >&2; exit 2 ;;
     esac
 done
