@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "shown again, an unfinished one resumed)")
     p.add_argument("--data", default="data", help="data root; the Fashion-MNIST 1k task is built into it when "
                    "missing (default data)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 5)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace the run folder and train again")
     p.set_defaults(func=cmd_demo)
 

@@ -1,8 +1,9 @@
 """`pear demo`: the built-in default job, real weights on real data, about a minute on a CPU.
 
 Pear's own pretrained ViT (`pear_vit_tiny6_patch4_32`, 12 adapter positions that can all
-share), adapted with Pear on the built-in Fashion-MNIST 1k task at 32 px (the recipe of
-the benchmark table), then the accuracy, parameters, stored bytes and the pruning map,
+share), adapted with Pear on the built-in Fashion-MNIST 1k task at 32 px for 10 epochs
+(bf16 on a CPU with AMX trains them in about the time 5 fp32 epochs took; measured, seed 0:
+70.40% test accuracy against 69.05% at 5 epochs), then the accuracy, parameters, stored bytes and the pruning map,
 which shows each pruned position calling a kept adapter.
 """
 
@@ -18,7 +19,7 @@ from .rundir import check_same_run
 from .runs import read_metrics
 from .train import TrainConfig, train
 
-DEMO = dict(task="fashion_mnist", backbone=PEAR_VIT, method="pear", img_size=32, epochs=5, warmup_epochs=1,
+DEMO = dict(task="fashion_mnist", backbone=PEAR_VIT, method="pear", img_size=32, epochs=10, warmup_epochs=1,
             batch_size=32)
 
 
