@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -492,14 +493,18 @@ def _submodule_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str,
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def build_task(ckpt: TaskCheckpoint, model: nn.Module) -> "TaskModules":
+def build_task(ckpt: TaskCheckpoint, model: nn.Module,
+               templates: Mapping[str, nn.Module] | None = None) -> "TaskModules":
     """Fresh adapter / frozen / head modules for one task, filled with its tensors.
-    `model` must already carry slots at the checkpoint's positions."""
+    `model` must already carry slots at the checkpoint's positions; each adapter is a copy of
+    `templates[position]`, by default the slot's own adapter (which another task installed
+    in the slot may have left empty: MultiTaskModel keeps the adapters attach made)."""
     sl = slots(model)
     missing = [p["name"] for p in ckpt.info["positions"] if p["name"] not in sl]
     if missing:
         raise PearError(f"{ckpt.path}: positions {missing[:3]} do not exist in this backbone")
-    template = {n: s.adapter for n, s in sl.items()}
+    template = templates if templates is not None else \
+        {n: s.adapter for n, s in sl.items() if s.adapter is not None}
     owned, frozen = {}, {}
     try:
         for p in ckpt.info["positions"]:

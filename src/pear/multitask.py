@@ -30,6 +30,9 @@ class MultiTaskModel(nn.Module):
         self._fingerprint = fingerprint(self.model)
         self.task_modules = nn.ModuleDict()
         self._tasks: dict[str, TaskModules] = {}
+        # Each position's adapter before any task is installed: the shape every task's adapter there is
+        # built from (a plain dict, so that they stay out of the state dict).
+        self._templates: dict[str, nn.Module] = {}
         self.class_names: dict[str, list[str] | None] = {}
         self.active: str | None = None
 
@@ -56,7 +59,9 @@ class MultiTaskModel(nn.Module):
             raise PearError(f"{directory}: adapter kind {ckpt.config.adapter!r} differs from the loaded tasks' "
                             f"{state.config.adapter!r}; one MultiTaskModel serves one adapter kind")
         self._slots = slots(self.model)
-        task = build_task(ckpt, self.model)
+        if not self._tasks:
+            self._templates = {n: s.adapter for n, s in self._slots.items() if s.adapter is not None}
+        task = build_task(ckpt, self.model, self._templates)
         self._tasks[name] = task
         self.class_names[name] = ckpt.class_names
         holder = nn.Module()
