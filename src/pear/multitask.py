@@ -68,8 +68,9 @@ class MultiTaskModel(nn.Module):
         holder.adapters = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.adapters.items()})
         holder.frozen = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.frozen.items()})
         # One head keeps its old place in the state dict; several (head, head_dist) go by name.
-        holder.head = next(iter(task.heads.values())) if len(task.heads) == 1 else \
+        head = next(iter(task.heads.values())) if len(task.heads) == 1 else \
             nn.ModuleDict({k.replace(".", "_"): m for k, m in task.heads.items()}) if task.heads else None
+        setattr(holder, "head", head)  # None too, which nn.Module's attribute typing does not take
         self.task_modules[name] = holder
         if self.active is None:
             self.set_task(name)
