@@ -63,6 +63,25 @@ def test_tasks_on_one_backbone_match_separate_models(two_tasks, model_factory):
             assert pear.share_map(mt.model) == pear.share_map(alone[name])
 
 
+def test_a_task_owns_an_adapter_where_the_active_task_pruned_it(tmp_path, model_factory):
+    """Plain pruning (share='none') leaves a slot empty while that task is active; a task
+    added then that keeps an adapter there still builds it."""
+    a = train_task(model_factory, tmp_path / "a", 5, seed=1, share="none")
+    b = train_task(model_factory, tmp_path / "b", 3, seed=2, share="none")
+    alone = {d.name: pear.load(d, model_factory("vit"), backbone_name=VIT).eval() for d in (a, b)}
+    empty = {d: {n for n, s in pear.adapters.slots(m).items() if s.adapter is None} for d, m in alone.items()}
+    assert empty["a"] - empty["b"], "the seeds must prune different positions"
+    mt = MultiTaskModel(model_factory("vit"), backbone_name=VIT)
+    mt.add_task("a", a)
+    mt.add_task("b", b)
+    mt.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for name in ["b", "a"]:
+            mt.set_task(name)
+            assert torch.allclose(mt(x), alone[name](x), atol=1e-6), name
+
+
 def test_unknown_task_and_other_backbone_are_refused(two_tasks, tmp_path, model_factory):
     a, _ = two_tasks
     mt = MultiTaskModel(model_factory("vit"), backbone_name=VIT)

@@ -83,8 +83,8 @@ class PearState:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under torch.compile / DDP wrappers."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        if isinstance(orig := getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+            model = orig
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -151,11 +151,12 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
         setattr(cand.parent, cand.attr, PearSlot(base, adapter, mode, SlotInfo(cand.name, cand.kind, cand.depth, sig)))
     for head in heads(model).values():
         head.requires_grad_(True)
-    model.pear_state = PearState(
+    # setattr: nn.Module's typing takes only tensors and modules as attributes.
+    setattr(model, "pear_state", PearState(
         config=config,
         positions=[c.name for c in cands],
         unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
-    )
+    ))
     return summary(model)
 
 

@@ -44,7 +44,7 @@ class ConvBottleneck(nn.Module):
         return self.up(self.act(self.down(x))) * self.scale
 
 
-def _init_pair(down: nn.Module, up: nn.Module, zero_init: bool) -> None:
+def _init_pair(down: nn.Linear | nn.Conv2d, up: nn.Linear | nn.Conv2d, zero_init: bool) -> None:
     nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
     if down.bias is not None:
         nn.init.zeros_(down.bias)

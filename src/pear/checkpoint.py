@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,14 +75,15 @@ def _frozen_backbone(model: nn.Module):
     """(name in the plain timm model, tensor, is_buffer) for each frozen backbone tensor,
     by name; the head, adapters and LoRA weights left out."""
     model = unwrap(model)
-    skip = set()
+    skip: set[int] = set()  # ids of adapter tensors
     for m in model.modules():
         if isinstance(m, PearSlot):
             for sub in (m.adapter, m.frozen):
                 if sub is not None:
                     skip.update(id(t) for t in sub.parameters())
     names = head_names(model)
-    items = [(n, t, False) for n, t in model.named_parameters(remove_duplicate=True)]
+    items: list[tuple[str, torch.Tensor, bool]] = [
+        (n, t, False) for n, t in model.named_parameters(remove_duplicate=True)]
     items += [(n, t, True) for n, t in model.named_buffers()]
     for name, t, is_buffer in sorted(((_backbone_name(n), t, b) for n, t, b in items), key=lambda x: x[0]):
         if id(t) in skip or "lora_" in name or any(name == h or name.startswith(h + ".") for h in names):
@@ -186,7 +188,7 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
     if head:
         w = base.get_submodule(head).state_dict().get("weight")
         num_classes = int(w.shape[0]) if w is not None else None
-    head = _head_field(head_names(base))
+    head_field = _head_field(head_names(base))
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -201,7 +203,7 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
         ],
         "share_map": {n: s.info.source for n, s in slots(base).items()
                       if s.adapter is not None and s.info.source != n},
-        "head": head,
+        "head": head_field,
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names else None,
         "backbone": {"name": backbone, "fingerprint": fingerprint_value or full_fp,
@@ -492,14 +494,18 @@ def _submodule_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str,
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def build_task(ckpt: TaskCheckpoint, model: nn.Module) -> "TaskModules":
+def build_task(ckpt: TaskCheckpoint, model: nn.Module,
+               templates: Mapping[str, nn.Module] | None = None) -> "TaskModules":
     """Fresh adapter / frozen / head modules for one task, filled with its tensors.
-    `model` must already carry slots at the checkpoint's positions."""
+    `model` must already carry slots at the checkpoint's positions; each adapter is a copy of
+    `templates[position]`, by default the slot's own adapter (which another task installed
+    in the slot may have left empty: MultiTaskModel keeps the adapters attach made)."""
     sl = slots(model)
     missing = [p["name"] for p in ckpt.info["positions"] if p["name"] not in sl]
     if missing:
         raise PearError(f"{ckpt.path}: positions {missing[:3]} do not exist in this backbone")
-    template = {n: s.adapter for n, s in sl.items()}
+    template = templates if templates is not None else \
+        {n: s.adapter for n, s in sl.items() if s.adapter is not None}
     owned, frozen = {}, {}
     try:
         for p in ckpt.info["positions"]:
@@ -579,9 +585,9 @@ def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | Non
     trial = copy.deepcopy(base)  # build on a copy first: nothing half-loaded if the tensors do not fit
     n_cls = ckpt.num_classes
     main = next(iter(heads(trial).values()), None)
-    if n_cls is not None and hasattr(trial, "reset_classifier") and getattr(main, "weight", None) is not None \
-            and main.weight.shape[0] != n_cls:
-        trial.reset_classifier(n_cls)
+    weight, reset = getattr(main, "weight", None), getattr(trial, "reset_classifier", None)
+    if n_cls is not None and reset is not None and weight is not None and weight.shape[0] != n_cls:
+        reset(n_cls)
     try:
         attach(trial, skeleton_config(ckpt))
     except ValueError as exc:
@@ -593,7 +599,7 @@ def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | Non
     state.unpruned_adapter_params = int(ckpt.info.get("unpruned_adapter_params", state.unpruned_adapter_params))
     for p in ckpt.info["positions"]:
         slots(trial)[p["name"]].info.importance = p.get("importance")
-    trial.pear_checkpoint = ckpt.info
+    setattr(trial, "pear_checkpoint", ckpt.info)  # nn.Module's typing takes only tensors and modules as attributes
     return trial
 
 

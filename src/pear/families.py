@@ -63,7 +63,8 @@ class Family:
 
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Dotted name -> module of each task head, in order; the first is the main one."""
-        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        get_classifier = getattr(model, "get_classifier", None)  # timm's; nn.Module has none
+        head = get_classifier() if get_classifier is not None else None
         found = [h for h in (head if isinstance(head, (tuple, list)) else [head]) if isinstance(h, nn.Module)]
         names = {id(m): n for n, m in model.named_modules()}  # each module once, under its first name
         return {names[id(h)]: h for h in found if id(h) in names}
@@ -111,9 +112,31 @@ def head_names(model: nn.Module) -> list[str]:
 _GENERIC = Family()
 
 
-def _blocks(model: nn.Module):
+_BlockList = nn.Sequential | nn.ModuleList
+
+
+def _blocks(model: nn.Module) -> nn.Sequential | nn.ModuleList | None:
+    """model.blocks when it is a non-empty list of blocks (a module that is no list has no len)."""
     blocks = getattr(model, "blocks", None)
-    return blocks if isinstance(blocks, nn.Module) and len(blocks) > 0 else None
+    return blocks if isinstance(blocks, _BlockList) and len(blocks) > 0 else None
+
+
+def _features(layer: object, attr: str) -> int:
+    """A layer's width attribute (in_features, embed_dim, ...), read duck-typed as it always was."""
+    return int(getattr(layer, attr))
+
+
+def _stage(stage: nn.Module) -> nn.Sequential | nn.ModuleList:
+    if not isinstance(stage, _BlockList):
+        raise PearError(f"model.blocks holds a {type(stage).__name__}, not a stage (a list of blocks)")
+    return stage
+
+
+def _block_list(model: nn.Module) -> nn.Sequential | nn.ModuleList:
+    blocks = _blocks(model)
+    if blocks is None:  # matches() said the family fits; a model changed since has no blocks to adapt
+        raise PearError(f"{type(model).__name__} has no model.blocks list to adapt")
+    return blocks
 
 
 def _token_blocks(model: nn.Module) -> bool:
@@ -134,17 +157,18 @@ class ViTFamily(Family):
 
     def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
         out = []
-        for i, block in enumerate(model.blocks):
+        for i, block in enumerate(_block_list(model)):
             if cfg.adapter == "lora":
-                out.append(Candidate(f"blocks.{i}.attn.qkv", block.attn, "qkv", i, "qkv"))
+                out.append(Candidate(f"blocks.{i}.attn.qkv", block.get_submodule("attn"), "qkv", i, "qkv"))
             else:
                 out += [Candidate(f"blocks.{i}.{kind}", block, kind, i, kind) for kind in cfg.sublayers]
         return out
 
     def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
         if cfg.adapter == "lora":
-            return [(b.in_features, b.out_features, 1) for b in bases]
-        return [(model.embed_dim if hasattr(model, "embed_dim") else b.fc1.in_features,) * 2 + (1,) for b in bases]
+            return [(_features(b, "in_features"), _features(b, "out_features"), 1) for b in bases]
+        return [(_features(model, "embed_dim") if hasattr(model, "embed_dim") else _features(b.fc1, "in_features"),)
+                * 2 + (1,) for b in bases]
 
 
 @register_family("staged_cnn")
@@ -161,7 +185,7 @@ class StagedCNNFamily(Family):
     def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
         if cfg.adapter != "parallel":
             raise PearError(f"PearConfig.adapter={cfg.adapter!r} is for ViTs; CNN backbones take 'parallel'")
-        stages = [(s, j, stage) for s, stage in enumerate(model.blocks) for j, _ in enumerate(stage)]
+        stages = [(s, j, stage) for s, stage in enumerate(_block_list(model)) for j, _ in enumerate(_stage(stage))]
         return [Candidate(f"blocks.{s}.{j}", stage, str(j), depth) for depth, (s, j, stage) in enumerate(stages)]
 
     def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:

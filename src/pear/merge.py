@@ -34,11 +34,17 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     return base
 
 
-def _check_linear(name: str, slot: PearSlot, config) -> None:
+def _linear_parts(slot: PearSlot) -> tuple[nn.Linear, list[Bottleneck]] | None:
+    """The slot's base layer and its adapters when together they are one linear map, else None."""
     parts = [m for m in (slot.adapter, slot.frozen) if m is not None]
-    linear = slot.mode == "parallel" and isinstance(slot.base, nn.Linear) and all(
-        isinstance(m, Bottleneck) and isinstance(m.act, nn.Identity) for m in parts)
-    if not linear:
+    linear = [m for m in parts if isinstance(m, Bottleneck) and isinstance(m.act, nn.Identity)]
+    if slot.mode != "parallel" or not isinstance(slot.base, nn.Linear) or len(linear) != len(parts):
+        return None
+    return slot.base, linear
+
+
+def _check_linear(name: str, slot: PearSlot, config) -> None:
+    if _linear_parts(slot) is None:
         raise PearError(
             f"merge_and_unload folds only linear adapters (PearConfig adapter='lora', or adapter='parallel' on a "
             f"linear layer with act='identity'); position {name!r} has a {slot.mode} {config.adapter!r} adapter "
@@ -49,12 +55,12 @@ def _check_linear(name: str, slot: PearSlot, config) -> None:
 @torch.no_grad()
 def _folded(slot: PearSlot) -> nn.Linear:
     """The slot's base layer with its adapter (and frozen checkpoint) folded in."""
-    layer = slot.base
+    parts = _linear_parts(slot)
+    assert parts is not None, "merge_and_unload checks every slot before it folds one"
+    layer, adapters = parts
     weight = layer.weight.float()
     bias = layer.bias.float() if layer.bias is not None else torch.zeros(layer.out_features, device=weight.device)
-    for m in (slot.adapter, slot.frozen):
-        if m is None:
-            continue
+    for m in adapters:
         weight = weight + m.scale * m.up.weight.float() @ m.down.weight.float()
         # The adapter of a zero input is its constant part s (U b_D + b_U): exact, as it has no nonlinearity.
         bias = bias + m(torch.zeros(1, layer.in_features, device=weight.device, dtype=layer.weight.dtype))[0].float()

@@ -30,6 +30,9 @@ class MultiTaskModel(nn.Module):
         self._fingerprint = fingerprint(self.model)
         self.task_modules = nn.ModuleDict()
         self._tasks: dict[str, TaskModules] = {}
+        # Each position's adapter before any task is installed: the shape every task's adapter there is
+        # built from (a plain dict, so that they stay out of the state dict).
+        self._templates: dict[str, nn.Module] = {}
         self.class_names: dict[str, list[str] | None] = {}
         self.active: str | None = None
 
@@ -56,15 +59,18 @@ class MultiTaskModel(nn.Module):
             raise PearError(f"{directory}: adapter kind {ckpt.config.adapter!r} differs from the loaded tasks' "
                             f"{state.config.adapter!r}; one MultiTaskModel serves one adapter kind")
         self._slots = slots(self.model)
-        task = build_task(ckpt, self.model)
+        if not self._tasks:
+            self._templates = {n: s.adapter for n, s in self._slots.items() if s.adapter is not None}
+        task = build_task(ckpt, self.model, self._templates)
         self._tasks[name] = task
         self.class_names[name] = ckpt.class_names
         holder = nn.Module()
         holder.adapters = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.adapters.items()})
         holder.frozen = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.frozen.items()})
         # One head keeps its old place in the state dict; several (head, head_dist) go by name.
-        holder.head = next(iter(task.heads.values())) if len(task.heads) == 1 else \
+        head = next(iter(task.heads.values())) if len(task.heads) == 1 else \
             nn.ModuleDict({k.replace(".", "_"): m for k, m in task.heads.items()}) if task.heads else None
+        setattr(holder, "head", head)  # None too, which nn.Module's attribute typing does not take
         self.task_modules[name] = holder
         if self.active is None:
             self.set_task(name)

@@ -19,3 +19,13 @@ def test_demo_prunes_and_every_pruned_position_shares_a_kept_adapter(tmp_path, c
     assert total == 12 and pruned == 6 and shared == 6
     assert out.count(" pruned ") >= 6 and "pear_vit_tiny6_patch4_32" in out
     assert re.search(r"test accuracy \d+\.\d+%", out)
+
+
+def test_demo_on_a_torchrun_rank_without_metrics_returns_quietly(tmp_path, monkeypatch, capsys):
+    """Under torchrun only rank 0 gets metrics back from train(): another rank neither reports nor fails."""
+    import pear.harness.demo as demo
+
+    monkeypatch.setattr(demo, "train", lambda cfg: None)
+    (tmp_path / "data" / "fashion_mnist").mkdir(parents=True)
+    assert demo.run_demo(out=str(tmp_path / "run"), data=str(tmp_path / "data")) == {}
+    assert capsys.readouterr().out == ""

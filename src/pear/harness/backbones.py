@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import timm
@@ -121,10 +121,10 @@ def create_backbone(
     Returns the model and {"mean": ..., "std": ...} for normalising its inputs.
     """
     folder = read_folder(weights) if weights not in (None, "builtin", "random") and Path(weights).is_dir() else None
-    if name is None and folder is None:
-        raise PearError("create_backbone needs a timm model name unless `weights` is a checkpoint folder")
     if folder is not None and name in (None, folder.recorded_name):
         name = folder.architecture  # a name timm lacks (the folder's sizes) is built from its entry point
+    if name is None:
+        raise PearError("create_backbone needs a timm model name unless `weights` is a checkpoint folder")
     arch, _ = split_model_name_tag(name)
     _check_model_name(name, arch)
     model_kwargs = dict(model_kwargs or {})
@@ -144,7 +144,8 @@ def create_backbone(
 
     model = _build_model(name, img_size, model_kwargs)
     drop_head = num_classes is not None
-    data_config = {"mean": tuple(model.pretrained_cfg["mean"]), "std": tuple(model.pretrained_cfg["std"])}
+    cfg = pretrained_cfg(model)
+    data_config = {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
 
     if weights == "builtin" or (weights is None and arch in BUILTIN_WEIGHTS):
         builtin = _builtin_weights(name, arch)
@@ -169,8 +170,8 @@ def create_backbone(
     else:
         _load_weights_file(model, Path(weights), name, drop_head)
 
-    if drop_head:
-        model.reset_classifier(num_classes)
+    if num_classes is not None:  # drop_head
+        _reset_classifier(model, num_classes)
     # Recorded in task checkpoints (pear.checkpoint.check_settings): the same tensors under other
     # settings compute other outputs.
     setattr(model, SETTINGS_ATTR, {"mean": list(data_config["mean"]), "std": list(data_config["std"]),
@@ -253,6 +254,17 @@ def _stored_values(path: Path) -> int:
         return size  # not readable: reading the tensors names the problem
     shapes = [v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     return sum(math.prod(s) for s in shapes if isinstance(s, list) and all(isinstance(d, int) for d in s))
+
+
+def pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """The input and head configuration timm records on every model it builds (typed as nn.Module,
+    which cannot know the attribute)."""
+    return cast(dict[str, Any], model.pretrained_cfg)
+
+
+def _reset_classifier(model: nn.Module, num_classes: int) -> None:
+    # Every timm model has reset_classifier; nn.Module's typing cannot know it.
+    cast(Callable[[int], None], model.reset_classifier)(num_classes)
 
 
 def _build_model(name: str, img_size: int | None, model_kwargs: dict[str, Any]) -> nn.Module:
@@ -414,7 +426,7 @@ def _filter_checkpoint(state_dict: dict[str, torch.Tensor], model: nn.Module, na
 
 
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    classifier = model.pretrained_cfg.get("classifier") or ()
+    classifier = pretrained_cfg(model).get("classifier") or ()
     names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     return tuple(f"{n}." for n in names)
 
@@ -456,7 +468,7 @@ def _fit_head(model: nn.Module, state_dict: dict[str, torch.Tensor], heads: tupl
     """Size the model's head like the checkpoint's, so that num_classes=None keeps whatever head the weights have."""
     head_bias = next((state_dict[f"{h}bias"] for h in heads if f"{h}bias" in state_dict), None)
     if head_bias is not None and head_bias.ndim == 1 and head_bias.shape[0] != model.num_classes:
-        model.reset_classifier(head_bias.shape[0])
+        _reset_classifier(model, head_bias.shape[0])
 
 
 def _load_npz(model: nn.Module, path: Path, name: str, drop_head: bool) -> None:
@@ -496,9 +508,10 @@ def _load_npz(model: nn.Module, path: Path, name: str, drop_head: bool) -> None:
     if not drop_head:
         head_bias = next((shape for key, shape in shapes.items() if key.split("/")[-2:] == ["head", "bias"]), None)
         if head_bias is not None and head_bias[-1] != model.num_classes:
-            model.reset_classifier(head_bias[-1])
+            _reset_classifier(model, head_bias[-1])
     try:
-        model.load_pretrained(str(path))
+        # hasattr-checked above: timm's ViT and ResNetV2 define load_pretrained.
+        cast(Callable[[str], None], model.load_pretrained)(str(path))
     except KeyError as err:
         raise PearError(f"weights file {path} does not fit the backbone {name!r}: it lacks the array {err}") from err
     except RuntimeError as err:

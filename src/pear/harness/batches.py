@@ -139,5 +139,5 @@ def evaluate(fwd, split: Split, device: torch.device, amp: bool, ctx: "D.Context
             pred = fwd(x.to(device)).argmax(-1).cpu()
         correct += (pred == y).sum().item()
         total += y.numel()
-    correct, total = D.all_sum([correct, total], ctx, device)
-    return 100.0 * correct / max(1, total)
+    all_correct, all_total = D.all_sum([correct, total], ctx, device)
+    return 100.0 * all_correct / max(1, all_total)

@@ -141,16 +141,16 @@ def _balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(rounds, dtype=np.int64)
 
 
-def _fashion_mnist(source: Path | None, seed: int):
-    source = FASHION_MNIST_DIR if source is None else Path(source)
-    if not source.is_dir():
+def _fashion_mnist(source: str | Path | None, seed: int):
+    folder = FASHION_MNIST_DIR if source is None else Path(source)
+    if not folder.is_dir():
         hint = (" (install the Debian package dataset-fashion-mnist, or pass the folder "
-                "holding the IDX files)" if source == FASHION_MNIST_DIR else "")
-        raise PearError(f"Fashion-MNIST folder {source} does not exist{hint}")
-    train_x, train_y = _load_fashion_split(source, "train")
-    test_x, test_y = _load_fashion_split(source, "test")
+                "holding the IDX files)" if folder == FASHION_MNIST_DIR else "")
+        raise PearError(f"Fashion-MNIST folder {folder} does not exist{hint}")
+    train_x, train_y = _load_fashion_split(folder, "train")
+    test_x, test_y = _load_fashion_split(folder, "test")
     if len(train_x) < N_TRAIN + N_VAL or len(test_x) < N_TEST:
-        raise PearError(f"Fashion-MNIST in {source} has {len(train_x)} train / {len(test_x)} "
+        raise PearError(f"Fashion-MNIST in {folder} has {len(train_x)} train / {len(test_x)} "
                         f"test images; expected at least {N_TRAIN + N_VAL} / {N_TEST}")
     rng = np.random.default_rng(seed)
     train_order = _balanced_order(train_y, rng)
@@ -251,7 +251,7 @@ BUILT_FILES = ("images/", "classes.txt", "train800.txt", "val200.txt", "train800
 
 
 def _write_task(folder: Path, splits, class_names: list[str]) -> None:
-    lines = {}
+    lines: dict[str, list[str]] = {}  # split -> its list file's lines
     for split, (images, labels) in splits.items():
         (folder / "images" / split).mkdir(parents=True)
         lines[split] = []

@@ -10,6 +10,7 @@ which shows each pruned position calling a kept adapter.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import PearError
 from .builders import build_dataset
@@ -19,7 +20,7 @@ from .rundir import check_same_run
 from .runs import read_metrics
 from .train import TrainConfig, train
 
-DEMO = dict(task="fashion_mnist", backbone=PEAR_VIT, method="pear", img_size=32, epochs=10, warmup_epochs=1,
+DEMO: dict[str, Any] = dict(task="fashion_mnist", backbone=PEAR_VIT, method="pear", img_size=32, epochs=10, warmup_epochs=1,
             batch_size=32)
 
 
@@ -42,7 +43,10 @@ def run_demo(out: str = "runs/demo", data: str = "data", epochs: int | None = No
         print(f"demo: {out_dir} already holds a finished demo run (pass --overwrite to train again)")
         metrics = read_metrics(metrics_file)
     else:
-        metrics = train(cfg)
+        trained = train(cfg)
+        if trained is None:  # another rank of a torchrun job: rank 0 reports
+            return {}
+        metrics = trained
     print()
     print(render_table(inspect_path(out_dir)))
     print()

@@ -96,7 +96,7 @@ def wrap_ddp(model: nn.Module, ctx: Context, previous: nn.Module | None = None) 
         old._remove_autograd_hooks()
         for handle in getattr(old, "_accum_grad_hooks", ()):
             handle.remove()
-    ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+    ids = [ctx.local_rank] if ctx.device is not None and ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(base, device_ids=ids)
 
 

@@ -110,7 +110,7 @@ def apply_attention(model: nn.Module, attention: str) -> int:
     n = 0
     for m in model.modules():
         if hasattr(m, "fused_attn"):
-            m.fused_attn = attention == "sdpa"
+            setattr(m, "fused_attn", attention == "sdpa")  # a bool, which nn.Module's attribute typing does not take
             n += 1
     return n
 

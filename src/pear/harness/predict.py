@@ -15,6 +15,7 @@ from PIL import Image
 from ..errors import PearError
 from .data import build_transform, load_image
 from .runs import rebuild
+from .backbones import pretrained_cfg
 from .batches import resolve_device
 
 
@@ -52,7 +53,7 @@ def predict(ckpt: str | Path, images, *, backbone: str | None = None, weights: s
     dev = resolve_device(device)
     files = image_files(images)  # before the model is built: a typo should not wait for it
     model, info, data_cfg = rebuild(ckpt, backbone=backbone, weights=weights, device=dev)
-    img_size = (info.get("meta") or {}).get("img_size") or model.pretrained_cfg["input_size"][-1]
+    img_size = (info.get("meta") or {}).get("img_size") or pretrained_cfg(model)["input_size"][-1]
     transform = build_transform(img_size, data_cfg["mean"], data_cfg["std"])
     names = info.get("class_names")
     results = []

@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainab
               "epochs", "img_size", "backbone", "device", "world_size", "plan_digest", "torch", "tuned", "run")
 
 
-def aggregate(out: str | Path, command: str | None = None, missing: list[str] = ()) -> list[dict]:
+def aggregate(out: str | Path, command: str | None = None, missing: Sequence[str] = ()) -> list[dict]:
     """Read every OUT/runs/*/*/seed*/metrics.json; write results.csv (one row per run),
     results.md (tables of mean and sample std over seeds; `missing` names the runs that
     have not finished) and accuracy_vs_bytes.png. Returns the rows, sorted by task, method
@@ -163,14 +164,14 @@ def vtab_summary(rows: list[dict]) -> list[str]:
     groups = _groups(rows)
     lines = []
     for m in sorted({r["method"] for r in rows}, key=_method_key):
-        means = {t: _mean_of(groups[(t, m)], "test_acc") for t in tasks if (t, m) in groups}
+        means = {t: _mean_acc(groups[(t, m)]) for t in tasks if (t, m) in groups}
         *per_group, of_groups = _group_cells(means, vtab)
         named = ", ".join(f"{g} {cell}" for (g, _), cell in zip(vtab, per_group))
         lines.append(f"{m}: Mean over tasks {_summary(means, tasks)}; Mean of group means {of_groups} ({named})")
     return lines
 
 
-def _markdown(rows: list[dict], command: str | None, choices: list[dict] = (), missing: list[str] = ()) -> str:
+def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (), missing: Sequence[str] = ()) -> str:
     lines = ["# Pear suite results", "", f"- Aggregated on: {_machine()}"]
     if command:
         lines.append(f"- Command: `{command}`")
@@ -185,7 +186,7 @@ def _markdown(rows: list[dict], command: str | None, choices: list[dict] = (), m
     groups = _groups(rows)
     tasks = sorted({r["task"] for r in rows}, key=_task_key)
     methods = sorted({r["method"] for r in rows}, key=_method_key)
-    acc = {key: _mean_of(runs, "test_acc") for key, runs in groups.items()}
+    acc = {key: _mean_acc(runs) for key, runs in groups.items()}
     vtab = _vtab(tasks)
 
     header = ["method", *tasks, "Mean over tasks"]
@@ -236,6 +237,11 @@ def _count(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
+def _mean_acc(runs: list[dict]) -> float:
+    # test_acc is required of every metrics file (_read_metrics).
+    return statistics.fmean(r["test_acc"] for r in runs)
+
+
 def _mean_of(runs: list[dict], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.fmean(values) if values else None
@@ -250,12 +256,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     tasks = {r["task"] for r in rows}
     fig = Figure(figsize=(8.4, 4.6), layout="constrained")
     ax = fig.add_subplot()
-    colors = colormaps["tab20"].colors  # 20 distinct colours: ablations make many methods
+    cmap = colormaps["tab20"]  # 20 distinct colours: ablations make many methods
     markers = "os^Dv<>pP*Xh"
-    points = {}
+    points: dict[str, list[tuple[float, float]]] = {}  # method -> per task (checkpoint bytes, test accuracy)
     for m in sorted({r["method"] for r in rows}, key=_method_key):
-        per_task = [groups[(t, m)] for t in tasks
-                    if (t, m) in groups and _mean_of(groups[(t, m)], "checkpoint_file_bytes")]
+        per_task = [(size, _mean_acc(runs)) for t in tasks
+                    if (runs := groups.get((t, m))) and (size := _mean_of(runs, "checkpoint_file_bytes"))]
         if per_task:
             points[m] = per_task
     # A mean over fewer tasks is not comparable with the others: where some methods ran on
@@ -265,10 +271,10 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"methods run on every task; {len(points) - len(complete)} others: see results.md", fontsize=9)
         points = complete
     for i, (m, per_task) in enumerate(points.items()):
-        x = statistics.fmean(_mean_of(runs, "checkpoint_file_bytes") for runs in per_task)
-        y = statistics.fmean(_mean_of(runs, "test_acc") for runs in per_task)
+        x = statistics.fmean(size for size, _ in per_task)
+        y = statistics.fmean(acc for _, acc in per_task)
         label = m if len(per_task) == len(tasks) else f"{m} ({len(per_task)}/{len(tasks)} tasks)"
-        ax.scatter([x], [y], marker=markers[i % len(markers)], color=colors[i % len(colors)], s=50, label=label)
+        ax.scatter([x], [y], marker=markers[i % len(markers)], color=cmap(i % cmap.N), s=50, label=label)
         if canonical_method(m) in METHODS:  # ablations crowd around `pear`: the legend names them
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")

@@ -139,7 +139,11 @@ class RunFolder:
         """Put a staged run in place of the old one: one atomic swap (`atomic_dir_write`),
         then the old run is removed."""
         if self.staged:
-            atomic_dir_write(self.dest, lambda tmp: [os.replace(p, tmp / p.name) for p in self.path.iterdir()])
+            def move_in(tmp: Path) -> None:
+                for p in list(self.path.iterdir()):  # listed before any entry moves
+                    os.replace(p, tmp / p.name)
+
+            atomic_dir_write(self.dest, move_in)
             self.path.rmdir()
             self.path = self.dest
 

@@ -117,7 +117,8 @@ def _validated_info(ckpt: Path, kind: str) -> dict:
         w = tensors.get(f"{next(iter(recorded_heads(info)), None)}.weight")
         if n is not None and (w is None or w.ndim == 0 or w.shape[0] != n):
             raise PearError(f"{path} is malformed: num_classes {n} does not match the stored head")
-        if canonical_method(info.get("method")) not in METHODS:
+        method = info.get("method")
+        if not isinstance(method, str) or canonical_method(method) not in METHODS:
             raise PearError(f"{path} is malformed: method {info.get('method')!r} is not one of {', '.join(METHODS)}")
     if (meta.get("img_size") or 1) < 1 or meta.get("rank", 1) < 1:
         raise PearError(f"{path} is malformed: meta.img_size and meta.rank must be positive")
@@ -216,6 +217,7 @@ def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None 
         cfg.data = str(data)
     dev = resolve_device(device)
     model, info, data_cfg = rebuild(run / "checkpoint", weights=cfg.weights, device=dev)
+    assert cfg.img_size is not None, "TrainConfig fills in the default image size"
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
     metrics = read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}

@@ -72,7 +72,9 @@ def save_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
+    # legacy=True is the default, spelled out: numpy's stubs type the call without it as a dict.
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple), "the legacy MT19937 state is a tuple"
     info = {
         "format": STATE_FORMAT, "format_version": FORMAT_VERSION,
         "epoch": epoch, "step": step, "history": history, "best": best,
@@ -182,7 +184,7 @@ def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str,
     info = {"format": PLAIN_FORMAT, "format_version": FORMAT_VERSION, "method": method,
             "backbone": {"name": backbone, "fingerprint": fingerprint_value, **settings_field(base)},
             "head": names if len(names) > 1 else head,
-            "num_classes": int(base.get_submodule(head).weight.shape[0]) if head else None,
+            "num_classes": int(base.get_parameter(f"{head}.weight").shape[0]) if head else None,
             "class_names": class_names, "meta": meta}
     write_tensor_dir(directory, model_tensors(base), info, *PLAIN_FILES)
 

@@ -173,11 +173,12 @@ def _real_runs(data: str, tasks: list[str], methods: list[str], seeds: list[int]
         for t in tasks:
             for m in methods:
                 grid = tuning.tuned_by(m, method_overrides(m)["method"]) if tune else None
-                option, stand_in = {}, None
+                option: dict = {}
+                stand_in: str | None = None
                 if grid:
                     name, values = tuning.GRIDS[grid]
-                    option = (chosen or {}).get((t, m))
-                    option, stand_in = (option, None) if option else ({name: values[0]}, name)
+                    picked = (chosen or {}).get((t, m))
+                    option, stand_in = (picked, None) if picked else ({name: values[0]}, name)
                 runs.append(_Run(t, m, s, _config({**base, **option}, data, t, m, s, out), (t, grid) if grid else None,
                                  stand_in=stand_in))
     return runs
@@ -267,6 +268,7 @@ def run_index(index: int, data: str, tasks: list[str], methods: list[str], seeds
 
 def _choice(run: _Run, runs: list[_Run], out: str) -> dict:
     """{option: value} chosen for a tuned run's task, choosing it when its tuning runs have finished."""
+    assert run.tuned_by is not None, "only a tuned run has a choice to read"
     task, grid = run.tuned_by
     option, values = tuning.GRIDS[grid]
     record = tuning.grid_dir(out, task, grid) / tuning.CHOICE_FILE
