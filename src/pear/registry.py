@@ -13,7 +13,7 @@ This module and the modules that fill the registries import no torch: option par
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from .errors import PearError
@@ -74,12 +74,19 @@ class Registry(Generic[T]):
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
-    def aliases(self) -> dict[str, str]:
-        return dict(self._aliases)
+    def aliases(self) -> "Aliases":
+        """Earlier name -> today's, as a live read-only mapping."""
+        return Aliases(self)
 
     def describe(self) -> str:
-        """'a (what a does), b (what b does)': the help of every entry, as flags' help says them."""
-        return ", ".join(f"{n} ({h})" if h else n for n, h in self._help.items())
+        """'a (what a does), b (what b does)': the help of every entry (and its earlier names),
+        as flags' help says them."""
+        return ", ".join(self._describe_one(n) for n in self._entries)
+
+    def _describe_one(self, name: str) -> str:
+        notes = [self._help[name]] if self._help[name] else []
+        notes += [f"{a!r}, its earlier name, is read as {name}" for a, n in self._aliases.items() if n == name]
+        return f"{name} ({'; '.join(notes)})" if notes else name
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -126,3 +133,22 @@ class Names(Sequence[str]):
 
     def __repr__(self) -> str:
         return repr(self._names())
+
+
+class Aliases(Mapping[str, str]):
+    """A registry's earlier names -> today's, always current (`SHARE_ALIASES`, `METHOD_ALIASES`)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def __getitem__(self, name: str) -> str:
+        return self._registry._aliases[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._registry._aliases))
+
+    def __len__(self) -> int:
+        return len(self._registry._aliases)
+
+    def __repr__(self) -> str:
+        return repr(self._registry._aliases)

@@ -35,8 +35,7 @@ class Position:
 
 
 @SHARE_POLICIES.register("matched", aliases=("rank",),
-                         help="i-th most important kept adapter to the i-th least important pruned position; "
-                              "'rank', its earlier name, is read as matched")
+                         help="i-th most important kept adapter to the i-th least important pruned position")
 def matched(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
     """Within each compatible group: the most important kept adapter goes to the least
     important pruned position, the 2nd to the 2nd, ... cycling when more positions are
