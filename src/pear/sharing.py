@@ -50,25 +50,27 @@ def matched(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
     return shares
 
 
-@SHARE_POLICIES.register("nearest", help="closest kept position by depth, same sub-layer kind")
-def nearest(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
-    shares: dict[str, str] = {}
-    for p in pruned:
-        ks = [k for k in kept if k.signature == p.signature]
-        same_kind = [k for k in ks if k.kind == p.kind] or ks  # any compatible kind if none of its own
-        if same_kind:
-            shares[p.name] = min(same_kind, key=lambda k: (abs(k.depth - p.depth), -k.score, k.index)).name
-    return shares
-
-
-@SHARE_POLICIES.register("top1", help="the single most important adapter")
-def top1(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
+def _each(pruned: list[Position], kept: list[Position], choose) -> dict[str, str]:
+    """Each pruned position on its own: `choose(p, compatible kept positions, best first)` picks one."""
     shares: dict[str, str] = {}
     for p in pruned:
         ks = [k for k in kept if k.signature == p.signature]
         if ks:
-            shares[p.name] = ks[0].name
+            shares[p.name] = choose(p, ks).name
     return shares
+
+
+@SHARE_POLICIES.register("nearest", help="closest kept position by depth, same sub-layer kind")
+def nearest(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
+    def closest(p: Position, ks: list[Position]) -> Position:
+        same_kind = [k for k in ks if k.kind == p.kind] or ks  # any compatible kind if none of its own
+        return min(same_kind, key=lambda k: (abs(k.depth - p.depth), -k.score, k.index))
+    return _each(pruned, kept, closest)
+
+
+@SHARE_POLICIES.register("top1", help="the single most important adapter")
+def top1(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
+    return _each(pruned, kept, lambda p, ks: ks[0])
 
 
 @SHARE_POLICIES.register("none", help="plain pruning")
