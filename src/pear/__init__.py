@@ -40,7 +40,8 @@ _LAZY = {
     "Pruner": "trainer",
 }
 _SUBMODULES = frozenset({"adapters", "atomic", "checkpoint", "cli", "config", "errors", "harness", "importance",
-                         "integrations", "jsontypes", "merge", "multitask", "norms", "pruning", "report", "timm_registry", "trainer"})
+                         "integrations", "jsontypes", "knowledge", "merge", "multitask", "norms", "pruning", "registry",
+                         "report", "scorers", "sharing", "timm_registry", "trainer"})
 
 __all__ = [
     "PearConfig",

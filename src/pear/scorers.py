@@ -58,17 +58,26 @@ def _add_l1(t: "ImportanceTracker", tensors, owner) -> None:
     t.sums.index_add_(0, owner, torch.stack(torch._foreach_norm(tensors, 1)).double())
 
 
-@SCORERS.register("taylor", help="sum |theta * grad|")
-class Taylor(Scorer):
-    """First-order Taylor, the paper's: the estimated loss change if the adapter were removed."""
+class _FromGrads(Scorer):
+    """A scorer of this step's gradients: `add` gets the parameters that have one."""
 
     def update(self) -> None:
-        import torch
-
         found = _with_grads(self.tracker)
         if found is not None:
-            params, grads, owner = found
-            _add_l1(self.tracker, torch._foreach_mul(params, grads), owner)
+            self.add(*found)
+
+    def add(self, params: list, grads: list, owner) -> None:
+        raise NotImplementedError
+
+
+@SCORERS.register("taylor", help="sum |theta * grad|")
+class Taylor(_FromGrads):
+    """First-order Taylor, the paper's: the estimated loss change if the adapter were removed."""
+
+    def add(self, params: list, grads: list, owner) -> None:
+        import torch
+
+        _add_l1(self.tracker, torch._foreach_mul(params, grads), owner)
 
 
 @SCORERS.register("magnitude", help="sum |theta|")
@@ -78,16 +87,13 @@ class Magnitude(Scorer):
 
 
 @SCORERS.register("gradient", help="gradient L2 norm")
-class Gradient(Scorer):
-    def update(self) -> None:
+class Gradient(_FromGrads):
+    def add(self, params: list, grads: list, owner) -> None:
         import torch
 
-        found = _with_grads(self.tracker)
-        if found is not None:
-            _, grads, owner = found
-            sums = self.tracker.sums
-            sq = torch.stack(torch._foreach_norm(grads, 2)).double() ** 2
-            sums += torch.zeros_like(sums).index_add_(0, owner, sq).sqrt()
+        sums = self.tracker.sums
+        sq = torch.stack(torch._foreach_norm(grads, 2)).double() ** 2
+        sums += torch.zeros_like(sums).index_add_(0, owner, sq).sqrt()
 
 
 @SCORERS.register("output", help="mean ||s * adapter(x)||")
