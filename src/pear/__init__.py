@@ -39,8 +39,10 @@ _LAZY = {
     "merge_and_unload": "merge",
     "Pruner": "trainer",
 }
-_SUBMODULES = frozenset({"adapters", "atomic", "bottlenecks", "checkpoint", "cli", "config", "errors", "families", "harness", "importance",
-                         "integrations", "jsontypes", "merge", "multitask", "norms", "pruning", "report", "timm_registry", "trainer"})
+_SUBMODULES = frozenset({"adapters", "atomic", "bottlenecks", "checkpoint", "cli", "config", "errors", "families",
+                         "harness", "importance", "integrations", "jsontypes", "knowledge", "merge", "multitask", "norms",
+                         "pruning", "registry", "report", "scorers", "sharing", "timm_registry", "trainer"})
+
 
 __all__ = [
     "PearConfig",

@@ -13,18 +13,23 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import PearError
+from .knowledge import KNOWLEDGE
+from .scorers import SCORERS
+from .sharing import SHARE_POLICIES as _SHARE_REGISTRY
 
 ADAPTER_KINDS = ("parallel", "sequential", "lora")
 SUBLAYERS = ("attn", "mlp")
-IMPORTANCE_METHODS = ("taylor", "magnitude", "gradient", "output", "random")
-SHARE_POLICIES = ("matched", "nearest", "top1", "none")
+# The registered names (pear.scorers, pear.sharing, pear.knowledge), always current.
+IMPORTANCE_METHODS = SCORERS.view()
+SHARE_POLICIES = _SHARE_REGISTRY.view()
 SHARE_POLICY_NAMES = SHARE_POLICIES  # what users write, and what files store
 # Earlier name -> today's: files written before the rename store the matched policy as 'rank'; they keep loading.
-SHARE_ALIASES = {"rank": "matched"}
-KNOWLEDGE_MODES = ("none", "merge", "frozen", "distill", "svd")
+SHARE_ALIASES = _SHARE_REGISTRY.aliases()
+KNOWLEDGE_MODES = KNOWLEDGE.view()
 PRUNE_SCOPES = ("global", "group")
 ACTIVATIONS = ("relu", "gelu", "identity")
 
@@ -61,8 +66,7 @@ class PearConfig:
     )
     importance: str = field(
         default="taylor",
-        metadata={"help": "Importance scorer: taylor (sum |theta * grad|), magnitude (sum |theta|), "
-                  "gradient (gradient L2 norm), output (mean ||s * adapter(x)||), random (seeded control)."},
+        metadata={"help": "Importance scorer", "choices": SCORERS},
     )
     prune_ratio: float = field(
         default=0.5, metadata={"help": "Share of adapter parameters to prune, in [0, 1)."}
@@ -77,19 +81,11 @@ class PearConfig:
     )
     share: str = field(
         default="matched",
-        metadata={"help": "Share policy for pruned positions: matched (i-th most important kept adapter "
-                  "to the i-th least important pruned position; 'rank', its earlier name, is read as "
-                  "matched), nearest (closest kept position by depth, "
-                  "same sub-layer kind), top1 (the single most important adapter), none (plain pruning)."},
+        metadata={"help": "Share policy for pruned positions", "choices": _SHARE_REGISTRY},
     )
     knowledge: str = field(
         default="merge",
-        metadata={"help": "Knowledge checkpoint: none (discard pruned weights), merge (importance-weighted "
-                  "average of parameters into the shared adapter, storage-free), frozen (keep pruned adapter as "
-                  "a frozen residual; costs storage), distill (ours: the shared adapter is fitted, for "
-                  "distill_steps steps at the prune step, to reproduce both its own output and each pruned "
-                  "adapter's output at their positions; storage-free), svd (ours, for adapters without a "
-                  "nonlinearity: importance-weighted sum of up @ down, truncated back to rank r by SVD)."},
+        metadata={"help": "Knowledge checkpoint", "choices": KNOWLEDGE},
     )
     distill_steps: int = field(
         default=100,
@@ -110,8 +106,7 @@ class PearConfig:
         self._check_choice("act", ACTIVATIONS)
         self._check_choice("init", ("zero", "random"))
         self._check_choice("importance", IMPORTANCE_METHODS)
-        if isinstance(self.share, str):
-            self.share = SHARE_ALIASES.get(self.share, self.share)
+        self.share = _SHARE_REGISTRY.canonical(self.share)
         self._check_choice("share", SHARE_POLICIES)
         self._check_choice("prune_scope", PRUNE_SCOPES)
         self._check_choice("knowledge", KNOWLEDGE_MODES)
@@ -123,11 +118,7 @@ class PearConfig:
             raise PearError(f"PearConfig.rank must be a positive integer, got {self.rank!r}")
         if isinstance(self.distill_steps, bool) or not isinstance(self.distill_steps, int) or self.distill_steps < 1:
             raise PearError(f"PearConfig.distill_steps must be a positive integer, got {self.distill_steps!r}")
-        if self.knowledge == "svd" and self.adapter != "lora" and self.act != "identity":
-            raise PearError(
-                f"PearConfig.knowledge='svd' merges adapters in product space (up @ down), which only keeps what "
-                f"they compute without a nonlinearity: use adapter='lora' or act='identity', not act={self.act!r}"
-            )
+        KNOWLEDGE.get(self.knowledge)().check(self)
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) \
                 or self.scale <= 0:
             # s = 0 turns every adapter off (and with zero-initialised up projections no gradient reaches them).
@@ -152,7 +143,7 @@ class PearConfig:
             except (re.error, TypeError) as exc:
                 raise PearError(f"PearConfig.target is not a valid regex: {self.target!r} ({exc})") from None
 
-    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+    def _check_choice(self, name: str, choices: Sequence[str]) -> None:
         value = getattr(self, name)
         if value not in choices:
             raise PearError(f"PearConfig.{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -15,12 +15,15 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapters import count_params, pear_state, slots
 from .config import PearConfig
 from .errors import PearError
+from .knowledge import KNOWLEDGE
+from .knowledge import _distill_into, _svd_merge_into  # noqa: F401  (their home before pear.knowledge)
+from .sharing import SHARE_POLICIES
+from .sharing import Position as _Pos
 
 
 @dataclass
@@ -60,17 +63,6 @@ class PrunePlan:
         """A short hash of the decisions (not the scores), to compare plans across ranks."""
         key = json.dumps({"pruned": self.pruned, "shares": self.shares}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-@dataclass
-class _Pos:
-    name: str
-    index: int
-    kind: str
-    depth: int
-    signature: tuple
-    size: int
-    score: float
 
 
 def _describe(scores: dict[str, float], model: nn.Module | None) -> list[_Pos]:
@@ -148,34 +140,10 @@ def make_plan(scores: dict[str, float], config: PearConfig, model: nn.Module | N
 
 
 def _share(pruned: list[_Pos], kept: list[_Pos], policy: str) -> dict[str, str]:
-    if policy == "none":
-        return {}
-    kept_best_first = sorted(kept, key=lambda p: (-p.score, p.index))
-    shares: dict[str, str] = {}
-    if policy in ("matched", "rank"):  # 'rank': the stored name of the matched policy
-        # Within each compatible group: the most important kept adapter goes to the
-        # least important pruned position, the 2nd to the 2nd, ... cycling when more
-        # positions are pruned than kept.
-        for sig in dict.fromkeys(p.signature for p in pruned):
-            ks = [k for k in kept_best_first if k.signature == sig]
-            if not ks:
-                continue
-            for i, p in enumerate(q for q in pruned if q.signature == sig):
-                shares[p.name] = ks[i % len(ks)].name
-    elif policy == "top1":
-        for p in pruned:
-            ks = [k for k in kept_best_first if k.signature == p.signature]
-            if ks:
-                shares[p.name] = ks[0].name
-    elif policy == "nearest":
-        for p in pruned:
-            ks = [k for k in kept_best_first if k.signature == p.signature]
-            same_kind = [k for k in ks if k.kind == p.kind] or ks  # any compatible kind if none of its own
-            if same_kind:
-                shares[p.name] = min(same_kind, key=lambda k: (abs(k.depth - p.depth), -k.score, k.index)).name
-    else:
-        raise PearError(f"PearConfig.share must be one of matched, nearest, top1, none; got {policy!r}")
-    return shares
+    """The registered share policy `policy` (pear.sharing) over least-important-first pruned
+    and most-important-first kept positions (ties in model order)."""
+    share = SHARE_POLICIES.get(policy)
+    return share(pruned, sorted(kept, key=lambda p: (-p.score, p.index)))
 
 
 @torch.no_grad()
@@ -191,10 +159,11 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     config = config or state.config
     if state.pruned:
         raise PearError("this model was already pruned; prune_and_share runs once")
-    if config.knowledge == "distill" and plan.shares:
+    knowledge = KNOWLEDGE.get(config.knowledge)()
+    if knowledge.needs_inputs and plan.shares:
         missing = [n for n in [*plan.shares, *plan.shares.values()] if inputs is None or n not in inputs]
         if missing:
-            raise PearError(f"knowledge='distill' needs the adapter inputs at every sharing position "
+            raise PearError(f"knowledge={config.knowledge!r} needs the adapter inputs at every sharing position "
                              f"(pear.capture_inputs(model, batches)); missing {sorted(set(missing))[:4]}")
     sl = slots(model)
     if set(plan.pruned) | set(plan.kept) != set(sl) or set(plan.pruned) & set(plan.kept):
@@ -215,18 +184,13 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     for k, ps in receivers.items():
         weights = _weights([plan.scores[k]] + [plan.scores[p] for p in ps])
         donors = [sl[p].adapter for p in ps]
-        if config.knowledge == "merge":
-            _merge_into(sl[k].adapter, donors, weights)
-        elif config.knowledge == "svd":
-            _svd_merge_into(sl[k].adapter, donors, weights)
-        elif config.knowledge == "distill":
-            _distill_into(sl[k].adapter, [(inputs[n], w) for n, w in zip([k, *ps], weights)], donors,
-                          config.distill_steps)
+        fed = [inputs[n] for n in [k, *ps]] if knowledge.needs_inputs else None
+        knowledge.absorb(sl[k].adapter, donors, weights, fed, config)
 
     for p in plan.pruned:
         slot = sl[p]
         old = slot.adapter
-        if config.knowledge == "frozen" and old is not None:
+        if knowledge.keeps_pruned and old is not None:
             old.requires_grad_(False)
             slot.frozen = old
         k = plan.shares.get(p)
@@ -245,67 +209,6 @@ def _weights(scores: list[float]) -> list[float]:
     if total <= 0.0:  # no signal at all: an unweighted mean keeps every adapter's share
         return [1.0 / len(w)] * len(w)
     return [x / total for x in w]
-
-
-def _merge_into(target: nn.Module, donors: list[nn.Module], weights: list[float]) -> None:
-    """theta_k <- (I_k theta_k + sum_p I_p theta_p) / (I_k + sum_p I_p)."""
-    modules = [target, *donors]
-    for name, t in target.named_parameters():
-        params = [dict(m.named_parameters())[name] for m in modules]
-        t.copy_(sum(wi * p for wi, p in zip(weights, params)))
-
-
-def _svd_merge_into(target: nn.Module, donors: list[nn.Module], weights: list[float]) -> None:
-    """Product-space merge of linear bottlenecks: W = sum_i w_i up_i @ down_i (and the bias each
-    computes, up_i @ b_down_i + b_up_i), then W truncated back to the adapter's rank by SVD,
-    split evenly (sqrt of the singular values) between up and down. Exact when the sum of
-    products has rank <= r; otherwise the best rank-r approximation (Eckart-Young)."""
-    modules = [target, *donors]
-    product = sum(w * (_2d(m.up.weight) @ _2d(m.down.weight)).double() for w, m in zip(weights, modules))
-    bias = None
-    if target.up.bias is not None:
-        bias = sum(w * (_2d(m.up.weight) @ m.down.bias + m.up.bias).double() for w, m in zip(weights, modules))
-    rank = target.down.weight.shape[0]
-    u, sv, vh = torch.linalg.svd(product, full_matrices=False)
-    root = sv[:rank].sqrt()
-    target.up.weight.copy_((u[:, :rank] * root).reshape(target.up.weight.shape))
-    target.down.weight.copy_((root[:, None] * vh[:rank]).reshape(target.down.weight.shape))
-    if bias is not None:
-        target.down.bias.zero_()
-        target.up.bias.copy_(bias)
-
-
-def _2d(weight: torch.Tensor) -> torch.Tensor:
-    """A linear layer's or 1x1 convolution's weight as an (out, in) matrix."""
-    return weight.reshape(weight.shape[0], weight.shape[1])
-
-
-def _distill_into(target: nn.Module, inputs: list[tuple[torch.Tensor, float]], donors: list[nn.Module],
-                  steps: int) -> None:
-    """Fit `target` to reproduce, at its own position, what it computes now and, at each pruned
-    position it will serve, what the pruned adapter there computes: the importance-weighted sum
-    of squared errors, relative to the targets' power. Full batch, L-BFGS (no learning rate to
-    tune: adapters' weights differ in scale by orders of magnitude)."""
-    with torch.enable_grad():
-        examples = [(x, w, m(x).detach().float()) for (x, w), m in zip(inputs, [target, *donors])]
-        power = sum(w * y.pow(2).mean() for _, w, y in examples).clamp_min(1e-20)
-        params = list(target.parameters())
-        was = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.LBFGS(params, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=0.0, tolerance_change=0.0)
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = sum(w * F.mse_loss(target(x).float(), y) for x, w, y in examples) / power
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        for p, r in zip(params, was):
-            p.grad = None
-            p.requires_grad_(r)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from torch import nn
 from .adapters import pear_state
 from .errors import PearError
 from .importance import ImportanceTracker
+from .knowledge import KNOWLEDGE
 from .pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
 
 
@@ -45,8 +46,8 @@ class Pruner:
         state = pear_state(model)
         if state.pruned:
             raise PearError("Pruner: this model was already pruned")
-        if state.config.knowledge == "distill" and distill_batches is None:
-            raise PearError("Pruner: knowledge='distill' needs distill_batches (a few input batches)")
+        if KNOWLEDGE.get(state.config.knowledge).needs_inputs and distill_batches is None:
+            raise PearError(f"Pruner: knowledge={state.config.knowledge!r} needs distill_batches (a few input batches)")
         self.model, self.optimizer, self.prune_step = model, optimizer, prune_step
         self.distill_batches = distill_batches
         self.tracker: ImportanceTracker | None = ImportanceTracker(model)
@@ -74,7 +75,8 @@ class Pruner:
         self.tracker = None
         config = pear_state(self.model).config
         plan = make_plan(scores, config, self.model)
-        inputs = capture_inputs(self.model, self.distill_batches) if config.knowledge == "distill" else None
+        needs_inputs = KNOWLEDGE.get(config.knowledge).needs_inputs
+        inputs = capture_inputs(self.model, self.distill_batches) if needs_inputs else None
         prune_and_share(self.model, plan, inputs=inputs)
         # A wrapped optimizer (accelerate's, in transformers' Trainer) holds the torch one as .optimizer.
         inner = self.optimizer if isinstance(self.optimizer, torch.optim.Optimizer) else \

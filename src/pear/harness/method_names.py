@@ -1,27 +1,121 @@
-"""The training methods' names, without torch: option parsing (and so `pear --help`) needs
-them, building a model for one (`pear.harness.methods`) needs torch."""
+"""The training methods, one registered function each, without torch at import: option
+parsing (and so `pear --help`) needs their names and help, building a model for one needs
+torch, which each method's function imports when it is called.
+
+A method is a function `(model, config, lora_alpha) -> model to train` decorated with
+`@register_method("name", help=..., ...)`; `pear train --method name` and the suite's
+grammar (`name`, `name@FIELD=VALUE`) then take it. Its traits say what the harness does
+around it: `pear` (Pear adapters: a Pear checkpoint, a per-position report), `prunes` (it
+prunes at --prune-epoch), `options` (the Pear options it uses; None: all of them) and
+`fixed` (Pear options it sets, whatever is given).
+"""
 
 from __future__ import annotations
 
-from ..config import PearConfig
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-METHODS = ("linear", "full", "adapter", "pear", "prune", "peft-lora", "peft-lora-eq")
-LORA_METHODS = ("peft-lora", "peft-lora-eq")
-METHOD_ALIASES = {"lora": "peft-lora"}  # earlier names, still accepted
-PEAR_METHODS = ("adapter", "pear", "prune")
-PRUNING_METHODS = ("pear", "prune")
+from ..config import PearConfig
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class TrainingMethod:
+    """A registered training method: its prepare function and the traits the harness reads."""
+
+    prepare: Callable[..., Any]
+    pear: bool = False
+    prunes: bool = False
+    peft: bool = False  # built with HuggingFace peft (an optional package)
+    options: tuple[str, ...] | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+
+TRAINING_METHODS: Registry[TrainingMethod] = Registry("training method", "--method")
+
+
+def register_method(name: str, *, help: str, aliases: Sequence[str] = (), **traits: Any):
+    """Decorator: register `prepare(model, config, lora_alpha)` as training method `name`
+    (traits: those of `TrainingMethod`); returns the function unchanged."""
+    def add(prepare: Callable[..., Any]) -> Callable[..., Any]:
+        TRAINING_METHODS.add(name, TrainingMethod(prepare, **traits), help=help, aliases=aliases)
+        return prepare
+    return add
+
+
+@register_method("linear", help="the classifier head only", options=())
+def _linear(model, config: PearConfig, lora_alpha: float | None = None):
+    from .methods import train_head
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    train_head(model)
+    return model
+
+
+@register_method("full", help="every parameter", options=())
+def _full(model, config: PearConfig, lora_alpha: float | None = None):
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _attach(model, config: PearConfig, method: str):
+    from ..adapters import attach
+
+    attach(model, pear_config_for(method, config))
+    return model
+
+
+@register_method("adapter", help="Pear adapters, never pruned", pear=True, fixed={"prune_ratio": 0.0})
+def _adapter(model, config: PearConfig, lora_alpha: float | None = None):
+    return _attach(model, config, "adapter")
+
+
+@register_method("pear", help="Pear adapters + prune-and-share + knowledge checkpoint", pear=True, prunes=True)
+def _pear(model, config: PearConfig, lora_alpha: float | None = None):
+    return _attach(model, config, "pear")
+
+
+@register_method("prune", help="pear without sharing, the ablation", pear=True, prunes=True, fixed={"share": "none"})
+def _prune(model, config: PearConfig, lora_alpha: float | None = None):
+    return _attach(model, config, "prune")
+
+
+@register_method("peft-lora", aliases=("lora",), peft=True, options=("rank",),
+                 help="HuggingFace peft's LoRA at rank --rank, the peer baseline")
+def _peft_lora(model, config: PearConfig, lora_alpha: float | None = None):
+    from .methods import peft_lora
+
+    return peft_lora(model, config.rank, lora_alpha)
+
+
+@register_method("peft-lora-eq", peft=True,
+                 help="peft's LoRA at the rank whose trainable parameters come closest to the adapter method's")
+def _peft_lora_eq(model, config: PearConfig, lora_alpha: float | None = None):
+    from .methods import lora_rank, peft_lora
+
+    return peft_lora(model, lora_rank(model, config), lora_alpha)
+
+
+# The registered names, always current (the tuples these were before the registry).
+METHODS = TRAINING_METHODS.view()
+LORA_METHODS = TRAINING_METHODS.view(lambda m: m.peft)
+METHOD_ALIASES = TRAINING_METHODS.aliases()  # earlier names, still accepted
+PEAR_METHODS = TRAINING_METHODS.view(lambda m: m.pear)
+PRUNING_METHODS = TRAINING_METHODS.view(lambda m: m.prunes)
 
 
 def canonical_method(method: str) -> str:
     """A method's name, an earlier alias ('lora') resolved."""
-    return METHOD_ALIASES.get(method, method)
+    return TRAINING_METHODS.canonical(method)
 
 
 def pear_config_for(method: str, config: PearConfig) -> PearConfig:
-    """The Pear config a method trains with: 'adapter' never prunes, 'prune' never shares."""
+    """The Pear config a method trains with: its fixed options over `config` ('adapter' never
+    prunes, 'prune' never shares)."""
     d = config.to_dict()
-    if method == "adapter":
-        d["prune_ratio"] = 0.0
-    elif method == "prune":
-        d["share"] = "none"
+    if method in TRAINING_METHODS:
+        d.update(TRAINING_METHODS.get(method).fixed)
     return PearConfig.from_dict(d)

@@ -1,4 +1,5 @@
-"""The training methods a run can use, and how each one prepares a backbone.
+"""The training methods a run can use, and how each one prepares a backbone (the methods
+are registered in `method_names`, whose functions call the torch helpers here).
 
 linear: head only. full: everything. adapter: Pear adapters, never pruned.
 pear: adapters + prune-and-share + knowledge checkpoint. prune: pear with share=none
@@ -23,35 +24,24 @@ from ..errors import PearError
 from ..families import family_of, heads
 from ..norms import freeze_norm_stats  # noqa: F401  (its home before pear.freeze_norm_stats)
 from .method_names import (  # noqa: F401  (their home until option parsing had to do without torch)
-    LORA_METHODS, METHOD_ALIASES, METHODS, PEAR_METHODS, PRUNING_METHODS, canonical_method, pear_config_for)
+    LORA_METHODS, METHOD_ALIASES, METHODS, PEAR_METHODS, PRUNING_METHODS, TRAINING_METHODS, canonical_method,
+    pear_config_for)
 
 
 def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float | None = None) -> nn.Module:
-    """Freeze / wrap `model` for `method`; returns the model to train. lora_alpha: peft LoRA's
-    alpha (default: its rank, a scale of 1)."""
+    """Freeze / wrap `model` for `method` (a registered training method, `method_names`);
+    returns the model to train. lora_alpha: peft LoRA's alpha (default: its rank, a scale of 1)."""
     method = canonical_method(method)
     if method not in METHODS:
         raise PearError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    if method == "linear":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        _train_heads(model)
-        return model
-    if method in LORA_METHODS:
-        rank = lora_rank(model, config) if method == "peft-lora-eq" else config.rank
-        return _lora(model, rank, lora_alpha)
-    attach(model, pear_config_for(method, config))
-    return model
+    return TRAINING_METHODS.get(method).prepare(model, config, lora_alpha)
 
 
-def _train_heads(model: nn.Module) -> None:
+def train_head(model: nn.Module) -> None:
     """Every task head trains (head and head_dist on a distilled DeiT)."""
     for head in heads(model).values():
         head.requires_grad_(True)
+
 
 
 def lora_targets(model: nn.Module) -> str:
@@ -79,7 +69,9 @@ def lora_rank(model: nn.Module, config: PearConfig) -> int:
     return max(1, round(budget / per_rank))
 
 
-def _lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
+def peft_lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
+    """peft's LoRA of `rank` on the model's LoRA targets; only it and the head train."""
+
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
@@ -89,7 +81,8 @@ def _lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
     model = inject_adapter_in_model(lcfg, model)
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
-    _train_heads(model)
+    train_head(model)
+
     return model
 
 

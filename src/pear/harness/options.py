@@ -24,12 +24,13 @@ from typing import Any
 from ..config import PearConfig
 from ..errors import PearError
 from .hub import default_backbone, default_img_size
-from .method_names import METHOD_ALIASES, METHODS, PRUNING_METHODS, canonical_method, pear_config_for
+from .method_names import METHODS, PRUNING_METHODS, TRAINING_METHODS, canonical_method, pear_config_for
 
 
-def _opt(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, **kwargs) -> Any:
-    """A field with its help text; cli=False keeps it out of `pear train`'s flags."""
-    return field(default=default, metadata={"help": help, "cli": cli}, **kwargs)
+def _opt(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, choices=None, **kwargs) -> Any:
+    """A field with its help text; cli=False keeps it out of `pear train`'s flags; choices: the
+    registry (pear.registry) of the names it takes, listed in its help."""
+    return field(default=default, metadata={"help": help, "cli": cli, "choices": choices}, **kwargs)
 
 
 @dataclass
@@ -45,8 +46,7 @@ class TrainConfig:
                                      "transformers ViT / timm hub folder (config.json + model.safetensors)")
     model_kwargs: dict = field(default_factory=dict, metadata={
         "help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True})
-    method: str = _opt("pear", " | ".join(METHODS) + " (" + ", ".join(
-        f"{old!r} = {new!r}" for old, new in METHOD_ALIASES.items()) + ")")
+    method: str = _opt("pear", "training method", choices=TRAINING_METHODS)
     img_size: int | None = _opt(None, "input resolution (default: the one a --weights folder's config.json "
                                       "gives, else the backbone's own: 224 for ViT-B/16 and Lite0, 32 for "
                                       "pear_vit_tiny6_patch4_32)")
@@ -94,7 +94,7 @@ class TrainConfig:
             self.backbone = default_backbone(self.weights)
         if self.img_size is None:  # a checkpoint folder's own resolution first: its name may be a generic ViT's
             self.img_size = default_img_size(self.weights) or native_img_size(self.backbone)
-        if self.method not in METHODS and self.method not in METHOD_ALIASES:
+        if canonical_method(self.method) not in METHODS:
             raise PearError(f"--method {self.method!r} is unknown; expected one of {', '.join(METHODS)}")
         self.method = canonical_method(self.method)
         for name in ("epochs", "batch_size", "img_size", "eval_batch_size"):
@@ -373,11 +373,14 @@ REQUIRED = ("data", "task", "out")
 
 
 def _help(f: dataclasses.Field) -> str:
-    """The field's help with its default (or that it is required) at the end."""
-    text = f.metadata.get("help", "")
+    """The field's help, the names its registry holds now, and its default (or that it is
+    required) at the end."""
+    text = base = f.metadata.get("help", "")
+    if f.metadata.get("choices") is not None:
+        text += ": " + f.metadata["choices"].describe()
     if f.name in REQUIRED:
         text += " (required: here or in -c CONFIG)"
-    elif "default" not in text:
+    elif "default" not in base:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if isinstance(default, bool):
             shown = "on" if default else "off"
@@ -410,12 +413,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             run.add_argument(_flag(f.name), dest=f.name, action="store_true", default=None, help=_help(f))
         else:  # model_kwargs stays text here: bad JSON is a PearError, not an argparse usage error
             typ = str if f.name == "model_kwargs" else _arg_type(TrainConfig, f.name)
-            run.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=_help(f))
+            run.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=_help(f), **_metavar(f))
     pear = parser.add_argument_group("Pear options (pear.PearConfig)")
     for f in fields(PearConfig):
         if f.name in PEAR_FIELDS:
             pear.add_argument(_flag(f.name), dest=f.name, type=_arg_type(PearConfig, f.name), default=None,
-                              help=_help(f))
+                              help=_help(f), **_metavar(f))
+
+
+def _metavar(f: dataclasses.Field) -> dict:
+    """{a,b,c} for a field whose names come from a registry (its values are still checked by the
+    config, so a bad one is a PearError naming the flag, and earlier names still read)."""
+    registry = f.metadata.get("choices")
+    return {"metavar": "{" + ",".join(registry) + "}"} if registry is not None else {}
 
 
 def _arg_type(cls, name: str):

@@ -13,19 +13,22 @@ results.md's tables, so the suite's results show it as given: it is at most
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from ..config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_ALIASES, SHARE_POLICY_NAMES, PearConfig
 from ..errors import PearError
-from .methods import METHOD_ALIASES, METHODS
+from .method_names import METHOD_ALIASES, METHODS, TRAINING_METHODS, canonical_method
 from .options import PEAR_FIELDS, value_parser
 
 
-def _choice(field: str, choices: tuple[str, ...], aliases: tuple[str, ...] = ()):
+def _choice(field: str, choices: Sequence[str], aliases: Mapping[str, str] | None = None):
+    """An ablation over the names `choices` holds when a name is read (a registry's live
+    view, so a registered scorer or policy is an ablation too), or an earlier name of one."""
     def parse(text: str) -> str:
-        if text not in choices and text not in aliases:
+        if text not in choices and text not in (aliases or {}):
             raise ValueError(text)
         return text
-    return field, parse, "{" + ",".join(choices) + "}"
+    return field, parse, lambda: "{" + ",".join(choices) + "}"
 
 
 def _ratio(text: str) -> float:
@@ -36,20 +39,22 @@ def _ratio(text: str) -> float:
     return float(text)
 
 
-# Name prefix -> (TrainConfig field it sets on method `pear`, parser of the rest, form).
+# Name prefix -> (TrainConfig field it sets on method `pear`, parser of the rest, its form now).
 ABLATIONS = {
-    "pear-share-": _choice("share", SHARE_POLICY_NAMES, tuple(SHARE_ALIASES)),
+    "pear-share-": _choice("share", SHARE_POLICY_NAMES, SHARE_ALIASES),
     "pear-kc-": _choice("knowledge", KNOWLEDGE_MODES),
     "pear-imp-": _choice("importance", IMPORTANCE_METHODS),
-    "pear-r": ("prune_ratio", _ratio, "<ratio in [0,1)>"),
+    "pear-r": ("prune_ratio", _ratio, lambda: "<ratio in [0,1)>"),
     "pear-scope-": _choice("prune_scope", PRUNE_SCOPES),
 }
 MAX_NAME_LENGTH = 100  # a folder name (255 bytes on most file systems) with room for its tuning siblings
 # Characters that would break a folder name, a results.md table row or its `code` spans.
 _TABLE_BREAKERS = "|`"
-# Pear options a method that is not Pear's own uses: none, or peft LoRA's rank.
-_USED_OPTIONS = {"linear": (), "full": (), "peft-lora": ("rank",), "lora": ("rank",)}
-GRAMMAR = (*METHODS, *(prefix + form for prefix, (_, _, form) in ABLATIONS.items()), "METHOD@FIELD=VALUE[@...]")
+
+
+def grammar() -> tuple[str, ...]:
+    """The forms of a suite method's name, from the registered methods, scorers, policies and modes."""
+    return (*METHODS, *(prefix + form() for prefix, (_, _, form) in ABLATIONS.items()), "METHOD@FIELD=VALUE[@...]")
 
 
 def method_overrides(name: str) -> dict:
@@ -69,7 +74,7 @@ def method_overrides(name: str) -> dict:
         method, *settings = name.split("@")
         if method in METHODS or method in METHOD_ALIASES:
             return {"method": method, **_settings(name, method, settings)}
-    raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(GRAMMAR)}")
+    raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(grammar())}")
 
 
 def _check_characters(name: str) -> None:
@@ -89,7 +94,7 @@ def _settings(name: str, method: str, settings: list[str]) -> dict:
         field, value = _setting(name, text)
         if field in out:
             raise PearError(f"suite method {name!r} sets {field} twice; set each field once")
-        used = _USED_OPTIONS.get(method)
+        used = TRAINING_METHODS.get(canonical_method(method)).options  # None: every Pear option
         if used is not None and field not in used:
             takes = f"takes only {', '.join(used)}" if used else "has no Pear options"
             raise PearError(f"suite method {name!r}: method {method} {takes}, so {field} would change nothing")

@@ -32,6 +32,7 @@ from ..card import CARD_FILE, render as render_card
 from ..checkpoint import TENSORS_FILE, read_checkpoint, save as save_task, save_backbone
 from ..errors import PearError
 from ..importance import ImportanceTracker
+from ..knowledge import KNOWLEDGE
 from ..norms import freeze_norm_stats
 from ..pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
 from ..report import report
@@ -386,7 +387,7 @@ def _prune(run: _Run, split: Split) -> PrunePlan:
     p = make_plan(scores, state.config, model)
     digest = D.check_same_plan(p, ctx)
     inputs = None
-    if state.config.knowledge == "distill":
+    if KNOWLEDGE.get(state.config.knowledge).needs_inputs:
         first = [list(range(min(DISTILL_IMAGES, len(split))))]
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             inputs = capture_inputs(model, (x.to(run.device) for x, _ in split.loader(first)))
