@@ -57,3 +57,40 @@ def test_atomic_write_replaces_a_link_not_its_target(tmp_path, notes):
     atomic_write_text(link, "new")
     assert not link.is_symlink() and link.read_text() == "new"
     assert (notes / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_log_is_appended_to_but_never_through_a_planted_link(tmp_path):
+    from pear.atomic import open_append
+    from pear.errors import PearError
+
+    log = tmp_path / "seed0.log"
+    with open_append(log) as fh:
+        fh.write("one\n")
+    with open_append(log) as fh:
+        fh.write("two\n")
+    assert log.read_text() == "one\ntwo\n"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    planted = tmp_path / "train.log"
+    planted.symlink_to(notes)
+    with pytest.raises(PearError, match="symbolic link"):
+        open_append(planted)
+    assert notes.read_text() == "mine\n"
+
+
+def test_train_log_handler_refuses_a_link(tmp_path):
+    import logging
+
+    from pear.errors import PearError
+    from pear.harness.rundir import _LogFile
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    (tmp_path / "train.log").symlink_to(notes)
+    with pytest.raises(PearError, match="symbolic link"):
+        _LogFile(tmp_path / "train.log", encoding="utf-8")
+    assert notes.read_text() == "mine\n"
+    h = _LogFile(tmp_path / "other.log", encoding="utf-8")
+    h.emit(logging.LogRecord("pear", logging.INFO, __file__, 1, "hello", None, None))
+    h.close()
+    assert "hello" in (tmp_path / "other.log").read_text()

@@ -11,6 +11,7 @@ open()/mkdir(), not mkstemp's private one. `sha256_file` hashes a file in chunks
 from __future__ import annotations
 
 import ctypes
+import errno
 import glob
 import hashlib
 import os
@@ -171,3 +172,16 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def open_append(path: Path):
+    """`path` opened for appending text (created if missing), never through a symbolic link:
+    a log a process keeps open cannot be written atomically, but it must not follow a link
+    someone planted in its place."""
+    try:
+        return open(path, "a", encoding="utf-8",
+                    opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PearError(f"{path} is a symbolic link; Pear does not write through links it did not make") from None
+        raise

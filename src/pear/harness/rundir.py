@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_dir_write, atomic_write_text, check_replaceable
+from ..atomic import atomic_dir_write, atomic_write_text, check_replaceable, open_append
 from ..errors import PearError
 from . import distributed as D
 from .files import read_mapping
@@ -271,6 +271,13 @@ def guarded(write, path: Path) -> None:
                         f"{path.name} (if any) is intact.") from None
 
 
+class _LogFile(logging.FileHandler):
+    """train.log, opened without following a symbolic link planted in its place."""
+
+    def _open(self):
+        return open_append(Path(self.baseFilename))
+
+
 def setup_logging(out: Path, ctx: "D.Context") -> None:
     """Rank 0 logs everything to stdout and RUN/train.log; other ranks only warnings,
     tagged with their rank, to stdout (torchrun merges every rank's output)."""
@@ -284,7 +291,7 @@ def setup_logging(out: Path, ctx: "D.Context") -> None:
     stream.setFormatter(fmt)
     log.addHandler(stream)
     if ctx.is_main:
-        fh = logging.FileHandler(out / "train.log", encoding="utf-8")
+        fh = _LogFile(out / "train.log", encoding="utf-8")
         fh.setFormatter(fmt)
         log.addHandler(fh)
     log.propagate = False

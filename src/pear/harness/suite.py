@@ -38,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic import open_append
 from ..errors import PearError
 from .builders import BUILTIN_DATASETS, build_dataset
 from .data import TASK_ALIASES, VTAB_TASKS, task_info
@@ -474,10 +475,11 @@ def _run_queue(todo: list[_Run], devices: list[str], out: Path) -> list[str]:
 
 
 def _spawn(run: _Run, device: str, config_file: Path, out: Path) -> tuple:
+    # config_file is in the suite's own fresh temporary folder: nothing can be planted there.
     config_file.write_text(yaml.safe_dump(run.cfg.to_dict(), sort_keys=False), encoding="utf-8")
     log_path = out / "logs" / run.task / run.method / f"seed{run.seed}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "a", encoding="utf-8")  # a resumed run appends to its earlier output
+    log_file = open_append(log_path)  # a resumed run appends to its earlier output
     proc = subprocess.Popen(_train_command(config_file, device), stdout=log_file, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     return proc, run, log_file
