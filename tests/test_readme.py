@@ -1,6 +1,9 @@
 """Every ```python block of README.md and docs/*.md runs as written (in a fresh temporary folder)."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,9 @@ def test_the_readme_has_python_to_run():
 
 @pytest.mark.parametrize("path, index, code", SNIPPETS,
                          ids=[f"{f.relative_to(ROOT)}[{i}]" for f, i, _ in SNIPPETS])
-def test_snippet_runs_as_written(path, index, code, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # snippets write checkpoints into the working folder
-    exec(compile(code, f"{path.name} python block {index}", "exec"), {"__name__": "__readme__"})
+def test_snippet_runs_as_written(path, index, code, tmp_path):
+    # In a process of its own: a snippet may register a scorer or a family, which must not
+    # leak into the other tests' registries. In a fresh folder: snippets write checkpoints.
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"{path.name} python block {index} failed:\n{proc.stdout}\n{proc.stderr}"

@@ -80,7 +80,11 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
         warnings.simplefilter("ignore")  # random-init warning: the fingerprint check decides
         model, data_cfg = create_backbone(name, info.get("num_classes"), str(saved) if saved else weights,
                                           img_size=img_size, model_kwargs=kwargs)
-    if saved is None and random_backbone(name, weights):
+    # Only a checkpoint trained on a random backbone (or one that does not say) gets the
+    # redrawn-backbone explanation; one trained on a weights file now missing gets the
+    # fingerprint check's own message, which asks for that file.
+    trained_on = (info.get("backbone") or {}).get("weights_source")
+    if saved is None and random_backbone(name, weights) and trained_on in (None, "random"):
         _check_redrawn_backbone(ckpt, info, model)
     if kind == "pear":
         model = load_task(ckpt, model, backbone_name=name)
