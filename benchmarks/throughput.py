@@ -145,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's); 1 avoids thread contention on a shared machine")
     g.add_argument("--bf16", "--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on with CUDA, off on CPU, as in training)")
+                   help="bf16 autocast (default: as training chooses: on with CUDA, and for transformers on a CPU with AMX/AVX512-BF16)")
     g.add_argument("--frozen-bf16", action="store_true",
                    help="hold the frozen backbone's Linear/Conv weights in bf16 (norms, adapters and head stay "
                         "fp32); implies --bf16")
