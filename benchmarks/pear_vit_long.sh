@@ -33,14 +33,7 @@ export OMP_NUM_THREADS=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's Pear, even from a second worktree
 mkdir -p "$RESULTS"
 
-keep() {  # keep the suite's tables, plot and tuning choices beside the other results
-    local from=$1 to=$2
-    mkdir -p "$to"
-    cp "$from"/results.md "$from"/results.csv "$to"/
-    [ -f "$from"/accuracy_vs_bytes.png ] && cp "$from"/accuracy_vs_bytes.png "$to"/
-    [ -d "$from"/tuning ] && (cd "$from" && find tuning -name choice.json -exec cp --parents {} "$OLDPWD/$to" \;)
-    return 0
-}
+source benchmarks/keep.sh  # keep SUITE_FOLDER RESULTS_FOLDER
 
 for phase in ${@:-epochs adequacy claim curve ablations}; do
     case $phase in

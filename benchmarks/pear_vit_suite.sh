@@ -26,14 +26,7 @@ RECIPE=(--backbone pear_vit_tiny6_patch4_32 --epochs 5 --warmup-epochs 1 --batch
 export OMP_NUM_THREADS=1
 mkdir -p "$RESULTS"
 
-keep() {  # keep the suite's tables, plot and tuning choices beside the other results
-    local from=$1 to=$2
-    mkdir -p "$to"
-    cp "$from"/results.md "$from"/results.csv "$to"/
-    [ -f "$from"/accuracy_vs_bytes.png ] && cp "$from"/accuracy_vs_bytes.png "$to"/
-    [ -d "$from"/tuning ] && (cd "$from" && find tuning -name choice.json -exec cp --parents {} "$OLDPWD/$to" \;)
-    return 0
-}
+source benchmarks/keep.sh  # keep SUITE_FOLDER RESULTS_FOLDER
 
 for phase in ${@:-main random ablations lora-eq curve}; do
     case $phase in
