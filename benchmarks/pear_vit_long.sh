@@ -4,7 +4,7 @@
 # repo root after `bash scripts/setup.sh`; every phase is resumable (run it again and
 # finished runs are skipped), and each phase is `pear suite` calls:
 #
-#   bash benchmarks/pear_vit_long.sh [phases]    # default: "epochs adequacy claim curve ablations"
+#   bash benchmarks/pear_vit_long.sh [phases]    # default: "epochs adequacy claim curve baselines ablations"
 #
 #   epochs     the recipe curve: adapter (s = 1) trained on train800 for 10/20/30/50 epochs,
 #              val200 after the last epoch, seed 0 (chooses EPOCHS below)
@@ -12,9 +12,14 @@
 #              (adapter - linear >= 10 points on the mean, adapter std <= 1.5 on each task)?
 #   claim      pear and prune (s = 1) at prune ratios 0.75 and 0.9 on sprites_loc, 3 seeds
 #   precision  bf16 (the CPU default with AMX) against fp32: pear, fashion_mnist, 3 seeds, 5 epochs
-#   curve      pear and prune at prune ratios 0.5 / 0.75 / 0.9, 3 seeds, --tune; plus full,
-#              peft-lora and peft-lora-eq
-#   ablations  share / knowledge checkpoint / importance at ratio 0.75, 3 seeds, pear's scale
+#   curve      pear and prune (s = 1) at prune ratios 0.75 / 0.9 / 0.5, 3 seeds ($TASKS)
+#   baselines  full, peft-lora and peft-lora-eq, 3 seeds ($TASKS)
+#   ablations  pear at ratio 0.75, s = 1: share / knowledge checkpoint / importance, 3 seeds ($TASKS)
+#
+# Every adapter method trains at s = 1, the scale the recipe curve and the adequacy check used:
+# --tune would try three scales per method and task first, which this 2-core budget cannot hold.
+# claim, curve and ablations share one suite folder ($SUITES/long), so a run that two phases name
+# trains once; each phase's tables (results.md / results.csv) cover every finished run in it.
 #
 # Two runs at a time (--devices cpu,cpu), one thread each. Suite folders go to $SUITES
 # (default ../suites: run folders hold checkpoints); the tables and plots are copied here.
@@ -25,7 +30,7 @@ PEAR=.venv/bin/pear
 DATA=${DATA:-../data}
 SUITES=${SUITES:-../suites}
 RESULTS=benchmarks/results/pear_vit_long
-TASKS=fashion_mnist,sprites_loc,sprites_ori
+TASKS=${TASKS:-fashion_mnist,sprites_loc,sprites_ori}  # e.g. TASKS=sprites_loc for the task where adapters matter most first
 EPOCHS=${EPOCHS:-30}
 BASE=(--backbone pear_vit_tiny6_patch4_32 --batch-size 32 --workers 0 --devices cpu,cpu --build)
 RECIPE=("${BASE[@]}" --epochs "$EPOCHS")
@@ -35,7 +40,13 @@ mkdir -p "$RESULTS"
 
 source benchmarks/keep.sh  # keep SUITE_FOLDER RESULTS_FOLDER
 
-for phase in ${@:-epochs adequacy claim curve ablations}; do
+ratios() {  # pear and prune at s = 1 for each prune ratio given: one --methods list
+    local out="" r
+    for r in "$@"; do out+="${out:+,}pear@scale=1@prune_ratio=$r,prune@scale=1@prune_ratio=$r"; done
+    echo "$out"
+}
+
+for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     case $phase in
     epochs)
         for e in 10 20 30 50; do
@@ -48,9 +59,9 @@ for phase in ${@:-epochs adequacy claim curve ablations}; do
             --methods linear,adapter@scale=1
         keep "$SUITES/long_adequacy" "$RESULTS/adequacy" ;;
     claim)  # sharing where most adapters are gone, on the task where adapters matter most, s = 1
-        $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long_claim" "${RECIPE[@]}" \
-            --methods pear@scale=1@prune_ratio=0.75,prune@scale=1@prune_ratio=0.75,pear@scale=1@prune_ratio=0.9,prune@scale=1@prune_ratio=0.9
-        keep "$SUITES/long_claim" "$RESULTS/claim_sprites_loc" ;;
+        $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
+            --methods "$(ratios 0.75 0.9)"
+        keep "$SUITES/long" "$RESULTS" ;;
     precision)  # bf16 (the CPU default with AMX) against fp32, pear on fashion_mnist, 3 seeds, the demo's 5 epochs
         for p in bf16 fp32; do
             cfg=(); [ $p = fp32 ] && cfg=(-c benchmarks/configs/fp32.yaml)
@@ -58,14 +69,20 @@ for phase in ${@:-epochs adequacy claim curve ablations}; do
                 --epochs 5 --warmup-epochs 1 "${cfg[@]}" --methods pear
             keep "$SUITES/precision_$p" "$RESULTS/precision/$p"
         done ;;
-    curve)
-        $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
-            --methods linear,adapter,pear,prune,pear@prune_ratio=0.75,prune@prune_ratio=0.75,pear@prune_ratio=0.9,prune@prune_ratio=0.9,full,peft-lora,peft-lora-eq
+    curve)  # the claim's runs are reused (same folder, same options); linear and adapter are the adequacy phase's
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
+            --methods "$(ratios 0.75 0.9 0.5)"
         keep "$SUITES/long" "$RESULTS" ;;
-    ablations)
-        $PEAR suite --data "$DATA" --tasks $TASKS --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --tune \
-            --methods pear@prune_ratio=0.75@share=nearest,pear@prune_ratio=0.75@share=top1,pear@prune_ratio=0.75@share=none,pear@prune_ratio=0.75@knowledge=none,pear@prune_ratio=0.75@knowledge=frozen,pear@prune_ratio=0.75@knowledge=distill,pear@prune_ratio=0.75@importance=magnitude,pear@prune_ratio=0.75@importance=random
+    baselines)  # the rest of the plot's points: full fine-tuning and the LoRAs (default alpha)
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
+            --methods full,peft-lora,peft-lora-eq
         keep "$SUITES/long" "$RESULTS" ;;
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, ablations)" >&2; exit 2 ;;
+    ablations)  # pear at ratio 0.75, s = 1, one component changed at a time (the default is the claim's run)
+        abl=""
+        for v in share=nearest share=top1 share=none knowledge=none knowledge=frozen knowledge=distill \
+                 importance=magnitude importance=random; do abl+="${abl:+,}pear@scale=1@prune_ratio=0.75@$v"; done
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$abl"
+        keep "$SUITES/long" "$RESULTS" ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations)" >&2; exit 2 ;;
     esac
 done
