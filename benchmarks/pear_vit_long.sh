@@ -16,6 +16,9 @@
 #   baselines  full, peft-lora and peft-lora-eq, 3 seeds ($TASKS)
 #   ablations  pear at ratio 0.75, s = 1: share / knowledge checkpoint / importance, 3 seeds ($TASKS)
 #
+# $TASKS, $RATIOS (curve) and $ABLATIONS (e.g. "knowledge=none share=top1") pick a part of a
+# phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
+#
 # Every adapter method trains at s = 1, the scale the recipe curve and the adequacy check used:
 # --tune would try three scales per method and task first, which this 2-core budget cannot hold.
 # claim, curve and ablations share one suite folder ($SUITES/long), so a run that two phases name
@@ -71,7 +74,7 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         done ;;
     curve)  # the claim's runs are reused (same folder, same options); linear and adapter are the adequacy phase's
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
-            --methods "$(ratios 0.75 0.9 0.5)"
+            --methods "$(ratios ${RATIOS:-0.75 0.9 0.5})"
         keep "$SUITES/long" "$RESULTS" ;;
     baselines)  # the rest of the plot's points: full fine-tuning and the LoRAs (default alpha)
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
@@ -79,8 +82,8 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         keep "$SUITES/long" "$RESULTS" ;;
     ablations)  # pear at ratio 0.75, s = 1, one component changed at a time (the default is the claim's run)
         abl=""
-        for v in share=nearest share=top1 share=none knowledge=none knowledge=frozen knowledge=distill \
-                 importance=magnitude importance=random; do abl+="${abl:+,}pear@scale=1@prune_ratio=0.75@$v"; done
+        for v in ${ABLATIONS:-knowledge=none knowledge=frozen knowledge=distill share=nearest share=top1 share=none \
+                 importance=magnitude importance=random}; do abl+="${abl:+,}pear@scale=1@prune_ratio=0.75@$v"; done
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$abl"
         keep "$SUITES/long" "$RESULTS" ;;
     *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations)" >&2; exit 2 ;;
