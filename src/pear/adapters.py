@@ -4,8 +4,9 @@ An adapter is a small bottleneck `s * up(act(down(x)))`. A *position* is a sub-l
 the backbone (a ViT block's attention or MLP, its qkv projection for LoRA, or a whole
 CNN block) that `attach` wraps in a `PearSlot`. A slot calls its own adapter until
 pruning; afterwards it may call another position's adapter (the very same module, so
-gradients from every position that uses it add up) and, with the `frozen` knowledge
-checkpoint, a frozen copy of its old adapter.
+gradients from every position that uses it add up), scaled there by a learned gate with
+`PearConfig.gate` (pear.gates), and, with the `frozen` knowledge checkpoint, a frozen copy
+of its old adapter.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from .bottlenecks import Bottleneck, ConvBottleneck  # noqa: F401  (their home b
 from .config import PearConfig
 from .errors import PearError
 from .families import family_of, heads
+from .gates import gated
 
 class PearSlot(nn.Module):
     """Wraps one backbone sub-layer: `base(x)` plus whatever adapters the slot holds.
 
     `mode` 'parallel' feeds the adapter the sub-layer's input, 'sequential' its output.
-    `adapter` is None after plain pruning; `frozen` is the pruned adapter kept as a
+    `adapter` is None after plain pruning; `gate` scales a shared adapter's output at this
+    position (PearConfig.gate; None: no gate); `frozen` is the pruned adapter kept as a
     frozen residual (knowledge checkpoint 'frozen').
     """
 
@@ -34,6 +37,8 @@ class PearSlot(nn.Module):
         self.base = base
         self.adapter: nn.Module | None = adapter
         self.frozen: nn.Module | None = None
+        self.gate: nn.Parameter | None
+        self.register_parameter("gate", None)
         self.mode = mode
         self.info = info
 
@@ -41,7 +46,8 @@ class PearSlot(nn.Module):
         y = self.base(x, *args, **kwargs)
         src = x if self.mode == "parallel" else y
         if self.adapter is not None:
-            y = y + self.adapter(src)
+            out = self.adapter(src)
+            y = y + (out if self.gate is None else gated(out, self.gate, self.adapter))
         if self.frozen is not None:
             y = y + self.frozen(src)
         return y
@@ -50,7 +56,8 @@ class PearSlot(nn.Module):
         i = self.info
         state = "pruned" if i.pruned else "kept"
         share = f", shares={i.source}" if i.source != i.name else ""
-        return f"position={i.name}, mode={self.mode}, {state}{share}"
+        gate = f", gate={list(self.gate.shape)}" if self.gate is not None else ""
+        return f"position={i.name}, mode={self.mode}, {state}{share}{gate}"
 
 
 @dataclass
@@ -106,6 +113,11 @@ def slots(model: nn.Module) -> dict[str, PearSlot]:
 def positions(model: nn.Module) -> list[str]:
     """Names of the adapted positions of an attached model, in model order."""
     return list(slots(model))
+
+
+def gate_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Each shared position's gate (PearConfig.gate), keyed by position; empty without gates."""
+    return {name: slot.gate for name, slot in slots(model).items() if slot.gate is not None}
 
 
 def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -234,7 +246,8 @@ class PearSummary:
 
 def summary(model: nn.Module) -> PearSummary:
     """The one-line counts of an attached model: positions kept / shared / pruned, adapter
-    parameters (each shared adapter once), trainable and all parameters."""
+    parameters (each shared adapter once, and the gates of PearConfig.gate), trainable and all
+    parameters."""
     pear_state(model)  # PearError unless adapters are attached
     sl = slots(model)
     shared = sum(1 for n, s in sl.items() if s.adapter is not None and s.info.source != n)
@@ -242,7 +255,8 @@ def summary(model: nn.Module) -> PearSummary:
     params = list(unwrap(model).parameters())  # each shared module once
     return PearSummary(
         positions=len(sl), kept=len(sl) - shared - pruned, shared=shared, pruned=pruned,
-        adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
+        adapter_params=sum(count_params(a) for a in adapter_modules(model).values())
+        + sum(g.numel() for g in gate_params(model).values()),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         all_params=sum(p.numel() for p in params), model=unwrap(model))
 

@@ -1,12 +1,12 @@
 """Compact task checkpoints: `adapters.safetensors` + `pear_config.json`.
 
-The safetensors file holds each unique adapter once, the head, and any frozen
-knowledge checkpoints; the JSON holds everything needed to rebuild the structure
-(Pear config, positions, share map, classes, backbone name and weight fingerprint, a
-SHA-256 of the tensor file). Loading validates all of it before touching the model,
-rebuilds adapters and sharing first, then fills the tensors. This module is the format
-only: the folder is written through `pear.atomic.atomic_dir_write`, so a crash never
-leaves a half-written checkpoint.
+The safetensors file holds each unique adapter once, the head, any frozen
+knowledge checkpoints and the gates of shared positions (PearConfig.gate); the JSON
+holds everything needed to rebuild the structure (Pear config, positions, share map,
+classes, backbone name and weight fingerprint, a SHA-256 of the tensor file). Loading
+validates all of it before touching the model, rebuilds adapters and sharing first,
+then fills the tensors. This module is the format only: the folder is written through
+`pear.atomic.atomic_dir_write`, so a crash never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,9 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save as tensor_bytes, save_file
 from torch import nn
 
+from . import gates
 from .atomic import atomic_dir_write, atomic_write_file, check_replaceable, sha256_file
 from .card import CARD_FILE, render as render_card
-from .adapters import PearSlot, adapter_modules, attach, pear_state, slots, unwrap
+from .adapters import PearSlot, adapter_modules, attach, gate_params, pear_state, slots, unwrap
 from .config import PearConfig
 from .errors import BackboneMismatch, PearError
 from .families import head_names, heads
@@ -81,6 +82,8 @@ def _frozen_backbone(model: nn.Module):
             for sub in (m.adapter, m.frozen):
                 if sub is not None:
                     skip.update(id(t) for t in sub.parameters())
+            if m.gate is not None:
+                skip.add(id(m.gate))
     names = head_names(model)
     items: list[tuple[str, torch.Tensor, bool]] = [
         (n, t, False) for n, t in model.named_parameters(remove_duplicate=True)]
@@ -159,7 +162,7 @@ def check_settings(path: Path, saved: dict, model: nn.Module) -> None:
 # ---------------------------------------------------------------- save
 
 def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a Pear task stores: unique adapters, frozen checkpoints, head."""
+    """The tensors a Pear task stores: unique adapters, frozen checkpoints, gates, head."""
     model = unwrap(model)
     out = {}
     for pos, a in adapter_modules(model).items():
@@ -167,6 +170,7 @@ def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for pos, s in slots(model).items():
         if s.frozen is not None:
             out.update({f"frozen.{pos}.{n}": t for n, t in s.frozen.state_dict().items()})
+    out.update({gates.PREFIX + pos: g for pos, g in gate_params(model).items()})
     for head, prefix in head_prefixes({"head": _head_field(head_names(model))}).items():
         out.update({f"{prefix}{n}": t for n, t in model.get_submodule(head).state_dict().items()})
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
@@ -402,6 +406,8 @@ def read_checkpoint(directory: str | Path) -> TaskCheckpoint:
     try:
         config = PearConfig.from_dict(info["pear_config"])
         _check_info(info, tensors)
+        shared = [p["name"] for p in info["positions"] if p["source"] not in (None, p["name"])]
+        gates.check_stored(config.gate, shared, tensors)
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad(cfg_path, f"is malformed: {exc}") from None
     return TaskCheckpoint(Path(directory), info, config, tensors)
@@ -517,10 +523,17 @@ def build_task(ckpt: TaskCheckpoint, model: nn.Module,
                 frozen[n].requires_grad_(False)
         task_heads = {name: _filled(_head_template(model, ckpt, name, prefix), _submodule_state(ckpt.tensors, prefix))
                  for name, prefix in head_prefixes(ckpt.info).items()}
+        task_gates = {n: gates.load(ckpt.config.gate, ckpt.tensors[gates.PREFIX + n], owned[src],
+                                    f"{ckpt.path}: tensor {gates.PREFIX + n!r}")
+                      for n, (src, _) in _layout(ckpt).items() if gates.PREFIX + n in ckpt.tensors}
     except (RuntimeError, KeyError, AttributeError) as exc:
         raise PearError(f"{ckpt.path}: tensors do not fit this backbone ({' '.join(str(exc).split())})") from None
-    layout = {p["name"]: (p["source"], p["pruned"]) for p in ckpt.info["positions"]}
-    return TaskModules(owned, frozen, task_heads, layout)
+    return TaskModules(owned, frozen, task_heads, _layout(ckpt), task_gates)
+
+
+def _layout(ckpt: TaskCheckpoint) -> dict[str, tuple[str | None, bool]]:
+    """Position -> (the position whose adapter it calls, or None; whether it is pruned)."""
+    return {p["name"]: (p["source"], p["pruned"]) for p in ckpt.info["positions"]}
 
 
 def _head_template(model: nn.Module, ckpt: TaskCheckpoint, name: str, prefix: str) -> nn.Module:
@@ -548,6 +561,7 @@ class TaskModules:
     frozen: dict[str, nn.Module]
     heads: dict[str, nn.Module]  # head module name -> its trained module
     layout: dict[str, tuple[str | None, bool]]  # position -> (source position or None, pruned)
+    gates: dict[str, nn.Parameter] = field(default_factory=dict)  # shared position -> its gate (PearConfig.gate)
 
 
 def install(model: nn.Module, task: TaskModules, slot_map: dict[str, PearSlot] | None = None) -> None:
@@ -557,6 +571,7 @@ def install(model: nn.Module, task: TaskModules, slot_map: dict[str, PearSlot] |
         src, pruned = task.layout.get(n, (None, True))
         s.adapter = task.adapters[src] if src is not None else None
         s.frozen = task.frozen.get(n)
+        s.gate = task.gates.get(n)
         s.info.source = src or n
         s.info.pruned = pruned
     for head, module in task.heads.items():

@@ -4,7 +4,8 @@ Defaults follow the method as the README's "The method, and which parts are ours
 table describes it: parallel (AdaptFormer-style) adapters of rank 8 and scale 0.1 on
 the attention and MLP sub-layer of every ViT block, first-order Taylor importance,
 half of the adapter parameters pruned, importance-matched sharing ('matched'), and the
-`merge` knowledge checkpoint.
+`merge` knowledge checkpoint. Options that are ours say so in their help; `gate` (ours,
+not in the paper: learned gates on the shared adapters, pear.gates) is off by default.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ SHARE_ALIASES = _SHARE_REGISTRY.aliases()
 KNOWLEDGE_MODES = KNOWLEDGE.view()
 PRUNE_SCOPES = ("global", "group")
 ACTIVATIONS = ("relu", "gelu", "identity")
+GATES = ("none", "scalar", "channel")
+# Fields added after checkpoints and run folders were first written: `to_dict` leaves each out
+# while it holds its default, so a config that does not use it writes exactly what Pear wrote
+# before (which earlier Pear versions also read); `from_dict` fills the default back in.
+ADDED_DEFAULTS = {"gate": "none"}
 
 
 @dataclass
@@ -93,6 +99,14 @@ class PearConfig:
                   "modes)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the 'random' importance control."})
+    gate: str = field(
+        default="none",
+        metadata={"help": "Ours (not in the paper): a learned gate on the shared adapter at each position that "
+                  "shares one: 'none' (plain sharing, the paper's), 'scalar' (one learned factor per shared "
+                  "position) or 'channel' (one per output channel of the adapter), multiplying the shared "
+                  "adapter's output there; made by prune_and_share at 1.0, so pruning changes nothing at first, "
+                  "then trained and stored with the task (kept positions have none)."},
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -110,6 +124,7 @@ class PearConfig:
         self._check_choice("share", SHARE_POLICIES)
         self._check_choice("prune_scope", PRUNE_SCOPES)
         self._check_choice("knowledge", KNOWLEDGE_MODES)
+        self._check_choice("gate", GATES)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise PearError(f"PearConfig.seed must be an integer, got {self.seed!r}")
         if self.target is not None and not isinstance(self.target, str):
@@ -149,10 +164,11 @@ class PearConfig:
             raise PearError(f"PearConfig.{name} must be one of {', '.join(choices)}; got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; the fields of ADDED_DEFAULTS only when they differ from their default."""
         d = dataclasses.asdict(self)
         d["sublayers"] = list(self.sublayers)
         d["blocks"] = list(self.blocks) if self.blocks is not None else None
-        return d
+        return {k: v for k, v in d.items() if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PearConfig":

@@ -3,8 +3,9 @@
 A LoRA-kind adapter (`adapter="lora"`: identity activation, parallel to a `nn.Linear`)
 adds `s * U(D x + b_D) + s * b_U` to `W x + b`, which is one linear map: `W' = W + s U D`,
 `b' = b + s (U b_D + b_U)`. Every slot gets its own fold, so an adapter shared by several
-positions is added to each of their weights, and a frozen knowledge checkpoint is folded
-too. Adapters with a nonlinearity, sequential ones and convolutional ones are no single
+positions is added to each of their weights (times the position's gate, PearConfig.gate:
+`W' = W + diag(g) s U D`, its constant part times g), and a frozen knowledge checkpoint is
+folded too. Adapters with a nonlinearity, sequential ones and convolutional ones are no single
 linear map: they are refused before anything changes.
 """
 
@@ -61,9 +62,12 @@ def _folded(slot: PearSlot) -> nn.Linear:
     weight = layer.weight.float()
     bias = layer.bias.float() if layer.bias is not None else torch.zeros(layer.out_features, device=weight.device)
     for m in adapters:
-        weight = weight + m.scale * m.up.weight.float() @ m.down.weight.float()
+        # The shared adapter's gate at this position (none on a frozen checkpoint): a factor per output.
+        g = slot.gate.float() if m is slot.adapter and slot.gate is not None else torch.ones((), device=weight.device)
+        weight = weight + g.reshape(-1, 1) * (m.scale * m.up.weight.float() @ m.down.weight.float())
         # The adapter of a zero input is its constant part s (U b_D + b_U): exact, as it has no nonlinearity.
-        bias = bias + m(torch.zeros(1, layer.in_features, device=weight.device, dtype=layer.weight.dtype))[0].float()
+        zero = torch.zeros(1, layer.in_features, device=weight.device, dtype=layer.weight.dtype)
+        bias = bias + g * m(zero)[0].float()
     has_bias = layer.bias is not None or bool(bias.abs().max() > 0)
     out = nn.Linear(layer.in_features, layer.out_features, bias=has_bias, device=weight.device,
                     dtype=layer.weight.dtype)

@@ -1,7 +1,7 @@
 """Many tasks on one frozen backbone.
 
 The backbone is loaded once and wrapped with slots at every position; each task is a
-small set of adapter modules, frozen checkpoints and a head. Switching the active task
+small set of adapter modules, frozen checkpoints, gates and a head. Switching the active task
 only re-points the slots and the head (no tensor copies), so it costs microseconds
 while a backbone forward pass costs milliseconds.
 """
@@ -67,6 +67,8 @@ class MultiTaskModel(nn.Module):
         holder = nn.Module()
         holder.adapters = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.adapters.items()})
         holder.frozen = nn.ModuleDict({k.replace(".", "_"): m for k, m in task.frozen.items()})
+        if task.gates:  # PearConfig.gate's, at the shared positions
+            holder.gates = nn.ParameterDict({k.replace(".", "_"): g for k, g in task.gates.items()})
         # One head keeps its old place in the state dict; several (head, head_dist) go by name.
         head = next(iter(task.heads.values())) if len(task.heads) == 1 else \
             nn.ModuleDict({k.replace(".", "_"): m for k, m in task.heads.items()}) if task.heads else None

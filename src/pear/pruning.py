@@ -3,11 +3,13 @@
 `make_plan()` is pure bookkeeping (scores in, a `PrunePlan` out) so it can be inspected,
 saved, and compared across ranks; `prune_and_share()` applies a plan to a model for
 real: pruned adapters' tensors are dropped and each pruned position calls the shared
-adapter module itself, so gradients from all of its positions accumulate in it.
+adapter module itself, so gradients from all of its positions accumulate in it (through
+a learned gate at each shared position with `PearConfig.gate`, pear.gates).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapters import count_params, pear_state, slots
+from . import gates
+from .adapters import count_params, gate_params, pear_state, slots
 from .config import PearConfig
 from .errors import PearError
 from .knowledge import KNOWLEDGE
@@ -150,7 +153,8 @@ def _share(pruned: list[_Pos], kept: list[_Pos], policy: str) -> dict[str, str]:
 def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None = None,
                     inputs: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Apply `plan`: drop pruned adapters, point pruned positions at their shared
-    adapter, and keep the pruned knowledge as `config.knowledge` says.
+    adapter (with a gate at 1.0 there when `config.gate` is 'scalar' or 'channel'), and keep
+    the pruned knowledge as `config.knowledge` says.
 
     inputs: what each position's adapter is fed (`capture_inputs`), needed only by the
     'distill' knowledge checkpoint, which fits each shared adapter to those outputs.
@@ -195,8 +199,12 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
             slot.frozen = old
         k = plan.shares.get(p)
         slot.adapter = sl[k].adapter if k is not None else None
+        if k is not None and config.gate != "none":
+            slot.gate = gates.new(config.gate, slot.adapter)
         slot.info.source = k if k is not None else p
         slot.info.pruned = True
+    if config.gate != state.config.gate:  # the saved config must say what the model now holds
+        state.config = dataclasses.replace(state.config, gate=config.gate)
     state.pruned = True
     state.extra["plan"] = plan.to_dict()
     return model
@@ -248,8 +256,9 @@ def capture_inputs(model: nn.Module, batches, max_rows: int = 8192) -> dict[str,
 
 def prune_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
     """Drop parameters that no longer train (pruned or frozen) from `optimizer`,
-    with their state; surviving (and shared) adapters keep theirs. Returns how many
-    parameters were dropped."""
+    with their state; surviving (and shared) adapters keep theirs. The gates pruning made
+    (PearConfig.gate) join it (`pear.gates.add_to_optimizer`: the first group without weight
+    decay), so that they train. Returns how many parameters were dropped."""
     live = {id(p) for p in model.parameters() if p.requires_grad}
     dropped = 0
     for group in optimizer.param_groups:
@@ -261,4 +270,5 @@ def prune_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
                 optimizer.state.pop(p, None)
                 dropped += 1
         group["params"] = keep
+    gates.add_to_optimizer(optimizer, list(gate_params(model).values()))
     return dropped

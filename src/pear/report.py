@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .adapters import adapter_modules, classifier, pear_state, slots, unwrap
+from .gates import PREFIX as GATE_PREFIX
 
 if TYPE_CHECKING:
     from .checkpoint import TaskCheckpoint
@@ -31,7 +32,7 @@ class Position:
     pruned: bool
     source: str | None  # the position whose adapter it calls (itself when it owns one); None: no adapter
     importance: float | None
-    params: int  # of the adapter it owns (0 when it calls another's or none)
+    params: int  # of the adapter it owns, or of its gate when it shares one (PearConfig.gate); else 0
     bytes: int
     frozen_params: int  # of its frozen knowledge checkpoint
     frozen_bytes: int
@@ -42,9 +43,9 @@ def share_map(model: nn.Module) -> dict[str, str]:
     return {n: s.info.source for n, s in slots(model).items() if s.info.source != n and s.adapter is not None}
 
 
-def _size(module: nn.Module | None) -> tuple[int, int]:
-    """(parameters, bytes) of a module's parameters."""
-    params = [] if module is None else list(module.parameters())
+def _size(module: nn.Module | None, gate: torch.Tensor | None = None) -> tuple[int, int]:
+    """(parameters, bytes) of a module's parameters and of a gate."""
+    params = ([] if module is None else list(module.parameters())) + ([] if gate is None else [gate])
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
@@ -52,6 +53,13 @@ def tensors_size(tensors: Mapping[str, torch.Tensor], prefix: str) -> tuple[int,
     """(parameters, bytes) of the stored tensors whose names start with `prefix`."""
     sel = [t for k, t in tensors.items() if k.startswith(prefix)]
     return sum(t.numel() for t in sel), sum(t.numel() * t.element_size() for t in sel)
+
+
+def _stored(tensors: Mapping[str, torch.Tensor], position: str) -> tuple[int, int]:
+    """(parameters, bytes) a checkpoint stores for a position: its own adapter or its gate."""
+    params, nbytes = tensors_size(tensors, f"adapters.{position}.")
+    gate = tensors.get(GATE_PREFIX + position)
+    return (params, nbytes) if gate is None else (params + gate.numel(), nbytes + gate.numel() * gate.element_size())
 
 
 def report(model: nn.Module) -> dict:
@@ -62,7 +70,7 @@ def report(model: nn.Module) -> dict:
     base = unwrap(model)
     owners = adapter_modules(base)
     positions = [Position(n, s.info.kind, s.info.depth, s.info.pruned, s.info.source if s.adapter is not None else None,
-                          s.info.importance, *_size(owners.get(n)), *_size(s.frozen))
+                          s.info.importance, *_size(owners.get(n), s.gate), *_size(s.frozen))
                  for n, s in slots(base).items()]
     trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
     rows, totals = summarize(positions, pruned=state.pruned, unpruned_adapter_params=state.unpruned_adapter_params,
@@ -75,7 +83,7 @@ def checkpoint_report(ckpt: TaskCheckpoint) -> dict:
     JSON and tensors alone (no backbone)."""
     info, tensors = ckpt.info, ckpt.tensors
     positions = [Position(p["name"], p["kind"], p["depth"], p["pruned"], p["source"], p.get("importance"),
-                          *tensors_size(tensors, f"adapters.{p['name']}."),
+                          *_stored(tensors, p["name"]),
                           *tensors_size(tensors, f"frozen.{p['name']}."))
                  for p in info["positions"]]
     rows, totals = summarize(positions, pruned=bool(info.get("pruned")), head=tensors_size(tensors, "head."),
@@ -90,8 +98,9 @@ def summarize(positions: list[Position], *, pruned: bool, unpruned_adapter_param
     parameters before pruning (None: as now); head: its (parameters, bytes);
     trainable_params: as counted on a model (None: adapters + head).
 
-    stored_tensor_bytes is what a task checkpoint must hold: unique adapters, frozen
-    knowledge checkpoints, the head and the share map (its compact JSON). The files on
+    stored_tensor_bytes is what a task checkpoint must hold: unique adapters and the gates of
+    shared positions (both counted as adapter parameters and bytes), frozen knowledge
+    checkpoints, the head and the share map (its compact JSON). The files on
     disk add the JSON's other fields; `pear inspect` gives their size as
     checkpoint_file_bytes."""
     rows = [{"name": p.name, "kind": p.kind, "depth": p.depth, "importance": p.importance,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import PearConfig
+from ..config import ADDED_DEFAULTS, PearConfig
 from ..errors import PearError
 from .hub import default_backbone, default_img_size
 from .method_names import METHODS, PRUNING_METHODS, TRAINING_METHODS, canonical_method, pear_config_for
@@ -237,7 +237,8 @@ def flat_options(d: dict) -> dict:
     options under their own names: the form in which two runs' options compare."""
     d = dict(d)
     pear = d.pop("pear", None) or {}
-    return {**d, **{k: v for k, v in pear.items() if k != "seed"}}
+    flat = {**d, **{k: v for k, v in pear.items() if k != "seed"}}
+    return {**flat, **{k: flat.get(k, v) for k, v in ADDED_DEFAULTS.items()}}  # to_dict omits them at their default
 
 
 # Options that change how or where a run executes, not what it computes: a run is the
