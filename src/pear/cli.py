@@ -19,7 +19,7 @@ import warnings
 
 from .errors import BackboneMismatch, PearError
 from .harness.files import read_mapping
-from .harness.options import add_train_arguments
+from .harness.options import add_run_arguments, add_train_arguments
 
 
 def _train_config(args: argparse.Namespace):
@@ -88,38 +88,31 @@ def cmd_predict(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from .harness import suite
+    """parse -> `Suite` -> one of its methods (the mode's flag)."""
+    from .harness.suite import Suite
 
     modes = [f for f, on in (("--list", args.list), ("--index", args.index is not None),
                              ("--aggregate", args.aggregate), ("--emit-slurm", args.emit_slurm)) if on]
     if len(modes) > 1:
         raise PearError(f"pass one of {', '.join(modes)}")
-    preset = suite.PRESETS[args.preset] if args.preset else {}
-    if args.preset and not args.tasks:
-        args.tasks = ",".join(suite.check_preset(args.preset, args.data))
-    args.methods = args.methods or ("pear" if args.preset else None)
-    args.out = args.out or (f"suites/{args.preset}" if args.preset else None)
-    missing = [flag for flag, v in (("--tasks", args.tasks), ("--methods", args.methods), ("--out", args.out))
-               if not v]
-    if missing:
-        raise PearError(f"pear suite needs {', '.join(missing)} (or --preset vtab1k)")
-    sweep = dict(data=args.data, tasks=args.tasks.split(","), methods=args.methods.split(","),
-                 seeds=_seeds(args.seeds), out=args.out,
-                 base={**preset.get("recipe", {}), **_suite_base(args)}, tune=args.tune)
-    if args.index is not None:
-        suite.run_index(args.index, **sweep, build_missing=args.build)
-    elif args.list or args.aggregate or args.emit_slurm:
-        runs = suite.sweep(**sweep)
-        if args.list:
-            print(suite.list_runs(runs))
-        elif args.aggregate:  # results.md names the suite's command, not this one
-            suite.finish(runs, args.out, command=shlex.join(["pear", *_without(args.argv, "--aggregate")]))
-        else:
-            _emit_slurm(args, runs)
+    suite = Suite.configure(args.data, _split(args.tasks), _split(args.methods), _seeds(args.seeds), args.out,
+                            base=_suite_base(args), tune=args.tune, preset=args.preset)
+    if args.list:
+        print(suite.list())
+    elif args.index is not None:
+        suite.run_index(args.index, build_missing=args.build)
+    elif args.aggregate:  # results.md names the suite's command, not this one
+        suite.aggregate(command=shlex.join(["pear", *_without(args.argv, "--aggregate")]))
+    elif args.emit_slurm:  # the same suite, run by each array task
+        argv = _without(args.argv, "--emit-slurm", "--slurm-gres")
+        suite.emit_slurm(args.emit_slurm, [sys.executable, "-m", "pear", *argv], gres=args.slurm_gres)
     else:
-        suite.run_suite(**sweep, devices=args.devices.split(",") if args.devices else None, build_missing=args.build,
-                        command=shlex.join(["pear", *args.argv]))
+        suite.run(_split(args.devices), build_missing=args.build, command=shlex.join(["pear", *args.argv]))
     return 0
+
+
+def _split(text: str | None) -> list[str] | None:
+    return text.split(",") if text else None
 
 
 def _seeds(text: str) -> list[int]:
@@ -127,16 +120,6 @@ def _seeds(text: str) -> list[int]:
         return [int(s) for s in text.split(",")]
     except ValueError:
         raise PearError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
-
-
-def _emit_slurm(args, runs) -> None:
-    from .harness.slurm import emit_slurm
-
-    argv = _without(args.argv, "--emit-slurm", "--slurm-gres")  # the same suite, run by each array task
-    emit_slurm(args.emit_slurm, [sys.executable, "-m", "pear", *argv], len(runs), sum(r.tuning for r in runs),
-               args.out, args.data, gres=args.slurm_gres)
-
-    print(f"wrote {args.emit_slurm}: {len(runs)} runs as a job array; submit with `sbatch {args.emit_slurm}`")
 
 
 def _without(argv: list[str], *flags: str) -> list[str]:
@@ -156,16 +139,15 @@ def _without(argv: list[str], *flags: str) -> list[str]:
 
 
 _FLAGS_WITH_VALUE = ("--emit-slurm", "--slurm-gres")
+# `pear train`'s flags that `pear suite` takes too, for every run (TrainConfig fields).
+_SUITE_TRAIN_FLAGS = ("backbone", "weights", "img_size", "epochs", "warmup_epochs", "batch_size", "lr", "workers",
+                      "tensorboard")
 
 
 def _suite_base(args) -> dict:
+    """The options every run of the suite shares: -c YAML, then the flags given."""
     base = _config_file(args.config)
-    for k in ("backbone", "weights", "img_size", "epochs", "batch_size", "lr", "warmup_epochs", "workers"):
-        v = getattr(args, k)
-        if v is not None:
-            base[k] = v
-    if args.tensorboard:
-        base["tensorboard"] = True
+    base.update({k: getattr(args, k) for k in _SUITE_TRAIN_FLAGS if getattr(args, k) is not None})
     return base
 
 
@@ -225,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(func=cmd_predict)
 
+    _add_suite_parser(sub)
+    return parser
+
+
+def _add_suite_parser(sub) -> None:
+    """`pear suite`'s flags; those it shares with `pear train` are generated as train's are."""
     # allow_abbrev=False: --emit-slurm's script repeats this command line minus --emit-slurm FILE,
     # so an abbreviation (--emit FILE) would reach every array task.
     p = sub.add_parser("suite", allow_abbrev=False,
@@ -248,15 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder must be in --data) with the paper-style recipe: 100 epochs (10 warm-up), AdamW lr 1e-3, "
                    "wd 1e-4, batch 64, cosine, 224 px; flags override the recipe")
     p.add_argument("-c", "--config", default=None, help="YAML of training options shared by all runs")
-    for flag, typ in (("--backbone", str), ("--weights", str), ("--img-size", int), ("--epochs", int),
-                      ("--warmup-epochs", int), ("--batch-size", int), ("--lr", float), ("--workers", int)):
-        p.add_argument(flag, type=typ, default=None, help=f"every run's {flag}, as in pear train")
+    add_run_arguments(p.add_argument_group("every run's training options, as in pear train (over -c and the "
+                                            "--preset recipe)"), _SUITE_TRAIN_FLAGS)
     p.add_argument("--devices", default=None, help="comma-separated devices, one run per device at a time "
                    "(e.g. cuda:0,cuda:1)")
     p.add_argument("--build", action="store_true", help="build missing built-in datasets into --data first")
     p.add_argument("--tune", action="store_true", help="VTAB's protocol: first choose each method's adapter scale "
                    "(LoRA: alpha) on val200 from runs on train800 (seed 0), then train every seed with it")
-    p.add_argument("--tensorboard", action="store_true", help="every run writes TensorBoard event files")
     sched = p.add_argument_group("on a cluster's scheduler (one run per job-array task)")
     sched.add_argument("--list", action="store_true", help="print the runs with their indices and states")
     sched.add_argument("--index", type=int, default=None, help="train only run I (e.g. --index "
@@ -270,7 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--slurm-gres", default="gpu:1", metavar="GRES", help="the script's #SBATCH --gres, e.g. "
                        "gpu:a100:1; '' for none (default gpu:1)")
     p.set_defaults(func=cmd_suite)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

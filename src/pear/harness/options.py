@@ -401,9 +401,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """`pear train`'s flags, one per TrainConfig and PearConfig field. Their defaults stay
     None, so -c YAML values apply unless a flag is given and the dataclasses supply the rest."""
     parser.add_argument("-c", "--config", help="YAML file of training options (flags override it)")
-    run = parser.add_argument_group("run")
+    add_run_arguments(parser.add_argument_group("run"), FLAG_NAMES)
+    pear = parser.add_argument_group("Pear options (pear.PearConfig)")
+    for f in fields(PearConfig):
+        if f.name in PEAR_FIELDS:
+            pear.add_argument(_flag(f.name), dest=f.name, type=_arg_type(PearConfig, f.name), default=None,
+                              help=_help(f), **_metavar(f))
+
+
+def add_run_arguments(run: argparse._ActionsContainer, names) -> None:
+    """`pear train`'s flag of each TrainConfig field in `names` (`pear suite` adds those it shares)."""
     for f in fields(TrainConfig):
-        if not f.metadata.get("cli", True):
+        if not f.metadata.get("cli", True) or f.name not in names:
             continue
         if f.name == "amp":
             run.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None, help=_help(f))
@@ -415,11 +424,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         else:  # model_kwargs stays text here: bad JSON is a PearError, not an argparse usage error
             typ = str if f.name == "model_kwargs" else _arg_type(TrainConfig, f.name)
             run.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=_help(f), **_metavar(f))
-    pear = parser.add_argument_group("Pear options (pear.PearConfig)")
-    for f in fields(PearConfig):
-        if f.name in PEAR_FIELDS:
-            pear.add_argument(_flag(f.name), dest=f.name, type=_arg_type(PearConfig, f.name), default=None,
-                              help=_help(f), **_metavar(f))
 
 
 def _metavar(f: dataclasses.Field) -> dict:
