@@ -15,6 +15,8 @@
 #   curve      pear and prune (s = 1) at prune ratios 0.75 / 0.9 / 0.5, 3 seeds ($TASKS)
 #   baselines  full, peft-lora and peft-lora-eq, 3 seeds ($TASKS)
 #   ablations  pear at ratio 0.75, s = 1: share / knowledge checkpoint / importance, 3 seeds ($TASKS)
+#   gate       ours: pear at 0.75 with a learned scalar gate per shared position against without,
+#              trained on train800 and scored on val200 (the decision), 3 seeds; then on the test split
 #
 # $TASKS, $RATIOS (curve) and $ABLATIONS (e.g. "knowledge=none share=top1") pick a part of a
 # phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
@@ -86,6 +88,13 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
                  importance=magnitude importance=random}; do abl+="${abl:+,}pear@scale=1@prune_ratio=0.75@$v"; done
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$abl"
         keep "$SUITES/long" "$RESULTS" ;;
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations)" >&2; exit 2 ;;
+    gate)  # ours: a learned scalar on the shared adapter's output at each pruned position; val200 decides
+        G=pear@scale=1@prune_ratio=0.75
+        $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long_gate_val200" "${RECIPE[@]}" \
+            -c benchmarks/configs/select_val200.yaml --methods "$G,$G@gate=scalar"
+        keep "$SUITES/long_gate_val200" "$RESULTS/gate_val200"
+        $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$G@gate=scalar"
+        keep "$SUITES/long" "$RESULTS" ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate)" >&2; exit 2 ;;
     esac
 done

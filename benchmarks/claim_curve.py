@@ -1,0 +1,246 @@
+"""Pear's claim as a curve: accuracy against stored bytes per task, from suite results.csv files.
+
+    python benchmarks/claim_curve.py RESULTS.csv [MORE.csv ...] --out DIR [--tasks a,b,c]
+
+Reads the rows of one or more `pear suite` results.csv files (e.g. the adequacy phase's
+linear and adapter runs beside the curve's pear and prune runs; the same recipe), and writes
+to DIR:
+
+- `claim.md`: per method, the mean over tasks of the per-seed accuracy (mean ± sample std over
+  seeds, where each seed's value is that seed's mean over the tasks), per-task means, stored
+  bytes; the paired differences pear - prune at each ratio (same task, same seed); the
+  ablations at ratio 0.75 against their default; and the issue's targets, each met or missed.
+- `accuracy_vs_bytes.png`: the headline plot, pear and prune as curves over the prune ratio,
+  the other methods as points, error bars = the seeds' spread.
+
+Only tasks on which every plotted method has all its seeds count towards the means (`--tasks`
+narrows them further), so a partly finished suite gives a smaller but honest table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+DEFAULTS = {"share": "matched", "knowledge": "merge", "importance": "taylor", "gate": "none"}
+BASELINES = ("linear", "adapter@scale=1", "full", "peft-lora", "peft-lora-eq")
+
+
+def parse(method: str) -> tuple[str, dict[str, str]]:
+    """'pear@scale=1@prune_ratio=0.75' -> ('pear', {'scale': '1', 'prune_ratio': '0.75'})."""
+    base, *opts = method.split("@")
+    return base, dict(o.split("=", 1) for o in opts)
+
+
+def read_rows(paths: list[Path]) -> list[dict]:
+    rows: list[dict] = []
+    seen: set[tuple[str, str, str]] = set()
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                key = (row["task"], row["method"], row["seed"])
+                if key in seen:
+                    raise SystemExit(f"{path}: {key} appears in two of the files given")
+                seen.add(key)
+                rows.append(row)
+    return rows
+
+
+def by_method(rows: list[dict]) -> dict[str, dict[str, dict[int, dict]]]:
+    """method -> task -> seed -> row."""
+    out: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        out[r["method"]][r["task"]][int(r["seed"])] = r
+    return out
+
+
+def common_tasks(table: dict, methods: list[str], seeds: list[int]) -> list[str]:
+    tasks = sorted({t for m in methods for t in table.get(m, {})})
+    return [t for t in tasks if all(set(seeds) <= set(table.get(m, {}).get(t, {})) for m in methods)]
+
+
+def seed_means(table: dict, method: str, tasks: list[str], seeds: list[int]) -> list[float]:
+    """Each seed's mean accuracy over the tasks."""
+    return [statistics.fmean(float(table[method][t][s]["test_acc"]) for t in tasks) for s in seeds]
+
+
+def stat(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired(table: dict, a: str, b: str, tasks: list[str], seeds: list[int]) -> tuple[float, float]:
+    """a - b per seed (each seed's mean over tasks), mean ± std over seeds."""
+    return stat([x - y for x, y in zip(seed_means(table, a, tasks, seeds), seed_means(table, b, tasks, seeds))])
+
+
+def stored_bytes(table: dict, method: str, tasks: list[str]) -> float:
+    return statistics.fmean(float(r["checkpoint_file_bytes"]) for t in tasks for r in table[method][t].values())
+
+
+def adapter_bytes(table: dict, method: str, tasks: list[str]) -> float | None:
+    vals = [r["adapter_bytes"] for t in tasks for r in table[method][t].values()]
+    return statistics.fmean(float(v) for v in vals) if all(vals) else None
+
+
+def ratio_methods(table: dict, base: str) -> list[tuple[float, str]]:
+    """(prune ratio, method) of `base` at s = 1 with every other option at its default, by ratio."""
+    found = []
+    for m in table:
+        name, opts = parse(m)
+        extra = {k: v for k, v in opts.items() if k not in ("scale", "prune_ratio")}
+        if name == base and opts.get("scale") == "1" and "prune_ratio" in opts and \
+                all(DEFAULTS.get(k) == v for k, v in extra.items()):
+            found.append((float(opts["prune_ratio"]), m))
+    return sorted(found)
+
+
+def ablations(table: dict) -> list[tuple[str, str, str]]:
+    """(component, value, method) for pear at s = 1, ratio 0.75 with one component changed."""
+    out = []
+    for m in table:
+        name, opts = parse(m)
+        if name != "pear" or opts.get("scale") != "1" or opts.get("prune_ratio") != "0.75":
+            continue
+        changed = {k: v for k, v in opts.items() if k not in ("scale", "prune_ratio")}
+        if len(changed) == 1:
+            (k, v), = changed.items()
+            out.append((k, v, m))
+    return sorted(out)
+
+
+def fmt(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("csv", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tasks", help="comma-separated tasks to average over (default: every task all methods have)")
+    ap.add_argument("--seeds", default="0,1,2")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    table = by_method(read_rows(args.csv))
+    pear, prune = ratio_methods(table, "pear"), ratio_methods(table, "prune")
+    curve = [m for _, m in pear + prune] + [m for m in BASELINES if m in table]
+    tasks = common_tasks(table, curve, seeds)
+    if args.tasks:
+        tasks = [t for t in args.tasks.split(",") if t in tasks]
+    if not tasks:
+        raise SystemExit(f"no task has all {len(seeds)} seeds of every method in {curve}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = report(table, tasks, seeds, pear, prune, curve, args.csv)
+    (args.out / "claim.md").write_text("\n".join(lines) + "\n")
+    plot(table, tasks, seeds, pear, prune, args.out / "accuracy_vs_bytes.png")
+    print("\n".join(lines))
+
+
+def report(table, tasks, seeds, pear, prune, curve, sources) -> list[str]:
+    lines = ["# Pear's claim on the built-in testbed", "",
+             f"Tasks averaged: {', '.join(tasks)}; seeds {', '.join(map(str, seeds))}. Each seed's value is its mean "
+             "over these tasks; the table gives mean ± sample std over seeds. Stored bytes: the task checkpoint's "
+             "files (adapters, head, plan), mean over runs.", "",
+             "Made by `python benchmarks/claim_curve.py " + " ".join(str(p) for p in sources) + " --out ...`.", "",
+             "| method | mean over tasks | " + " | ".join(tasks) + " | stored bytes | adapter bytes |",
+             "| --- | --- | " + " | ".join("---" for _ in tasks) + " | --- | --- |"]
+    for m in curve:
+        per_task = [fmt(*stat([float(table[m][t][s]["test_acc"]) for s in seeds])) for t in tasks]
+        ab = adapter_bytes(table, m, tasks)
+        lines.append(f"| {m} | {fmt(*stat(seed_means(table, m, tasks, seeds)))} | " + " | ".join(per_task)
+                     + f" | {stored_bytes(table, m, tasks):,.0f} | {'–' if ab is None else f'{ab:,.0f}'} |")
+    lines += ["", "## Sharing against pruning (paired: same task, same seed)", "",
+              "| prune ratio | pear - prune (points) |", "| --- | --- |"]
+    prunes = dict(prune)
+    for r, m in pear:
+        if r in prunes:
+            lines.append(f"| {r} | {fmt(*paired(table, m, prunes[r], tasks, seeds))} |")
+    lines += ablation_lines(table, seeds)
+    lines += target_lines(table, tasks, seeds, dict(pear), prunes)
+    return lines
+
+
+def ablation_lines(table, seeds) -> list[str]:
+    default = "pear@scale=1@prune_ratio=0.75"
+    rows = ablations(table)
+    if default not in table or not rows:
+        return []
+    lines = ["", "## Ablations (pear, s = 1, prune ratio 0.75; one component changed)", "",
+             "Over the tasks on which the ablation and the default both have every seed.", "",
+             "| component | value | tasks | accuracy | default (same tasks) | value - default (paired) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for comp, value, m in rows:
+        ts = common_tasks(table, [m, default], seeds)
+        if not ts:
+            continue
+        lines.append(f"| {comp} | {value} | {', '.join(ts)} | {fmt(*stat(seed_means(table, m, ts, seeds)))} | "
+                     f"{DEFAULTS.get(comp, '?')}: {fmt(*stat(seed_means(table, default, ts, seeds)))} | "
+                     f"{fmt(*paired(table, m, default, ts, seeds))} |")
+    return lines
+
+
+def target_lines(table, tasks, seeds, pear: dict, prunes: dict) -> list[str]:
+    lines = ["", "## Targets", ""]
+    adapter = "adapter@scale=1"
+    if 0.5 in pear and adapter in table:
+        p, a = stat(seed_means(table, pear[0.5], tasks, seeds))[0], stat(seed_means(table, adapter, tasks, seeds))[0]
+        lines.append(f"- pear ≥ adapter - 0.5 at ratio 0.5: pear {p:.2f}, adapter {a:.2f}, difference {p - a:+.2f}: "
+                     f"**{'met' if p >= a - 0.5 else 'missed'}**")
+    diffs = {r: stat(seed_means(table, pear[r], tasks, seeds))[0] - stat(seed_means(table, prunes[r], tasks, seeds))[0]
+             for r in (0.75, 0.9) if r in pear and r in prunes}
+    if diffs:
+        met = any(d >= 1.0 for d in diffs.values())
+        lines.append("- pear ≥ prune + 1.0 at ratio 0.75 or 0.9: "
+                     + ", ".join(f"{r}: {d:+.2f}" for r, d in diffs.items()) + f": **{'met' if met else 'missed'}**")
+    lines += knowledge_target(table, seeds)
+    return lines
+
+
+def knowledge_target(table, seeds) -> list[str]:
+    default = "pear@scale=1@prune_ratio=0.75"
+    modes = [(v, m) for c, v, m in ablations(table) if c == "knowledge"]
+    if not modes or default not in table:
+        return []
+    methods = [default] + [m for _, m in modes]
+    ts = common_tasks(table, methods, seeds)
+    if not ts:
+        return []
+    stats = {v: stat(seed_means(table, m, ts, seeds)) for v, m in [("merge", default)] + modes}
+    best = max(stats, key=lambda v: stats[v][0])
+    met = best == "merge" or stats["merge"][0] >= stats[best][0] - stats[best][1]
+    return [f"- the default knowledge checkpoint (merge) is the best mode or within one std of it ({', '.join(ts)}): "
+            + ", ".join(f"{v} {fmt(*s)}" for v, s in stats.items()) + f": **{'met' if met else 'missed'}**"]
+
+
+def plot(table, tasks, seeds, pear, prune, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, ms, style in (("pear (prune + share)", pear, "o-"), ("prune", prune, "s--")):
+        if not ms:
+            continue
+        xs = [stored_bytes(table, m, tasks) for _, m in ms]
+        st = [stat(seed_means(table, m, tasks, seeds)) for _, m in ms]
+        ax.errorbar(xs, [s[0] for s in st], yerr=[s[1] for s in st], fmt=style, capsize=3, label=label)
+        for (r, _), x, s in zip(ms, xs, st):
+            ax.annotate(f"{r:g}", (x, s[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for m in BASELINES:
+        if m in table:
+            mean, std = stat(seed_means(table, m, tasks, seeds))
+            ax.errorbar([stored_bytes(table, m, tasks)], [mean], yerr=[std], fmt="^", capsize=3, label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("stored bytes per task (checkpoint files, log scale)")
+    ax.set_ylabel(f"test accuracy, mean over {len(tasks)} task(s) (%)")
+    ax.set_title(f"Built-in ViT, 30 epochs, {len(seeds)} seeds ({', '.join(tasks)}); labels: prune ratio", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
