@@ -10,7 +10,7 @@ to DIR:
   seeds, where each seed's value is that seed's mean over the tasks), per-task means, stored
   bytes; the paired differences pear - prune at each ratio (same task, same seed); the
   ablations at ratio 0.75 against their default; and the issue's targets, each met or missed.
-- `accuracy_vs_bytes.png`: the headline plot, pear and prune as curves over the prune ratio,
+- `claim.png`: the headline plot, pear and prune as curves over the prune ratio,
   the other methods as points, error bars = the seeds' spread.
 
 Only tasks on which every plotted method has all its seeds count towards the means (`--tasks`
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     lines = report(table, tasks, seeds, pear, prune, curve, args.csv)
     (args.out / "claim.md").write_text("\n".join(lines) + "\n")
-    plot(table, tasks, seeds, pear, prune, args.out / "accuracy_vs_bytes.png")
+    plot(table, tasks, seeds, pear, prune, args.out / "claim.png")
     print("\n".join(lines))
 
 

@@ -17,6 +17,7 @@
 #   ablations  pear at ratio 0.75, s = 1: share / knowledge checkpoint / importance, 3 seeds ($TASKS)
 #   gate       ours: pear at 0.75 with a learned scalar gate per shared position against without,
 #              trained on train800 and scored on val200 (the decision), 3 seeds; then on the test split
+#   report     claim.md / claim.png (benchmarks/claim_curve.py): the curve, pear - prune, targets
 #
 # $TASKS, $RATIOS (curve) and $ABLATIONS (e.g. "knowledge=none share=top1") pick a part of a
 # phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
@@ -95,6 +96,8 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         keep "$SUITES/long_gate_val200" "$RESULTS/gate_val200"
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$G@gate=scalar"
         keep "$SUITES/long" "$RESULTS" ;;
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate)" >&2; exit 2 ;;
+    report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
+        $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, report)" >&2; exit 2 ;;
     esac
 done
