@@ -220,14 +220,14 @@ def plot(table, tasks, seeds, pear, prune, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, ms, style in (("pear (prune + share)", pear, "o-"), ("prune", prune, "s--")):
+    for label, ms, style, dy in (("pear (prune + share)", pear, "o-", 6), ("prune", prune, "s--", -12)):
         if not ms:
             continue
         xs = [stored_bytes(table, m, tasks) for _, m in ms]
         st = [stat(seed_means(table, m, tasks, seeds)) for _, m in ms]
         ax.errorbar(xs, [s[0] for s in st], yerr=[s[1] for s in st], fmt=style, capsize=3, label=label)
         for (r, _), x, s in zip(ms, xs, st):
-            ax.annotate(f"{r:g}", (x, s[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(f"{r:g}", (x, s[0]), textcoords="offset points", xytext=(5, dy), fontsize=8)
     for m in BASELINES:
         if m in table:
             mean, std = stat(seed_means(table, m, tasks, seeds))
