@@ -16,7 +16,7 @@ from ..errors import PearError
 from .builders import build_dataset
 from .inspection import inspect_path, render_table
 from .pear_vit import PEAR_VIT
-from .rundir import check_same_run
+from .rundir import RunDir, check_same_run
 from .runs import read_metrics
 from .train import TrainConfig, train
 
@@ -29,7 +29,7 @@ def run_demo(out: str = "runs/demo", data: str = "data", epochs: int | None = No
     # The options first (an --epochs 0 is refused before anything is built or trained).
     cfg = TrainConfig(**{**DEMO, "epochs": DEMO["epochs"] if epochs is None else epochs}, data=str(data_dir),
                       out=str(out_dir), overwrite=overwrite, resume=out_dir.is_dir() and not overwrite)
-    metrics_file = out_dir / "metrics.json"
+    metrics_file = RunDir(out_dir).metrics
     if out_dir.is_dir() and not overwrite:
         try:
             check_same_run(out_dir, cfg)
@@ -52,5 +52,5 @@ def run_demo(out: str = "runs/demo", data: str = "data", epochs: int | None = No
     print()
     print(f"test accuracy {metrics['test_acc']:.2f}%   trainable parameters {metrics['trainable_params']:,} "
           f"(before pruning {metrics['trainable_params_before']:,})   stored task checkpoint "
-          f"{metrics['checkpoint_file_bytes']:,} bytes in {out_dir / 'checkpoint'}")
+          f"{metrics['checkpoint_file_bytes']:,} bytes in {RunDir(out_dir).checkpoint}")
     return metrics

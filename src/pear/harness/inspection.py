@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..card import CARD_FILE
-from ..checkpoint import CONFIG_FILE, TENSORS_FILE, read_checkpoint
 from ..config import SHARE_ALIASES
 from ..errors import PearError
 from ..jsontypes import checkpoint_problems, recorded_heads
 from ..report import checkpoint_report, tensors_size
+from .checkpoint_kinds import PEAR, SavedCheckpoint, open_checkpoint
 from .outputs import PNG, write_output
-from .runs import checkpoint_kind, read_metrics
-from .state import PLAIN_FILES, read_plain
+from .rundir import RunDir
+from .runs import read_metrics
 
 _KIND_COLOURS = {"attn": "#3b75af", "mlp": "#ef8636", "qkv": "#519e3e", "block": "#3b75af"}
 
@@ -33,60 +33,60 @@ def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
     they store. Every file is validated (hashes included) first. With `plot`, also
     write the pruning map PNG there."""
     path = Path(path)
-    run = path if (path / "checkpoint").is_dir() else None
-    if run is None and (path / "args.yaml").is_file():
-        raise PearError(f"run folder {path} has no checkpoint/ yet: the run has not finished")
-    ckpt = path / "checkpoint" if run else path
-    info = _inspect_pear(ckpt) if checkpoint_kind(ckpt) == "pear" else _inspect_plain(ckpt)
+    folder = RunDir(path)
+    run = folder if folder.checkpoint.is_dir() else None
+    if run is None and folder.is_run:
+        raise PearError(f"run folder {path} has no {RunDir.CHECKPOINT}/ yet: the run has not finished")
+    saved = open_checkpoint(run.checkpoint if run else path)
+    info = _inspect_pear(saved) if saved.kind == PEAR else _inspect_plain(saved)
     info["path"] = str(path)
-    metrics = run / "metrics.json" if run else None
-    info["metrics"] = read_metrics(metrics) if metrics and metrics.is_file() else None
+    info["metrics"] = read_metrics(run.metrics) if run and run.finished else None
     if plot is not None:
-        if info["kind"] != "pear":
-            raise PearError(f"{ckpt} is a plain {info['method']!r} checkpoint: it has no adapter positions to plot")
+        if info["kind"] != PEAR:
+            raise PearError(f"{saved.path} is a plain {info['method']!r} checkpoint: it has no adapter positions to plot")
         plot_pruning_map(info, plot)
         info["plot"] = str(plot)
     return info
 
 
-def _files(ckpt: Path, names) -> dict[str, int]:
-    return {n: (ckpt / n).stat().st_size for n in names}
+def _files(saved: SavedCheckpoint) -> dict[str, int]:
+    return {n: (saved.path / n).stat().st_size for n in saved.files}
 
 
-def _described(kind: str, ckpt: Path, info: dict) -> dict:
+def _described(saved: SavedCheckpoint) -> dict:
     """What both kinds of checkpoint say about themselves."""
+    info, kind = saved.info, saved.kind
     meta = info.get("meta") or {}
-    return {"kind": kind, "checkpoint": str(ckpt), "method": info.get("method") or meta.get("method") or kind,
+    return {"kind": kind, "checkpoint": str(saved.path), "method": info.get("method") or meta.get("method") or kind,
             "task": meta.get("task"), "backbone": info.get("backbone"), "num_classes": info.get("num_classes"),
             "class_names": info.get("class_names")}
 
 
-def _inspect_pear(ckpt: Path) -> dict:
-    task = read_checkpoint(ckpt)
-    rep = checkpoint_report(task)
-    card = (CARD_FILE,) if (ckpt / CARD_FILE).is_file() else ()  # checkpoints before 0.2 have none
-    files = _files(ckpt, (TENSORS_FILE, CONFIG_FILE, *card))
+def _inspect_pear(saved: SavedCheckpoint) -> dict:
+    assert saved.task is not None, "a Pear checkpoint is read with its TaskCheckpoint"
+    rep = checkpoint_report(saved.task)
+    files = _files(saved)  # the model card too, where there is one (checkpoints before 0.2 have none)
     # What a task costs to store and load: its tensors and config. The model card is listed
     # but not counted: it is documentation, and its size depends on paths in its command.
     rep["totals"]["checkpoint_file_bytes"] = sum(n for name, n in files.items() if name != CARD_FILE)
-    return {**_described("pear", ckpt, task.info), **rep, "files": files}
+    return {**_described(saved), **rep, "files": files}
 
 
-def _inspect_plain(ckpt: Path) -> dict:
-    info, tensors = read_plain(ckpt)
+def _inspect_plain(saved: SavedCheckpoint) -> dict:
+    info, tensors = saved.info, saved.tensors
     # read_checkpoint validates a Pear checkpoint's JSON; a plain one's fields shown here
     # are checked here (its JSON is not covered by the tensor file's hash, so a hand
     # edit must give a clear error, not a crash).
     problems = checkpoint_problems(info)
     if problems:
-        raise PearError(f"{ckpt / PLAIN_FILES[1]} is malformed: {'; '.join(problems)}")
+        raise PearError(f"{saved.json_file} is malformed: {'; '.join(problems)}")
     stored_params, stored = tensors_size(tensors, "")
     # 'head' names one head module, or a list of several (head, head_dist: a distilled DeiT).
     sizes = [tensors_size(tensors, f"{h}.") for h in recorded_heads(info)]
     head_params, head_bytes = sum(p for p, _ in sizes), sum(b for _, b in sizes)
-    files = _files(ckpt, PLAIN_FILES)
+    files = _files(saved)
     return {
-        **_described("plain", ckpt, info),
+        **_described(saved),
         "totals": {
             "tensors": len(tensors),
             "stored_params": stored_params,
@@ -124,7 +124,7 @@ def _header(info: dict) -> list[str]:
              f"method      {info['method']}" + (f"   task {info['task']}" if info.get("task") else ""),
              f"backbone    {bb.get('name') or '-'}   fingerprint {bb.get('fingerprint') or '-'}",
              f"classes     {_num(info.get('num_classes'))}"]
-    if info["kind"] == "pear":
+    if info["kind"] == PEAR:
         c = info["config"]
         lines.append(f"pear        {c['adapter']} adapters, rank {c['rank']}, scale {c['scale']}, importance "
                      f"{c['importance']}, prune ratio {c['prune_ratio']} ({c.get('prune_scope', 'global')}), share "
@@ -170,7 +170,7 @@ def render_table(info: dict) -> str:
     """`inspect_path`'s result as fixed-width text: a header, one row per position
     (Pear checkpoints) and the totals."""
     lines = _header(info) + [""]
-    lines += _pear_table(info) if info["kind"] == "pear" else _plain_table(info)
+    lines += _pear_table(info) if info["kind"] == PEAR else _plain_table(info)
     files = " + ".join(f"{n} {_num(s)}" for n, s in info["files"].items())
     lines.append(f"checkpoint files  {_num(info['totals']['checkpoint_file_bytes'])} bytes ({files})")
     if info.get("metrics"):

@@ -8,6 +8,10 @@ grammar (`name`, `name@FIELD=VALUE`) then take it. Its traits say what the harne
 around it: `pear` (Pear adapters: a Pear checkpoint, a per-position report), `prunes` (it
 prunes at --prune-epoch), `options` (the Pear options it uses; None: all of them) and
 `fixed` (Pear options it sets, whatever is given).
+
+The Pear config a method trains with, its `fixed` options over the given ones, is derived
+in one place, `TrainingMethod.config` (`pear_config_for` by the method's name): a run's
+`TrainConfig.pear_config()` holds it, and `methods.prepare` hands it to the function.
 """
 
 from __future__ import annotations
@@ -31,13 +35,19 @@ class TrainingMethod:
     options: tuple[str, ...] | None = None
     fixed: Mapping[str, Any] = field(default_factory=dict)
 
+    def config(self, config: PearConfig) -> PearConfig:
+        """The Pear config this method trains with: its fixed options over `config` (a new
+        config; applied to one it returned, the same again)."""
+        return PearConfig.from_dict({**config.to_dict(), **self.fixed})
+
 
 TRAINING_METHODS: Registry[TrainingMethod] = Registry("training method", "--method")
 
 
 def register_method(name: str, *, help: str, aliases: Sequence[str] = (), **traits: Any):
     """Decorator: register `prepare(model, config, lora_alpha)` as training method `name`
-    (traits: those of `TrainingMethod`); returns the function unchanged."""
+    (traits: those of `TrainingMethod`; `config` is the one the method trains with, its
+    fixed options applied); returns the function unchanged."""
     def add(prepare: Callable[..., Any]) -> Callable[..., Any]:
         TRAINING_METHODS.add(name, TrainingMethod(prepare, **traits), help=help, aliases=aliases)
         return prepare
@@ -61,26 +71,18 @@ def _full(model, config: PearConfig, lora_alpha: float | None = None):
     return model
 
 
-def _attach(model, config: PearConfig, method: str):
+def _attach(model, config: PearConfig, lora_alpha: float | None = None):
+    """The Pear methods: adapters as `config` (the method's own, `TrainingMethod.config`) says."""
     from ..adapters import attach
 
-    attach(model, pear_config_for(method, config))
+    attach(model, config)
     return model
 
 
-@register_method("adapter", help="Pear adapters, never pruned", pear=True, fixed={"prune_ratio": 0.0})
-def _adapter(model, config: PearConfig, lora_alpha: float | None = None):
-    return _attach(model, config, "adapter")
-
-
-@register_method("pear", help="Pear adapters + prune-and-share + knowledge checkpoint", pear=True, prunes=True)
-def _pear(model, config: PearConfig, lora_alpha: float | None = None):
-    return _attach(model, config, "pear")
-
-
-@register_method("prune", help="pear without sharing, the ablation", pear=True, prunes=True, fixed={"share": "none"})
-def _prune(model, config: PearConfig, lora_alpha: float | None = None):
-    return _attach(model, config, "prune")
+register_method("adapter", help="Pear adapters, never pruned", pear=True, fixed={"prune_ratio": 0.0})(_attach)
+register_method("pear", help="Pear adapters + prune-and-share + knowledge checkpoint", pear=True, prunes=True)(_attach)
+register_method("prune", help="pear without sharing, the ablation", pear=True, prunes=True,
+                fixed={"share": "none"})(_attach)
 
 
 @register_method("peft-lora", aliases=("lora",), peft=True, options=("rank",),
@@ -114,8 +116,7 @@ def canonical_method(method: str) -> str:
 
 def pear_config_for(method: str, config: PearConfig) -> PearConfig:
     """The Pear config a method trains with: its fixed options over `config` ('adapter' never
-    prunes, 'prune' never shares)."""
-    d = config.to_dict()
+    prunes, 'prune' never shares; `TrainingMethod.config`). An unknown method fixes nothing."""
     if method in TRAINING_METHODS:
-        d.update(TRAINING_METHODS.get(method).fixed)
-    return PearConfig.from_dict(d)
+        return TRAINING_METHODS.get(method).config(config)
+    return PearConfig.from_dict(config.to_dict())

@@ -29,12 +29,14 @@ from .method_names import (  # noqa: F401  (their home until option parsing had 
 
 
 def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float | None = None) -> nn.Module:
-    """Freeze / wrap `model` for `method` (a registered training method, `method_names`);
-    returns the model to train. lora_alpha: peft LoRA's alpha (default: its rank, a scale of 1)."""
+    """Freeze / wrap `model` for `method` (a registered training method, `method_names`) with
+    the Pear config it trains with (`TrainingMethod.config` of `config`); returns the model to
+    train. lora_alpha: peft LoRA's alpha (default: its rank, a scale of 1)."""
     method = canonical_method(method)
     if method not in METHODS:
         raise PearError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    return TRAINING_METHODS.get(method).prepare(model, config, lora_alpha)
+    entry = TRAINING_METHODS.get(method)
+    return entry.prepare(model, entry.config(config), lora_alpha)
 
 
 def train_head(model: nn.Module) -> None:

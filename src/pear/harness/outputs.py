@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write_file
-from ..checkpoint import CONFIG_FILE
 from ..errors import PearError
-from .rundir import RUN_FILES
-from .state import PLAIN_FILES, STATE_FILES
+from .checkpoint_kinds import MARKERS
+from .rundir import RunDir
+from .state import STATE_FILES
 
 # A folder holding one of these is one Pear writes whole (a checkpoint, a saved state).
-_PEAR_FOLDER_MARKERS = (CONFIG_FILE, PLAIN_FILES[1], STATE_FILES[1])
-_RUN_MARKER = "args.yaml"
+_PEAR_FOLDER_MARKERS = (*MARKERS.values(), STATE_FILES[1])
 
 
 @dataclass(frozen=True)
@@ -84,13 +83,12 @@ def check_output(path: str | Path, kind: OutputKind, data: str | Path | None = N
 def _pear_folder(target: Path) -> Path | None:
     """The checkpoint, state or run-owned folder `target` would lie in, or the run folder
     when `target` is one of a run's own files; None elsewhere."""
-    if (target.parent / _RUN_MARKER).is_file() and target.name in {n.rstrip("/") for n in RUN_FILES}:
+    if RunDir(target.parent).is_run and target.name in RunDir.NAMES:
         return target.parent
-    owned = {n.rstrip("/") for n in RUN_FILES if n.endswith("/")}
     for folder in target.parents:
         if any((folder / m).is_file() for m in _PEAR_FOLDER_MARKERS):
             return folder
-        if folder.name in owned and (folder.parent / _RUN_MARKER).is_file():
+        if folder.name in RunDir.FOLDERS and RunDir(folder.parent).is_run:
             return folder
     return None
 

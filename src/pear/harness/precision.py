@@ -22,6 +22,7 @@ benchmarks/results/cpu_bf16/), not timed again in every run:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import torch
@@ -29,7 +30,10 @@ from torch import nn
 
 from ..errors import PearError
 
-__all__ = ["Precision", "cpu_has_bf16_matmul", "has_attention", "choose", "legacy", "apply_attention", "hold_frozen_bf16"]
+__all__ = ["Precision", "cpu_has_bf16_matmul", "has_attention", "choose", "legacy", "apply_attention", "hold_frozen_bf16",
+           "apply_precision"]
+
+log = logging.getLogger("pear")
 
 ATTENTION = ("sdpa", "matmul")
 
@@ -142,3 +146,12 @@ def hold_frozen_bf16(model: nn.Module) -> int:
     for p in params:
         p.data = p.data.to(torch.bfloat16)
     return len(params)
+
+
+def apply_precision(model: nn.Module, p: Precision) -> None:
+    """Put a run's precision into its model (the attention kernel, frozen weights in bf16) and log it."""
+    apply_attention(model, p.attention)
+    if p.frozen_bf16:
+        hold_frozen_bf16(model)
+    log.info("precision: bf16 autocast %s, attention %s, frozen weights in bf16 %s (%s)", p.amp, p.attention,
+             p.frozen_bf16, p.reason)

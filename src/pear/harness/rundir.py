@@ -7,6 +7,9 @@ one (`.NAME.new-PID`) and replaces it in one atomic swap when it is complete, so
 failure at any point leaves the old run as it was. Only a folder that holds nothing but
 what a run writes is ever replaced, and never the data root, a folder inside it or one
 that contains it.
+
+`RunDir` owns the folder's layout: the name of every file and folder a run writes there,
+and their paths; nothing else in Pear spells them.
 """
 
 from __future__ import annotations
@@ -33,11 +36,97 @@ log = logging.getLogger("pear")
 
 LOCK_FILE = ".pear-lock"
 _PID_LINE = re.compile(rb"(\d+\n?)?")  # what a lock file holds: nothing yet, or its last holder's PID
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of the run folder at `path`: `RunDir(out).metrics` is OUT/metrics.json,
+    and so on for everything `pear train` writes there. The names are class attributes
+    (`RunDir.METRICS`); `NAMES` lists them all, `FOLDERS` those that are folders."""
+
+    path: Path
+
+    ARGS = "args.yaml"  # the run's options (TrainConfig.to_dict), written first
+    METRICS = "metrics.json"  # the result, written last: a run that has it is finished
+    REPORT = "report.json"  # per-position report (methods with Pear adapters)
+    PLAN = "plan.json"  # the prune plan (methods that prune)
+    HISTORY = "history.json"  # one record per epoch
+    LOG = "train.log"
+    CHECKPOINT = "checkpoint"  # the final checkpoint (folder)
+    STATE = "state"  # the resumable state, rewritten every epoch (folder)
+    BEST = "best"  # the best epoch's checkpoint with --select-on (folder)
+    TENSORBOARD = "tensorboard"  # event files with --tensorboard (folder)
+    BACKBONE = "backbone.safetensors"  # a randomly initialised backbone, as the run drew it
+    LOCK = LOCK_FILE
+    FOLDERS = (CHECKPOINT, STATE, BEST, TENSORBOARD)
+    NAMES = (ARGS, METRICS, REPORT, PLAN, HISTORY, LOG, *FOLDERS, BACKBONE, LOCK)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def args(self) -> Path:
+        return self.path / self.ARGS
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def report(self) -> Path:
+        return self.path / self.REPORT
+
+    @property
+    def plan(self) -> Path:
+        return self.path / self.PLAN
+
+    @property
+    def history(self) -> Path:
+        return self.path / self.HISTORY
+
+    @property
+    def log(self) -> Path:
+        return self.path / self.LOG
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def state(self) -> Path:
+        return self.path / self.STATE
+
+    @property
+    def best(self) -> Path:
+        return self.path / self.BEST
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def backbone(self) -> Path:
+        return self.path / self.BACKBONE
+
+    @property
+    def lock(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
+    def is_run(self) -> bool:
+        """Whether a run was started here (its args.yaml is written before anything else)."""
+        return self.args.is_file()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run here ended (metrics.json is written last)."""
+        return self.metrics.is_file()
+
+
 # A randomly initialised backbone, as the run drew it (`runs.random_backbone`).
-BACKBONE_FILE = "backbone.safetensors"
+BACKBONE_FILE = RunDir.BACKBONE
 # Everything `pear train` writes into a run folder (a name ending in '/' is a folder).
-RUN_FILES = ("args.yaml", "metrics.json", "report.json", "plan.json", "history.json", "train.log", "checkpoint/",
-             "state/", "best/", "tensorboard/", BACKBONE_FILE, LOCK_FILE)
+RUN_FILES = tuple(f"{n}/" if n in RunDir.FOLDERS else n for n in RunDir.NAMES)
 
 
 def lock_folder(folder: Path, what: str, shared: bool = False) -> int:
@@ -47,7 +136,7 @@ def lock_folder(folder: Path, what: str, shared: bool = False) -> int:
 
     shared: several processes may hold the folder together (`pear suite --index` on one
     suite folder), but not while one holds it alone, nor it while they do."""
-    path = Path(folder) / LOCK_FILE
+    path = RunDir(folder).lock
     fd = _open_lock(path, what, folder)
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -130,6 +219,11 @@ class RunFolder:
     path: Path
     dest: Path
     locks: list[int] = field(default_factory=list)
+
+    @property
+    def dir(self) -> RunDir:
+        """The layout of the folder the run writes into now (`path`)."""
+        return RunDir(self.path)
 
     @property
     def staged(self) -> bool:
@@ -235,9 +329,10 @@ def _remove_stale_stages(out: Path) -> None:
 def check_same_run(out: Path, cfg) -> None:
     """--resume continues the run in `out` only with the options it was started with
     (those that change the result); each difference is named."""
-    args = out / "args.yaml"
+    run = RunDir(out)
+    args = run.args
     if not args.is_file():
-        if (out / "state").exists() or (out / "metrics.json").exists():
+        if run.state.exists() or run.metrics.exists():
             raise PearError(f"run folder {out} has no args.yaml, so --resume cannot check that it continues the same "
                             f"run; start again with --overwrite")
         return
@@ -291,7 +386,7 @@ def setup_logging(out: Path, ctx: "D.Context") -> None:
     stream.setFormatter(fmt)
     log.addHandler(stream)
     if ctx.is_main:
-        fh = _LogFile(out / "train.log", encoding="utf-8")
+        fh = _LogFile(RunDir(out).log, encoding="utf-8")
         fh.setFormatter(fmt)
         log.addHandler(fh)
     log.propagate = False

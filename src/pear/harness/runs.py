@@ -8,26 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CONFIG_FILE, load as load_task, recorded_weights
-from ..errors import BackboneMismatch, PearError
+from ..checkpoint import recorded_weights
+from ..errors import PearError
 from ..jsontypes import NONE, checkpoint_problems, recorded_heads, wrong_types
+from .checkpoint_kinds import PLAIN, SavedCheckpoint, open_checkpoint
 from .files import read_mapping
-from .methods import METHODS, canonical_method, prepare
-from .rundir import BACKBONE_FILE
-from .state import PLAIN_FILES, load_plain, read_plain
-
-
-def checkpoint_kind(ckpt: Path) -> str:
-    """'pear' for a Pear task checkpoint, 'plain' for a linear / full / lora run's."""
-    ckpt = Path(ckpt)
-    if (ckpt / CONFIG_FILE).is_file():
-        return "pear"
-    if (ckpt / PLAIN_FILES[1]).is_file():
-        return "plain"
-    if not ckpt.exists():
-        raise PearError(f"checkpoint folder {ckpt} does not exist")
-    raise PearError(f"{ckpt} is not a checkpoint folder: expected {CONFIG_FILE} (Pear task) or "
-                    f"{PLAIN_FILES[1]} (plain run) in it")
+from .methods import METHODS, canonical_method
+from .rundir import RunDir
 
 
 def random_backbone(name: str | None, weights: str | Path | None) -> bool:
@@ -45,7 +32,7 @@ def saved_backbone(run: Path, name: str | None, weights: str | Path | None) -> P
     """RUN/backbone.safetensors when the run's backbone was drawn at random and the run
     kept it: drawn again from the seed it could have other bits, since torch's CPU
     random kernels differ between machines (vector paths)."""
-    path = Path(run) / BACKBONE_FILE
+    path = RunDir(run).backbone
     return path if random_backbone(name, weights) and path.is_file() else None
 
 
@@ -59,11 +46,11 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     checkpoint (RUN/checkpoint, RUN/best) where the run kept one."""
     ckpt = Path(ckpt)
     # Imported here: timm pulls in torchvision and torch._dynamo (seconds), which
-    # checkpoint_kind users such as `pear inspect` never need.
+    # checkpoint readers such as `pear inspect` never need.
     from .backbones import create_backbone
 
-    kind = checkpoint_kind(ckpt)
-    info = _validated_info(ckpt, kind)
+    checkpoint = open_checkpoint(ckpt)
+    info = _validated_info(checkpoint)
     meta = info.get("meta") or {}
     name = backbone or (info.get("backbone") or {}).get("name")
     if not name:
@@ -72,26 +59,21 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     if weights is None and name == (info.get("backbone") or {}).get("name"):
         weights = recorded_weights(info)
     kwargs = meta.get("model_kwargs") or {}
-    saved = saved_backbone(ckpt.parent, name, weights)
+    kept = saved_backbone(ckpt.parent, name, weights)
     # The head's initial bits (overwritten by the checkpoint's) and, in runs that did not
     # keep their random backbone, the backbone: drawn from the run's seed.
     torch.manual_seed(int(meta.get("seed", 0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init warning: the fingerprint check decides
-        model, data_cfg = create_backbone(name, info.get("num_classes"), str(saved) if saved else weights,
+        model, data_cfg = create_backbone(name, info.get("num_classes"), str(kept) if kept else weights,
                                           img_size=img_size, model_kwargs=kwargs)
     # Only a checkpoint trained on a random backbone (or one that does not say) gets the
     # redrawn-backbone explanation; one trained on a weights file now missing gets the
     # fingerprint check's own message, which asks for that file.
     trained_on = (info.get("backbone") or {}).get("weights_source")
-    if saved is None and random_backbone(name, weights) and trained_on in (None, "random"):
+    if kept is None and random_backbone(name, weights) and trained_on in (None, "random"):
         _check_redrawn_backbone(ckpt, info, model)
-    if kind == "pear":
-        model = load_task(ckpt, model, backbone_name=name)
-    else:
-        _check_plain_backbone(ckpt, info, model)
-        model = prepare(model, info.get("method", "linear"), _plain_pear_config(info), meta.get("lora_alpha"))
-        load_plain(ckpt, model)
+    model = checkpoint.load(model, backbone_name=name)
     return model.to(device).eval(), info, data_cfg
 
 
@@ -101,24 +83,19 @@ _META_FIELDS = {"img_size": (int, NONE), "model_kwargs": (dict, NONE), "seed": i
                 "lora_alpha": (int, float, NONE)}
 
 
-def _validated_info(ckpt: Path, kind: str) -> dict:
-    """The checkpoint's JSON, its files verified (hash, tensors) and the fields used to
-    build the backbone checked, so a damaged checkpoint fails with a PearError before
+def _validated_info(saved: SavedCheckpoint) -> dict:
+    """The checkpoint's JSON (its files verified by `open_checkpoint`) with the fields used
+    to build the backbone checked, so a damaged checkpoint fails with a PearError before
     model creation, not inside it (a wrong class count could ask for any head size)."""
-    from ..checkpoint import read_checkpoint
-
-    if kind == "pear":
-        info, path = read_checkpoint(ckpt).info, ckpt / CONFIG_FILE
-    else:
-        (info, tensors), path = read_plain(ckpt), ckpt / PLAIN_FILES[1]
+    info, path = saved.info, saved.json_file
     problems = wrong_types(info, {"method": str}) + checkpoint_problems(info)
     if not problems:
         problems = wrong_types(info.get("meta") or {}, _META_FIELDS, "meta.")
     if problems:
         raise PearError(f"{path} is malformed: {'; '.join(problems)}")
     n, meta = info.get("num_classes"), info.get("meta") or {}
-    if kind == "plain":
-        w = tensors.get(f"{next(iter(recorded_heads(info)), None)}.weight")
+    if saved.kind == PLAIN:
+        w = saved.tensors.get(f"{next(iter(recorded_heads(info)), None)}.weight")
         if n is not None and (w is None or w.ndim == 0 or w.shape[0] != n):
             raise PearError(f"{path} is malformed: num_classes {n} does not match the stored head")
         method = info.get("method")
@@ -127,12 +104,6 @@ def _validated_info(ckpt: Path, kind: str) -> dict:
     if (meta.get("img_size") or 1) < 1 or meta.get("rank", 1) < 1:
         raise PearError(f"{path} is malformed: meta.img_size and meta.rank must be positive")
     return info
-
-
-def _plain_pear_config(info: dict):
-    from ..config import PearConfig
-
-    return PearConfig(rank=(info.get("meta") or {}).get("rank", 8))
 
 
 def _check_redrawn_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
@@ -147,19 +118,9 @@ def _check_redrawn_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
     raise PearError(f"{ckpt} was trained on a randomly initialised backbone (fingerprint {want}), and drawing it "
                     f"again from the run's seed gave other bits here ({got}): torch's CPU random "
                     f"kernels differ between machines. Pear keeps such a backbone in the run folder as "
-                    f"{BACKBONE_FILE}, beside the checkpoint folder: keep the checkpoint in its run folder or pass "
+                    f"{RunDir.BACKBONE}, beside the checkpoint folder: keep the checkpoint in its run folder or pass "
                     f"that file as --weights. A run without it evaluates only on a machine like the one that "
                     f"trained it")
-
-
-def _check_plain_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
-    from ..checkpoint import check_settings, fingerprint
-
-    # Settings matter for every method, `full` too: they change what the same tensors compute.
-    check_settings(ckpt, info.get("backbone") or {}, model)
-    want = (info.get("backbone") or {}).get("fingerprint")
-    if info.get("method") != "full" and want and fingerprint(model) != want:
-        raise BackboneMismatch(f"{ckpt} was trained on other backbone weights (fingerprint {want})")
 
 
 # metrics.json keys renamed since older runs wrote them: old name -> today's.
@@ -182,7 +143,7 @@ def read_metrics(path: str | Path) -> dict:
 
 
 def load_run_config(run: Path) -> dict:
-    path = Path(run) / "args.yaml"
+    path = RunDir(run).args
     if not path.is_file():
         raise PearError(f"{run} is not a run folder: it has no args.yaml")
     return read_mapping(path, "run options")
@@ -220,12 +181,13 @@ def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None 
             raise PearError(f"{run}: {problem}")
         cfg.data = str(data)
     dev = resolve_device(device)
-    model, info, data_cfg = rebuild(run / "checkpoint", weights=cfg.weights, device=dev)
+    model, info, data_cfg = rebuild(RunDir(run).checkpoint, weights=cfg.weights, device=dev)
     assert cfg.img_size is not None, "TrainConfig fills in the default image size"
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
-    metrics = read_metrics(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    precision = _eval_precision(cfg.amp, dev, metrics, run / "metrics.json", model)
+    metrics_file = RunDir(run).metrics
+    metrics = read_metrics(metrics_file) if metrics_file.is_file() else {}
+    precision = _eval_precision(cfg.amp, dev, metrics, metrics_file, model)
     apply_attention(model, precision.attention)
     acc = evaluate(model, split, dev, precision.amp, batch_size=cfg.eval_batch_size)
     recorded = metrics.get("test_acc")

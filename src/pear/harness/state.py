@@ -41,7 +41,9 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _fill_model(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+def fill_model(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Load `tensors` (as `model_tensors` names them) into `model`; a PearError naming `where`
+    when they do not fit it."""
     want = model_tensors(model)
     if set(want) != set(tensors):
         missing = sorted(set(want) - set(tensors))[:5]
@@ -108,7 +110,7 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         if info.get("plan"):
             prune_and_share(model, PrunePlan.from_dict(info["plan"]))
             prune_optimizer(optimizer, model)
-        _fill_model(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, directory)
+        fill_model(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, directory)
         state = {}
         for idx in info["optim_state_keys"]:
             st = dict(info["optim_values"].get(str(idx), {}))
@@ -176,7 +178,7 @@ def _check_state_info(info: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------- plain runs
 
-def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str, class_names, fingerprint_value: str,
+def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str | None, class_names, fingerprint_value: str,
                meta: dict) -> None:
     """Checkpoint of a linear / full / lora run: its trainable tensors (all for full)."""
     base = unwrap(model)
@@ -191,9 +193,3 @@ def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str,
 
 def read_plain(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return read_tensor_dir(directory, PLAIN_FORMAT, *PLAIN_FILES)
-
-
-def load_plain(directory: Path, model: nn.Module) -> dict:
-    info, tensors = read_plain(directory)
-    _fill_model(model, tensors, Path(directory))
-    return info

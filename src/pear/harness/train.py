@@ -1,4 +1,4 @@
-"""One training run: model, schedule, Pear's prune step, checkpoints, metrics.
+"""One training run: model, schedule, Pear's prune step, the epoch loop and its state.
 
 The schedule is the VTAB-1k recipe (AdamW, cosine with linear warm-up, per-step LR,
 no augmentation). For `pear`/`prune` the importance tracker runs during the first
@@ -7,16 +7,14 @@ the plan is made and applied once, the optimizer drops the pruned parameters' st
 and training goes on. Every epoch a resumable state is written atomically.
 
 Options: `options.TrainConfig`; batches, loading and evaluation: `batches`; the run
-folder and its log: `rundir`.
+folder, its layout and its log: `rundir`; the checkpoints (the best epoch's too) and the
+results a run writes: `finish`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import platform
-import shlex
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,8 +26,6 @@ from torch import nn
 
 from ..adapters import pear_state, unwrap
 from ..atomic import recover_dir
-from ..card import CARD_FILE, render as render_card
-from ..checkpoint import TENSORS_FILE, read_checkpoint, save as save_task, save_backbone
 from ..errors import PearError
 from ..importance import ImportanceTracker
 from ..knowledge import KNOWLEDGE
@@ -38,14 +34,14 @@ from ..pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, pru
 from ..report import report
 from . import distributed as D
 from .batches import GlobalBatches, Split, evaluate, resolve_device
-from .data import VtabDataset, build_transform, task_info
-from .methods import PEAR_METHODS, PRUNING_METHODS, build_model
+from .data import TaskInfo, VtabDataset, build_transform, task_info
+from .finish import keep_if_best, keep_random_backbone, restore_best, trainable, write_results
+from .methods import PRUNING_METHODS, build_model
 from .options import TrainConfig, task_lists_digest
-from .precision import Precision, apply_attention, choose, hold_frozen_bf16, legacy
-from .rundir import BACKBONE_FILE, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
-from .runs import random_backbone, saved_backbone
-
-from .state import load_plain, load_state, save_plain, save_state
+from .precision import Precision, apply_precision, choose, legacy
+from .rundir import RunDir, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
+from .runs import saved_backbone
+from .state import STATE_FILES, load_state, save_state
 from .watch import Board, progress, require_tensorboard
 
 __all__ = ["TrainConfig", "train", "build", "make_optimizer", "lr_factor", "prepare_run_dir"]
@@ -82,7 +78,7 @@ def build(cfg: TrainConfig, num_classes: int, device: torch.device, backbone_fil
     """Backbone + method; returns (model, data_config, backbone fingerprint).
     backbone_file: weights to load instead of cfg.weights (a resumed run's random backbone)."""
     weights = str(backbone_file) if backbone_file else cfg.weights
-    return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear, weights=weights, img_size=cfg.img_size,
+    return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear_config(), weights=weights, img_size=cfg.img_size,
                        model_kwargs=cfg.model_kwargs, device=device, lora_alpha=cfg.lora_alpha)
 
 
@@ -110,7 +106,7 @@ class _Run:
     folder: RunFolder
     device: torch.device
     precision: Precision
-    info: object  # data.TaskInfo
+    info: TaskInfo
     fp: str  # the backbone's fingerprint
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -132,6 +128,11 @@ class _Run:
     def out(self) -> Path:
         """The folder the run writes into (a staging folder while --overwrite replaces a run)."""
         return self.folder.path
+
+    @property
+    def dir(self) -> RunDir:
+        """The layout of the folder the run writes into (`out`)."""
+        return self.folder.dir
 
     @property
     def total_steps(self) -> int:
@@ -160,9 +161,10 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
 
 def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
     cfg, ctx = run.cfg, run.ctx
-    _keep_random_backbone(run)
+    keep_random_backbone(run)
     _resume(run)
-    _apply_precision(run)
+    # Chosen now for a fresh run; a resumed run's own (precision.legacy for states that recorded none).
+    apply_precision(run.model, run.precision)
     run.board = _board(run)
     try:
         run.fwd = _wrap(run.model, cfg, ctx)
@@ -170,7 +172,7 @@ def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
             _epoch(run, epoch, splits["train"], splits.get("val"))
         if run.best is not None and cfg.select_on:
             if ctx.is_main:  # only rank 0's disk is sure to hold RUN/best
-                _restore_best(run.model, run.out / "best", cfg, run.device)
+                restore_best(run)
             D.broadcast_module(run.model, ctx)
             run.fwd = _wrap(run.model, cfg, ctx, run.fwd)
         # The eager model, not the compiled one: compiled kernels may round differently, and the
@@ -218,7 +220,7 @@ def _start(cfg: TrainConfig, ctx: "D.Context", folder: RunFolder, device: torch.
     out = folder.path
     setup_logging(out, ctx)
     if ctx.is_main:
-        write_text(out / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text(folder.dir.args, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         log.info("run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
                  out, cfg.method, cfg.data, info.name, cfg.backbone, len(splits["train"]), len(splits["test"]),
                  device, ctx.world)
@@ -230,49 +232,28 @@ def _start(cfg: TrainConfig, ctx: "D.Context", folder: RunFolder, device: torch.
     return run
 
 
-def _apply_precision(run: _Run) -> None:
-    """Put the run's precision into its model: chosen now for a fresh run, the one a
-    resumed run started with (precision.legacy for states that recorded none)."""
-    p = run.precision
-    apply_attention(run.model, p.attention)
-    if p.frozen_bf16:
-        hold_frozen_bf16(run.model)
-    log.info("precision: bf16 autocast %s, attention %s, frozen weights in bf16 %s (%s)", p.amp, p.attention,
-             p.frozen_bf16, p.reason)
-
-
-def _keep_random_backbone(run: _Run) -> None:
-    """Rank 0 saves a randomly initialised frozen backbone in the run folder before it
-    trains: drawn again from the seed on another machine it can have other bits (torch's
-    CPU random kernels differ between vector paths), which the checkpoint's fingerprint
-    refuses. Full fine-tuning stores the whole model anyway."""
-    cfg, path = run.cfg, run.out / BACKBONE_FILE
-    if run.ctx.is_main and cfg.method != "full" and random_backbone(cfg.backbone, cfg.weights) and not path.is_file():
-        guarded(lambda: save_backbone(run.model, path), path)
-
-
 def _board(run: _Run) -> Board | None:
     """Rank 0's TensorBoard writer with --tensorboard; a fresh run logs its trainable
     parameters before pruning at step 0."""
     if not (run.cfg.tensorboard and run.ctx.is_main):
         return None
-    board = Board(run.out / "tensorboard", purge_step=run.step if run.start_epoch else None)
+    board = Board(run.dir.tensorboard, purge_step=run.step if run.start_epoch else None)
     if run.start_epoch == 0:
-        board.params(0, _trainable(run.model))
+        board.params(0, trainable(run.model))
         board.hparams(run.cfg.to_dict())
     return board
 
 
 def _resume(run: _Run) -> None:
     """With --resume, continue from RUN/state when there is one (every rank must agree)."""
-    cfg, ctx, state_dir = run.cfg, run.ctx, run.out / "state"
+    cfg, ctx, state_dir = run.cfg, run.ctx, run.dir.state
     if cfg.resume and ctx.is_main:
         recover_dir(state_dir)
     D.barrier()
     if cfg.resume and state_dir.is_dir():
         st = load_state(state_dir, run.model, run.optimizer, run.tracker, run.device)
         run.start_epoch, run.step, run.history, run.best = st["epoch"] + 1, st["step"], st["history"], st.get("best")
-        run.precision = (Precision.from_dict(st["precision"], str(state_dir / "state.json")) if st["precision"]
+        run.precision = (Precision.from_dict(st["precision"], str(state_dir / STATE_FILES[1])) if st["precision"]
                          else legacy(cfg.amp, run.device))
         run.plan = PrunePlan.from_dict(st["plan"]) if st.get("plan") else None
         if run.plan is not None and run.tracker is not None:
@@ -294,7 +275,7 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
         run.plan = _prune(run, train_split)
         run.tracker = None
         if run.board is not None:
-            run.board.params(run.step, _trainable(run.model))
+            run.board.params(run.step, trainable(run.model))
             run.board.pruning_map(run.step, {"method": cfg.method, "task": run.info.name,
                                              "backbone": {"name": cfg.backbone}, **report(run.model)})
         run.fwd = _wrap(run.model, cfg, ctx, run.fwd)  # DDP over the new parameter set; compile once more
@@ -308,12 +289,7 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
            "lr": run.optimizer.param_groups[0]["lr"]}
     if val_split is not None:
         rec["val_acc"] = evaluate(run.fwd, val_split, run.device, run.amp, ctx, cfg.eval_batch_size)
-    # The best epoch is chosen from the pruned model only: an unpruned one is not what the run stores.
-    if "val_acc" in rec and (run.plan is not None or not run.pruning):
-        if run.best is None or rec["val_acc"] > run.best["val_acc"]:
-            run.best = {"epoch": epoch, "val_acc": rec["val_acc"]}
-            if ctx.is_main:
-                guarded(lambda: _save_checkpoint(run, run.out / "best"), run.out / "best")
+    keep_if_best(run, epoch, rec)
     run.history.append(rec)
     if run.board is not None:
         run.board.epoch(run.step, rec)
@@ -321,50 +297,11 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
         log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  %.1f img/s%s", epoch + 1, cfg.epochs, rec["loss"],
                  rec["train_acc"], rec["images_per_second"],
                  f"  val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else "")
-        guarded(lambda: save_state(run.out / "state", run.model, run.optimizer, run.tracker, epoch=epoch,
+        guarded(lambda: save_state(run.dir.state, run.model, run.optimizer, run.tracker, epoch=epoch,
                                    step=run.step, history=run.history, plan=run.plan, best=run.best,
                                    precision=run.precision.to_dict()),
-                run.out / "state")
+                run.dir.state)
     D.barrier()
-
-
-def write_results(run: _Run, test_acc: float) -> dict:
-    """Rank 0: the final checkpoint, report.json, plan.json, history.json and
-    metrics.json; returns the metrics."""
-    cfg, model, out = run.cfg, run.model, run.out
-    ckpt = out / "checkpoint"
-    guarded(lambda: _save_checkpoint(run, ckpt), ckpt)
-    if cfg.method in PEAR_METHODS:  # the card again, with the test accuracy and the command
-        write_text(ckpt / CARD_FILE, render_card(read_checkpoint(ckpt).info, test_acc=test_acc,
-                                                 command=_command(cfg), file_bytes=(ckpt / TENSORS_FILE).stat().st_size))
-    stored = sum(f.stat().st_size for f in ckpt.iterdir() if f.name != CARD_FILE)  # as pear inspect counts
-    rep = report(model) if cfg.method in PEAR_METHODS else None
-    trainable = _trainable(model)
-    # Over every epoch, including those a resumed run's earlier processes trained.
-    train_time = sum(r.get("seconds", 0.0) for r in run.history)
-    images_seen = sum(r.get("images", 0) for r in run.history)
-    metrics = {
-        "task": run.info.name, "method": cfg.method, "backbone": cfg.backbone, "seed": cfg.seed,
-        "test_acc": test_acc, "trainable_params": trainable,
-        "trainable_params_before": rep["totals"]["trainable_params_before"] if rep else trainable,
-        "checkpoint_file_bytes": stored, "epochs": cfg.epochs, "img_size": cfg.img_size,
-        "train_seconds": train_time,
-        "images_per_second": images_seen / train_time if train_time else None,
-        "world_size": run.ctx.world, "device": str(run.device), "plan_digest": run.plan.digest() if run.plan else None,
-        "selected_epoch": run.best["epoch"] if run.best and cfg.select_on else None,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "precision": run.precision.to_dict(),
-    }
-    if rep:
-        write_text(out / "report.json", json.dumps(rep, indent=1))
-        metrics["adapter_params"] = rep["totals"]["adapter_params"]
-        metrics["adapter_bytes"] = rep["totals"]["adapter_bytes"]
-    if run.plan:
-        write_text(out / "plan.json", json.dumps(run.plan.to_dict(), indent=1))
-    write_text(out / "history.json", json.dumps(run.history, indent=1))
-    write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-    log.info("test accuracy %.2f%%  trainable %d  stored %d bytes", test_acc, trainable, stored)
-    return metrics
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, ctx: "D.Context", previous: nn.Module | None = None) -> nn.Module:
@@ -447,7 +384,7 @@ def _train_epoch(run: _Run, split: Split, epoch: int) -> tuple[float, int, int]:
 def _last_good(cfg: TrainConfig, epoch: int) -> str:
     if epoch == 0:
         return "No state was saved yet (it is written at the end of each epoch)"
-    return f"The last good state (end of epoch {epoch}) is kept in {cfg.out}/state"
+    return f"The last good state (end of epoch {epoch}) is kept in {RunDir(Path(cfg.out)).state}"
 
 
 def _check_finite(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
@@ -459,49 +396,3 @@ def _check_finite(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
     if bad is not None:
         raise PearError(f"parameter {bad!r} became non-finite during epoch {epoch + 1} (the loss was still finite); "
                         f"stopped. {_last_good(cfg, epoch)}; try a lower --lr")
-
-
-def _trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
-
-
-def _save_checkpoint(run: _Run, directory: Path) -> None:
-    cfg, info = run.cfg, run.info
-    meta = {"method": cfg.method, "task": info.name, "img_size": cfg.img_size, "model_kwargs": cfg.model_kwargs,
-            "seed": cfg.seed, "rank": cfg.pear.rank, "lora_alpha": cfg.lora_alpha}
-    if cfg.method in PEAR_METHODS:
-        save_task(run.model, directory, backbone=cfg.backbone, class_names=info.class_names, fingerprint_value=run.fp,
-                  meta=meta, weights=_weights_used(cfg))
-    else:
-        save_plain(run.model, directory, method=cfg.method, backbone=cfg.backbone, class_names=info.class_names,
-                   fingerprint_value=run.fp, meta=meta)
-
-
-def _weights_used(cfg: TrainConfig) -> str:
-    """What the backbone was built from: --weights, or (without it) the built-in weights or none."""
-    from .backbones import BUILTIN_WEIGHTS
-
-    if cfg.weights is not None:
-        return str(cfg.weights)
-    return "builtin" if (cfg.backbone or "").split(".")[0] in BUILTIN_WEIGHTS else "random"
-
-
-def _command(cfg: TrainConfig) -> str:
-    """A `pear train` command for this run (every option is in RUN/args.yaml)."""
-    parts = ["pear", "train", "--data", str(cfg.data), "--task", cfg.task, "--method", cfg.method]
-    for flag, value in (("--backbone", cfg.backbone), ("--weights", cfg.weights), ("--img-size", cfg.img_size),
-                        ("--epochs", cfg.epochs), ("--seed", cfg.seed), ("--out", cfg.out)):
-        if value is not None:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
-
-
-def _restore_best(model, directory: Path, cfg: TrainConfig, device) -> None:
-    from ..checkpoint import build_task, install, read_checkpoint
-
-    if cfg.method in PEAR_METHODS:
-        ckpt = read_checkpoint(directory)
-        install(model, build_task(ckpt, model))
-    else:
-        load_plain(directory, model)
-    model.to(device)

@@ -23,6 +23,7 @@ from ..atomic import atomic_write_text
 from ..errors import PearError
 from ..jsontypes import has_type, wrong_types
 from .files import read_mapping
+from .rundir import RunDir
 
 TUNE_SEED = 0
 SCALE_GRID = (0.1, 1.0, 4.0)
@@ -64,10 +65,10 @@ def tune_overrides(method: str, value: float) -> dict:
 def val_score(run: Path) -> float:
     """val200 accuracy after the last epoch of a finished tuning run."""
     try:
-        epochs = json.loads((run / "history.json").read_text(encoding="utf-8"))
+        epochs = json.loads(RunDir(run).history.read_text(encoding="utf-8"))
         return float(epochs[-1]["val_acc"])
     except (OSError, UnicodeDecodeError, ValueError, LookupError, TypeError, AttributeError):
-        raise PearError(f"tuning run {run} has no val200 accuracy in history.json; delete it and run the suite "
+        raise PearError(f"tuning run {run} has no val200 accuracy in {RunDir.HISTORY}; delete it and run the suite "
                         "again") from None
 
 
