@@ -5,7 +5,6 @@ with). The precision tests train a few steps of batch 4 on two generated photos 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,15 +19,10 @@ from safetensors.torch import load_file
 from pear.harness.backbones import create_backbone
 from pear.harness.precision import Precision, choose
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_vit.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("pretrain_vit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("scripts/pretrain_vit.py")
 
 
 def _saved_state(script, out: Path, step: int, *flags: str, precision: Precision | None = None):
