@@ -183,3 +183,19 @@ def vtab_factory():
 def tiny_vit_args():
     """`pear train` flags for the tiny ViT: backbone, --img-size and --model-kwargs."""
     return tuple(TINY_VIT_ARGS)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """load_script('benchmarks/name.py') -> that file of the repository, loaded as a module
+    (scripts/ and benchmarks/ are not packages)."""
+    import importlib.util
+
+    def load(relative: str):
+        path = Path(__file__).resolve().parents[1] / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -30,8 +30,8 @@ from torch import nn
 
 from ..errors import PearError
 
-__all__ = ["Precision", "cpu_has_bf16_matmul", "has_attention", "choose", "legacy", "apply_attention", "hold_frozen_bf16",
-           "apply_precision"]
+__all__ = ["Precision", "cpu_has_bf16_matmul", "has_attention", "choose", "legacy", "keep_started", "apply_attention",
+           "hold_frozen_bf16", "apply_precision"]
 
 log = logging.getLogger("pear")
 
@@ -76,6 +76,21 @@ class Precision:
 def legacy(amp: bool | None, device: torch.device) -> Precision:
     on = device.type == "cuda" if amp is None else amp
     return Precision(on, "sdpa", False, "a run made before the precision was recorded")
+
+
+def keep_started(recorded: object, amp: bool | None, before: Precision, where: str) -> Precision:
+    """The precision a resumed run keeps: the one its state recorded (`recorded`, a
+    Precision.to_dict()), or `before` for a state saved before the choice was recorded.
+    PearError naming `where` when the record is malformed, or when --amp/--no-amp (`amp`)
+    asks for the other precision: a run does not change precision half-way."""
+    p = before if recorded is None else Precision.from_dict(recorded, where)
+    if amp is not None and amp != p.amp:
+        made = "bf16 autocast (--amp)" if p.amp else "fp32 (--no-amp)"
+        if recorded is None:
+            made += ", before the precision was recorded"
+        raise PearError(f"{where} was made in {made}; a resumed run keeps the precision it started with: leave out "
+                        f"{'--amp' if amp else '--no-amp'}, or start anew in another folder")
+    return p
 
 
 def has_attention(model: nn.Module) -> bool:

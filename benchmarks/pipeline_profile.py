@@ -1,0 +1,128 @@
+"""Where one `pear train` command spends its time: the data pipeline (decoding, resizing,
+batching) against forward, backward and the optimizer.
+
+    OMP_NUM_THREADS=1 python benchmarks/pipeline_profile.py --data /tmp/data --out /tmp/run \\
+        --stats /tmp/run.prof -- --epochs 3 --batch-size 32 --workers 0
+
+Runs `pear train` (the built-in ViT, `pear`, by default on the built-in Fashion-MNIST task, which
+is built into --data when absent; anything after `--` goes to `pear train`, after these) in this process under
+cProfile, timed in this process's CPU seconds (time.process_time): on a shared machine, the
+time spent waiting for a core is then no function's, and the shares stay comparable between
+runs. Prints a markdown table of the command's parts, each a cumulative time from the
+profile: the one-time preprocessing of every split into the in-memory cache (PNG decode,
+resize, ToTensor, Normalize), the per-step batching from that cache, forward (with the
+loss), backward, the optimizer step, pruning, the test evaluation, and the rest (the model
+build, the run folder, logging). Python's start-up and the imports (torch, timm) are done
+before the profile starts: they are no part of the pipeline. cProfile's own overhead falls mostly
+on Python-level code (module calls, the image loop), so read the shares as approximate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+BASE = ["--backbone", "pear_vit_tiny6_patch4_32", "--method", "pear", "--img-size", "32", "--no-progress"]
+BUILTIN_TASK = "fashion_mnist"
+
+
+def _key(stats: dict, file_end: str, name: str) -> tuple:
+    """The profile's entry for function `name` in a file ending in `file_end` (the largest if several)."""
+    keys = [k for k in stats if k[0].endswith(file_end) and k[2] == name]
+    if not keys:
+        raise SystemExit(f"pipeline_profile.py: the profile has no {file_end}:{name}")
+    return max(keys, key=lambda k: stats[k][3])
+
+
+def _cum(stats: dict, file_end: str, name: str) -> float:
+    return stats[_key(stats, file_end, name)][3]
+
+
+def _edge(stats: dict, caller: tuple, file_end: str, name: str) -> float:
+    """Cumulative seconds of `name` when called from `caller`."""
+    callee = _key(stats, file_end, name)
+    return stats[callee][4].get(caller, (0, 0, 0, 0.0))[3]
+
+
+def parts(stats: dict) -> list[tuple[str, float]]:
+    """(part, CPU seconds) of the profiled command; the last row is the total."""
+    epoch = _key(stats, "harness/train.py", "_train_epoch")
+    evaluate = _key(stats, "harness/batches.py", "evaluate")
+    cache = _cum(stats, "harness/batches.py", "__init__")  # Split's, both splits: the other __init__s cost nothing
+    resize, normalise = _cum(stats, "transforms/functional.py", "resize"), _cum(stats, "transforms/functional.py",
+                                                                                 "normalize")
+    to_tensor = _cum(stats, "transforms/functional.py", "to_tensor")
+    load = _cum(stats, "harness/data.py", "load_image")
+    rows = [
+        ("data, once: list files read, every image path resolved and checked", _cum(stats, "harness/data.py",
+                                                                                     "read_list")),
+        ("data, once: PNG open + decode + RGB (PIL)", load - resize - normalise - to_tensor),
+        ("data, once: bicubic resize to 32 px", resize),
+        ("data, once: ToTensor + Normalize", to_tensor + normalise),
+        ("data, once: DataLoader, collate, concatenation into the cache", cache - load),
+        ("data, every step: batches indexed from the cache (train + test)",
+         _edge(stats, epoch, "harness/batches.py", "loader") + _edge(stats, evaluate, "harness/batches.py", "loader")),
+        ("train steps: forward + loss", _edge(stats, epoch, "nn/modules/module.py", "_wrapped_call_impl")),
+        ("train steps: backward", _edge(stats, epoch, "torch/_tensor.py", "backward")),
+        ("train steps: optimizer (AdamW)", _edge(stats, epoch, "torch/optim/optimizer.py", "wrapper")),
+        ("pruning (plan, prune and share, merge)", _cum(stats, "harness/train.py", "_prune")),
+        ("test evaluation: forward", _edge(stats, evaluate, "nn/modules/module.py", "_wrapped_call_impl")),
+    ]
+    total = max(v[3] for v in stats.values())
+    rows.append(("the rest: model build, run folder, checkpoint, logging",
+                 total - sum(s for _, s in rows)))
+    return [*rows, ("total", total)]
+
+
+def table(rows: list[tuple[str, float]], steps: int) -> str:
+    """The markdown table of `parts`, with the data pipeline's share and the per-step figures under it."""
+    total = rows[-1][1]
+    data = sum(s for name, s in rows if name.startswith("data"))
+    loop = sum(s for name, s in rows if name.startswith(("train steps", "data, every")))
+    batching = next(s for name, s in rows if name.startswith("data, every"))
+    lines = ["| part | CPU s | share |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {s:.2f} | {100 * s / total:.1f}% |" for name, s in rows]
+    lines += ["", (f"Data pipeline, all of it: {data:.2f} s, {100 * data / total:.1f}% of the command. "
+                   f"Training loop ({steps} steps): {loop:.2f} s, {1000 * loop / steps:.0f} ms a step, of which "
+                   f"batching {100 * batching / loop:.2f}%.")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="data root (the built-in task is built there if absent)")
+    ap.add_argument("--out", type=Path, required=True, help="run folder for `pear train` (must not exist)")
+    ap.add_argument("--task", default=BUILTIN_TASK, help=f"task folder under --data (default {BUILTIN_TASK})")
+    ap.add_argument("--stats", type=Path, default=None, help="also write the raw cProfile stats here")
+    ap.add_argument("train_args", nargs="*", help="more `pear train` options, after --")
+    args = ap.parse_args(argv)
+    from pear.cli import main as pear_main
+    from pear.harness.builders import build_dataset
+
+    if args.task == BUILTIN_TASK and not (args.data / BUILTIN_TASK).is_dir():
+        build_dataset(BUILTIN_TASK, args.data)
+    train = ["train", "--data", str(args.data), "--task", args.task, "--out", str(args.out), *BASE, *args.train_args]
+    prof = cProfile.Profile(time.process_time)
+    wall = time.perf_counter()
+    prof.enable()
+    code = pear_main(train)
+    prof.disable()
+    wall = time.perf_counter() - wall
+    if code:
+        return code
+    if args.stats is not None:
+        prof.dump_stats(args.stats)
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    steps = _key(stats, "torch/_tensor.py", "backward")
+    print(f"`pear train {' '.join(train[1:])}`: wall {wall:.1f} s, process CPU {max(v[3] for v in stats.values()):.1f} s")
+    print()
+    print(table(parts(stats), stats[steps][1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
