@@ -16,7 +16,8 @@
 #   baselines  full, peft-lora and peft-lora-eq, 3 seeds ($TASKS)
 #   ablations  pear at ratio 0.75, s = 1: share / knowledge checkpoint / importance, 3 seeds ($TASKS)
 #   gate       ours: pear at 0.75 with a learned scalar gate per shared position against without,
-#              trained on train800 and scored on val200 (the decision), 3 seeds; then on the test split
+#              trained on train800 and scored on val200 (the decision), 3 seeds
+#   gate_test  the gate on the test split (sprites_loc, 3 seeds)
 #   report     claim.md / claim.png (benchmarks/claim_curve.py): the curve, pear - prune, targets
 #
 # $TASKS, $RATIOS (curve) and $ABLATIONS (e.g. "knowledge=none share=top1") pick a part of a
@@ -93,11 +94,13 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         G=pear@scale=1@prune_ratio=0.75
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long_gate_val200" "${RECIPE[@]}" \
             -c benchmarks/configs/select_val200.yaml --methods "$G,$G@gate=scalar"
-        keep "$SUITES/long_gate_val200" "$RESULTS/gate_val200"
+        keep "$SUITES/long_gate_val200" "$RESULTS/gate_val200" ;;
+    gate_test)  # the gate on the test split, beside the claim's pear at 0.75
+        G=pear@scale=1@prune_ratio=0.75
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$G@gate=scalar"
         keep "$SUITES/long" "$RESULTS" ;;
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" ;;
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, report)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, report)" >&2; exit 2 ;;
     esac
 done
