@@ -378,3 +378,24 @@ def test_fingerprints_in_one_pass_equal_the_two_separate_ones(model_factory):
     full, weights = fingerprints(model)
     assert (full, weights) == (fingerprint(model), fingerprint(model, buffers=False))
     assert full != weights  # BatchNorm buffers count in one and not the other
+
+
+def test_the_checkpoint_parts_are_one_module_to_import_and_to_patch(monkeypatch, tmp_path):
+    """pear.checkpoint re-exports every public name its parts define, and a name set there
+    (as a test's monkeypatch does) is what the part's own code then calls."""
+    import pear.checkpoint as C
+    from pear import checkpoint_backbone, checkpoint_files, checkpoint_read
+
+    for part in (checkpoint_files, checkpoint_backbone, checkpoint_read):
+        defined = [n for n, v in vars(part).items()
+                   if not n.startswith("_") and getattr(v, "__module__", None) == part.__name__]
+        assert defined and all(getattr(C, n) is getattr(part, n) for n in defined), part.__name__
+    written = []
+    real = C.save_file
+    monkeypatch.setattr(C, "save_file", lambda tensors, path, metadata=None: written.append(path) or
+                        real(tensors, path, metadata=metadata))
+    C.write_tensor_dir(tmp_path / "d", {"x": torch.zeros(2)}, {"format": "test", "format_version": 2})
+    assert [os.path.basename(p) for p in written] == [C.TENSORS_FILE]
+    monkeypatch.undo()
+    assert checkpoint_files.save_file is real
+    assert C.read_tensor_dir(tmp_path / "d", "test")[1]["x"].shape == (2,)

@@ -1,5 +1,5 @@
-"""The extension registries (pear.registry): a scorer, a share policy, a knowledge checkpoint
-or a training method registered from outside Pear is used by the library (make_plan,
+"""The extension registries (pear.registry): a scorer, a share policy, a knowledge checkpoint,
+an adapter kind or a training method registered from outside Pear is used by the library (make_plan,
 prune_and_share), `pear train`'s flags and help, and the suite's grammar, like a built-in
 one; unregistered, it is gone from all of them."""
 
@@ -9,8 +9,9 @@ from torch import nn
 
 import pear
 from pear import ImportanceTracker, PearConfig
+from pear.adapter_kinds import ADAPTERS, AdapterKind
 from pear.cli import main
-from pear.config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, SHARE_ALIASES, SHARE_POLICIES
+from pear.config import ADAPTER_KINDS, IMPORTANCE_METHODS, KNOWLEDGE_MODES, SHARE_ALIASES, SHARE_POLICIES
 from pear.errors import PearError
 from pear.harness.method_names import METHODS, PEAR_METHODS, PRUNING_METHODS, TRAINING_METHODS, register_method
 from pear.harness.methods import prepare
@@ -164,3 +165,57 @@ def test_a_registry_refuses_a_taken_name_and_names_every_entry_when_asked_for_an
     view, aliases = reg.view(), reg.aliases()
     reg.unregister("a")
     assert view == ("b",) and dict(aliases) == {} and "old" not in aliases
+
+
+@pytest.fixture
+def toy_kind():
+    """'toy': a sequential GELU bottleneck at each block's MLP only, the positions chosen by the kind."""
+    @ADAPTERS.register("toy", help="sequential gelu at the MLPs, a test's kind")
+    class Toy(AdapterKind):
+        mode = "sequential"
+
+        def act(self, config) -> str:
+            return "gelu"
+
+        def candidates(self, family, model, config):
+            return [c for c in family.candidates(model, config) if c.kind == "mlp"]
+    yield Toy
+    if "toy" in ADAPTERS:
+        ADAPTERS.unregister("toy")
+
+
+def test_a_toy_adapter_kind_attaches_saves_and_loads(toy_kind, model_factory, batch_factory, tmp_path):
+    model = model_factory("vit")
+    pear.attach(model, PearConfig(adapter="toy", init="random"))
+    slots = pear.slots(model)
+    assert list(slots) == ["blocks.0.mlp", "blocks.1.mlp", "blocks.2.mlp"]
+    assert all(s.mode == "sequential" and isinstance(s.adapter.act, nn.GELU) for s in slots.values())
+    x, _ = batch_factory("vit")
+    seen = {}
+    slot = slots["blocks.1.mlp"]
+    hooks = [slot.base.register_forward_hook(lambda m, i, o: seen.update(base_out=o)),
+             slot.adapter.register_forward_pre_hook(lambda m, i: seen.update(adapter_in=i[0]))]
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert not torch.allclose(out, model_factory("vit").eval()(x))  # random up projections change the output
+    for h in hooks:
+        h.remove()
+    assert seen["adapter_in"] is seen["base_out"]  # sequential: the adapter reads the MLP's output
+    reloaded = pear.load(pear.save(model, tmp_path / "ckpt"), model_factory("vit")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), out)
+    with pytest.raises(PearError, match="adapter='toy' feeds its adapters the sub-layer's output"):
+        pear.attach(model_factory("cnn"), PearConfig(adapter="toy"))
+
+
+def test_a_toy_adapter_kind_is_a_config_value_a_flag_and_a_suite_setting(toy_kind, capsys):
+    assert "toy" in ADAPTER_KINDS and PearConfig(adapter="toy").adapter == "toy"
+    assert method_overrides("pear@adapter=toy") == {"method": "pear", "adapter": "toy"}
+    out = _help(capsys)
+    assert "--adapter {parallel,sequential,lora,toy}" in out
+    assert "toy (sequential gelu at the MLPs, a test's kind)" in out
+    ADAPTERS.unregister("toy")
+    assert "toy" not in ADAPTER_KINDS and "toy" not in _help(capsys)
+    with pytest.raises(PearError, match="PearConfig.adapter must be one of parallel, sequential, lora; got 'toy'"):
+        PearConfig(adapter="toy")

@@ -39,8 +39,9 @@ _LAZY = {
     "merge_and_unload": "merge",
     "Pruner": "trainer",
 }
-_SUBMODULES = frozenset({"adapters", "atomic", "bottlenecks", "checkpoint", "cli", "config", "errors", "families",
-                         "harness", "importance", "integrations", "jsontypes", "knowledge", "merge", "multitask", "norms",
+_SUBMODULES = frozenset({"adapter_kinds", "adapters", "atomic", "bottlenecks", "checkpoint", "checkpoint_backbone",
+                         "checkpoint_files", "checkpoint_read", "cli", "config", "errors", "families", "harness",
+                         "importance", "integrations", "jsontypes", "knowledge", "merge", "multitask", "norms",
                          "pruning", "registry", "report", "scorers", "sharing", "timm_registry", "trainer"})
 
 

@@ -17,16 +17,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .adapter_kinds import MODES, AdapterKind, kind_of
 from .bottlenecks import Bottleneck, ConvBottleneck  # noqa: F401  (their home before pear.bottlenecks)
 from .config import PearConfig
 from .errors import PearError
-from .families import family_of, heads
+from .families import Candidate, Family, family_of, heads
 from .gates import gated
 
 class PearSlot(nn.Module):
     """Wraps one backbone sub-layer: `base(x)` plus whatever adapters the slot holds.
 
-    `mode` 'parallel' feeds the adapter the sub-layer's input, 'sequential' its output.
+    `mode` (pear.adapter_kinds.MODES, the adapter kind's) 'parallel' feeds the adapter the
+    sub-layer's input, 'sequential' its output.
     `adapter` is None after plain pruning; `gate` scales a shared adapter's output at this
     position (PearConfig.gate; None: no gate); `frozen` is the pruned adapter kept as a
     frozen residual (knowledge checkpoint 'frozen').
@@ -34,6 +36,8 @@ class PearSlot(nn.Module):
 
     def __init__(self, base: nn.Module, adapter: nn.Module, mode: str, info: "SlotInfo") -> None:
         super().__init__()
+        if mode not in MODES:
+            raise PearError(f"an adapter's mode must be one of {', '.join(MODES)}; got {mode!r}")
         self.base = base
         self.adapter: nn.Module | None = adapter
         self.frozen: nn.Module | None = None
@@ -138,8 +142,39 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
     model = unwrap(model)
     if getattr(model, "pear_state", None) is not None:
         raise PearError("model already has Pear adapters attached")
-    family = family_of(model)
-    cands = family.candidates(model, config)
+    family, kind = family_of(model), kind_of(config)
+    cands = _selected(model, family, kind, config)
+    bases = [getattr(c.parent, c.attr) for c in cands]
+    dims = kind.shapes(family, model, bases, config)
+    _check_size(model, config, [c.name for c in cands], dims)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    p = next(model.parameters())
+    for cand, base, (din, dout, stride) in zip(cands, bases, dims):
+        adapter, sig = kind.make(family, config, cand, din, dout, stride)
+        adapter.to(device=p.device, dtype=p.dtype)
+        info = SlotInfo(cand.name, cand.kind, cand.depth, sig)
+        setattr(cand.parent, cand.attr, PearSlot(base, adapter, kind.mode, info))
+    for head in heads(model).values():
+        head.requires_grad_(True)
+    # setattr: nn.Module's typing takes only tensors and modules as attributes.
+    setattr(model, "pear_state", PearState(
+        config=config,
+        positions=[c.name for c in cands],
+        unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
+    ))
+    return summary(model)
+
+
+def _selected(model: nn.Module, family: Family, kind: AdapterKind, config: PearConfig) -> list[Candidate]:
+    """The positions of `kind` in `model` that PearConfig.blocks and .target select;
+    PearError when the family takes no adapters of the kind's mode, or none is selected."""
+    if kind.mode not in family.modes:
+        raise PearError(f"PearConfig.adapter={config.adapter!r} feeds its adapters the sub-layer's "
+                        f"{'output' if kind.mode == 'sequential' else 'input'} ({kind.mode}), which "
+                        f"{family.description or family.name} do not take: they take "
+                        f"{' or '.join(family.modes)} adapters")
+    cands = kind.candidates(family, model, config)
     if config.blocks is not None:
         lo, hi = config.blocks
         cands = [c for c in cands if lo <= c.depth < hi]
@@ -150,26 +185,7 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
             f"PearConfig selects no positions (adapter={config.adapter!r}, sublayers={config.sublayers!r}, "
             f"blocks={config.blocks!r}, target={config.target!r}) in {type(model).__name__}"
         )
-    bases = [getattr(c.parent, c.attr) for c in cands]
-    dims = family.shapes(model, bases, config)
-    _check_size(model, config, [c.name for c in cands], dims)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    p = next(model.parameters())
-    mode = "sequential" if config.adapter == "sequential" else "parallel"
-    for cand, base, (din, dout, stride) in zip(cands, bases, dims):
-        adapter, sig = family.make_adapter(config, cand, din, dout, stride)
-        adapter.to(device=p.device, dtype=p.dtype)
-        setattr(cand.parent, cand.attr, PearSlot(base, adapter, mode, SlotInfo(cand.name, cand.kind, cand.depth, sig)))
-    for head in heads(model).values():
-        head.requires_grad_(True)
-    # setattr: nn.Module's typing takes only tensors and modules as attributes.
-    setattr(model, "pear_state", PearState(
-        config=config,
-        positions=[c.name for c in cands],
-        unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
-    ))
-    return summary(model)
+    return cands
 
 
 def _check_size(model: nn.Module, config: PearConfig, names: list[str], dims: list[tuple[int, int, int]]) -> None:

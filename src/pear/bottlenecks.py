@@ -32,11 +32,11 @@ class ConvBottleneck(nn.Module):
     block's stride so the adapter's output matches the block's output shape."""
 
     def __init__(self, in_ch: int, out_ch: int, rank: int, scale: float, stride: int = 1,
-                 act: str = "relu", zero_init: bool = True) -> None:
+                 act: str = "relu", zero_init: bool = True, bias: bool = True) -> None:
         super().__init__()
-        self.down = nn.Conv2d(in_ch, rank, kernel_size=1, stride=stride)
+        self.down = nn.Conv2d(in_ch, rank, kernel_size=1, stride=stride, bias=bias)
         self.act = _ACTS[act]()
-        self.up = nn.Conv2d(rank, out_ch, kernel_size=1)
+        self.up = nn.Conv2d(rank, out_ch, kernel_size=1, bias=bias)
         self.scale = scale
         _init_pair(self.down, self.up, zero_init)
 

@@ -15,16 +15,17 @@ import math
 import re
 from dataclasses import dataclass, field
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from .adapter_kinds import ADAPTERS
 from .errors import PearError
 from .knowledge import KNOWLEDGE
 from .scorers import SCORERS
 from .sharing import SHARE_POLICIES as _SHARE_REGISTRY
 
-ADAPTER_KINDS = ("parallel", "sequential", "lora")
 SUBLAYERS = ("attn", "mlp")
-# The registered names (pear.scorers, pear.sharing, pear.knowledge), always current.
+# The registered names (pear.adapter_kinds, pear.scorers, pear.sharing, pear.knowledge), always current.
+ADAPTER_KINDS = ADAPTERS.view()
 IMPORTANCE_METHODS = SCORERS.view()
 SHARE_POLICIES = _SHARE_REGISTRY.view()
 SHARE_POLICY_NAMES = SHARE_POLICIES  # what users write, and what files store
@@ -44,11 +45,7 @@ ADDED_DEFAULTS = {"gate": "none"}
 class PearConfig:
     """Configuration of adapters, importance scoring and prune-and-share."""
 
-    adapter: str = field(
-        default="parallel",
-        metadata={"help": "Adapter kind: 'parallel' (AdaptFormer, beside the sub-layer), "
-                  "'sequential' (Houlsby, after the sub-layer) or 'lora' (low-rank update of attn.qkv)."},
-    )
+    adapter: str = field(default="parallel", metadata={"help": "Adapter kind", "choices": ADAPTERS})
     rank: int = field(default=8, metadata={"help": "Bottleneck width r of every adapter."})
     scale: float = field(default=0.1, metadata={"help": "Output scale s: out = sublayer(x) + s * up(act(down(x)))."})
     act: str = field(default="relu", metadata={"help": "Bottleneck activation: relu, gelu or identity."})
@@ -112,7 +109,8 @@ class PearConfig:
         try:
             self.sublayers = tuple(self.sublayers)
             if self.blocks is not None:
-                self.blocks = tuple(self.blocks)
+                # Whatever was given; that it is two block indices is checked below.
+                self.blocks = cast("tuple[int, int]", tuple(self.blocks))
         except TypeError:
             name = "sublayers" if not isinstance(self.sublayers, tuple) else "blocks"
             raise PearError(f"PearConfig.{name} must be a sequence, got {getattr(self, name)!r}") from None
@@ -133,6 +131,7 @@ class PearConfig:
             raise PearError(f"PearConfig.rank must be a positive integer, got {self.rank!r}")
         if isinstance(self.distill_steps, bool) or not isinstance(self.distill_steps, int) or self.distill_steps < 1:
             raise PearError(f"PearConfig.distill_steps must be a positive integer, got {self.distill_steps!r}")
+        ADAPTERS.get(self.adapter)().check(self)
         KNOWLEDGE.get(self.knowledge)().check(self)
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) \
                 or self.scale <= 0:

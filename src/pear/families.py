@@ -1,27 +1,34 @@
 """The map of a backbone's structure, one entry per family.
 
 A family says, for the models it matches: which sub-layers are adapter positions
-(`candidates`), the shapes an adapter there needs (`shapes`), which adapter module sits
-there (`make_adapter`), the task head modules that train beside the adapters
+(`candidates`) and the layers LoRA-kind adapters adapt (`lora_candidates`), the shapes an
+adapter there needs (`shapes`, `lora_shapes`), which adapter module sits there
+(`make_adapter`), what its adapters may read (`modes`: a sub-layer's input, 'parallel', or
+its output, 'sequential'), the task head modules that train beside the adapters
 (`head_modules`: several on a distilled DeiT, head and head_dist) and the layers peft's
 LoRA targets (`lora_targets`). `pear.attach`, the checkpoint and the harness's LoRA ask
-this map and decide nothing themselves.
+this map and decide nothing themselves; which of a family's positions an adapter kind
+takes is the kind's to say (pear.adapter_kinds).
 
 Adding a family is one subclass of `Family` here (or in your own code), decorated with
-`@register_family("name")`, as timm's `register_model`. Families registered later are
-asked first, so an entry can take over models that a built-in one would match.
+`@register_family("name")`, as timm's `register_model`; `FAMILIES` is their
+`pear.registry.Registry`. Families registered later are asked first, so an entry can take
+over models that a built-in one would match.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .adapter_kinds import MODES, kind_of
 from .bottlenecks import Bottleneck, ConvBottleneck
 from .config import PearConfig
 from .errors import PearError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class Family:
     name = ""
     description = ""  # what models it takes, for the error naming every family
     lora_targets = ""  # peft's target_modules regex
+    modes: tuple[str, ...] = MODES  # what its adapters may read (pear.adapter_kinds.MODES)
 
     def matches(self, model: nn.Module) -> bool:
         raise NotImplementedError
@@ -53,12 +61,24 @@ class Family:
         """(in width, out width, stride) of the adapter at each candidate's sub-layer."""
         raise NotImplementedError
 
+    def lora_candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
+        """The linear layers a LoRA-kind adapter adapts (PearConfig.adapter='lora'); the
+        default family offers none."""
+        raise PearError(f"PearConfig.adapter={cfg.adapter!r} adapts the layers LoRA targets, which "
+                        f"{self.description or type(self).__name__} do not offer Pear's adapters; use "
+                        f"adapter='parallel'")
+
+    def lora_shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
+        """(in width, out width, stride) at each of `lora_candidates`' linear layers."""
+        return [(_features(b, "in_features"), _features(b, "out_features"), 1) for b in bases]
+
     def make_adapter(self, cfg: PearConfig, cand: Candidate, din: int, dout: int,
                      stride: int) -> tuple[nn.Module, tuple]:
-        """(adapter module, signature): adapters of equal signature can be shared."""
-        lora = cfg.adapter == "lora"
-        adapter = Bottleneck(din, dout, cfg.rank, cfg.scale, act="identity" if lora else cfg.act,
-                             zero_init=cfg.init == "zero", bias=not lora)
+        """(adapter module, signature): adapters of equal signature can be shared. The
+        activation and biases are the adapter kind's (pear.adapter_kinds)."""
+        kind = kind_of(cfg)
+        adapter = Bottleneck(din, dout, cfg.rank, cfg.scale, act=kind.act(cfg), zero_init=cfg.init == "zero",
+                             bias=kind.bias)
         return adapter, ("linear", din, dout)
 
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -70,17 +90,16 @@ class Family:
         return {names[id(h)]: h for h in found if id(h) in names}
 
 
-FAMILIES: dict[str, Family] = {}
+FAMILIES: Registry[Family] = Registry("backbone family", "backbone family")
 
 
-def register_family(name: str):
-    """Class decorator: register a `Family` subclass under `name`."""
+def register_family(name: str) -> Callable[[type[Family]], type[Family]]:
+    """Class decorator: register a `Family` subclass under `name` (one instance of it, in
+    `FAMILIES`; its `description` is the entry's help). Returns the class unchanged."""
     def add(cls: type[Family]) -> type[Family]:
-        if name in FAMILIES:
-            raise PearError(f"backbone family {name!r} is already registered")
         family = cls()
         family.name = name
-        FAMILIES[name] = family
+        FAMILIES.add(name, family, help=family.description)
         return cls
     return add
 
@@ -156,17 +175,14 @@ class ViTFamily(Family):
         return _token_blocks(model)
 
     def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
-        out = []
-        for i, block in enumerate(_block_list(model)):
-            if cfg.adapter == "lora":
-                out.append(Candidate(f"blocks.{i}.attn.qkv", block.get_submodule("attn"), "qkv", i, "qkv"))
-            else:
-                out += [Candidate(f"blocks.{i}.{kind}", block, kind, i, kind) for kind in cfg.sublayers]
-        return out
+        return [Candidate(f"blocks.{i}.{kind}", block, kind, i, kind)
+                for i, block in enumerate(_block_list(model)) for kind in cfg.sublayers]
+
+    def lora_candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
+        return [Candidate(f"blocks.{i}.attn.qkv", block.get_submodule("attn"), "qkv", i, "qkv")
+                for i, block in enumerate(_block_list(model))]
 
     def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
-        if cfg.adapter == "lora":
-            return [(_features(b, "in_features"), _features(b, "out_features"), 1) for b in bases]
         return [(_features(model, "embed_dim") if hasattr(model, "embed_dim") else _features(b.fc1, "in_features"),)
                 * 2 + (1,) for b in bases]
 
@@ -174,17 +190,17 @@ class ViTFamily(Family):
 @register_family("staged_cnn")
 class StagedCNNFamily(Family):
     """EfficientNet/MobileNet-style CNNs: one parallel conv adapter per block of
-    model.blocks[stage][i]; shapes from one small dummy forward pass."""
+    model.blocks[stage][i] (a block may change the shape, so its adapter reads the block's
+    input); shapes from one small dummy forward pass."""
 
     description = "EfficientNet/MobileNet-style CNNs (model.blocks[stage][i])"
     lora_targets = r".*blocks\.\d+\.\d+\.(conv_pwl|conv_pw)"
+    modes = ("parallel",)
 
     def matches(self, model: nn.Module) -> bool:
         return _blocks(model) is not None and not _token_blocks(model)
 
     def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
-        if cfg.adapter != "parallel":
-            raise PearError(f"PearConfig.adapter={cfg.adapter!r} is for ViTs; CNN backbones take 'parallel'")
         stages = [(s, j, stage) for s, stage in enumerate(_block_list(model)) for j, _ in enumerate(_stage(stage))]
         return [Candidate(f"blocks.{s}.{j}", stage, str(j), depth) for depth, (s, j, stage) in enumerate(stages)]
 
@@ -193,8 +209,9 @@ class StagedCNNFamily(Family):
 
     def make_adapter(self, cfg: PearConfig, cand: Candidate, din: int, dout: int,
                      stride: int) -> tuple[nn.Module, tuple]:
-        adapter = ConvBottleneck(din, dout, cfg.rank, cfg.scale, stride=stride, act=cfg.act,
-                                 zero_init=cfg.init == "zero")
+        kind = kind_of(cfg)
+        adapter = ConvBottleneck(din, dout, cfg.rank, cfg.scale, stride=stride, act=kind.act(cfg),
+                                 zero_init=cfg.init == "zero", bias=kind.bias)
         return adapter, ("conv", din, dout, stride)
 
 

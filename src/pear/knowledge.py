@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .adapter_kinds import kind_of
 from .errors import PearError
 from .registry import Registry
 
@@ -74,7 +75,7 @@ class Distill(Knowledge):
                                 "up @ down, truncated back to rank r by SVD")
 class Svd(Knowledge):
     def check(self, config) -> None:
-        if config.adapter != "lora" and config.act != "identity":
+        if not kind_of(config).linear(config):
             raise PearError(
                 f"PearConfig.knowledge='svd' merges adapters in product space (up @ down), which only keeps what "
                 f"they compute without a nonlinearity: use adapter='lora' or act='identity', not act={config.act!r}"

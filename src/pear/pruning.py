@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import gates
-from .adapters import count_params, gate_params, pear_state, slots
+from .adapters import PearSlot, count_params, gate_params, pear_state, slots
 from .config import PearConfig
 from .errors import PearError
 from .knowledge import KNOWLEDGE
@@ -118,7 +118,7 @@ def make_plan(scores: dict[str, float], config: PearConfig, model: nn.Module | N
     if config.prune_scope == "group":
         # The ratio within each group of interchangeable positions: each group keeps at
         # least one adapter, so every pruned position has one to share.
-        cut = set()
+        cut: set[str] = set()
         for sig in dict.fromkeys(p.signature for p in ranked):
             group = [p for p in ranked if p.signature == sig]
             cut.update(p.name for p in group[:_n_pruned(group, config.prune_ratio)])
@@ -130,8 +130,8 @@ def make_plan(scores: dict[str, float], config: PearConfig, model: nn.Module | N
     shares = _share(pruned, kept, config.share)
     order = {p.name: p.index for p in pos}
     return PrunePlan(
-        pruned=sorted((p.name for p in pruned), key=order.get),
-        kept=sorted((p.name for p in kept), key=order.get),
+        pruned=sorted((p.name for p in pruned), key=order.__getitem__),
+        kept=sorted((p.name for p in kept), key=order.__getitem__),
         shares=shares,
         scores={p.name: p.score for p in pos},
         ratio=config.prune_ratio,
@@ -170,15 +170,7 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
             raise PearError(f"knowledge={config.knowledge!r} needs the adapter inputs at every sharing position "
                              f"(pear.capture_inputs(model, batches)); missing {sorted(set(missing))[:4]}")
     sl = slots(model)
-    if set(plan.pruned) | set(plan.kept) != set(sl) or set(plan.pruned) & set(plan.kept):
-        raise PearError("the prune plan's positions do not match the model's positions")
-    bad = {p: k for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept}
-    if bad:
-        raise PearError(f"the prune plan shares must map pruned -> kept positions; got {bad}")
-    for p, k in plan.shares.items():
-        if sl[p].info.signature != sl[k].info.signature:
-            raise PearError(f"cannot share {k} into {p}: adapter shapes differ "
-                             f"({sl[k].info.signature} vs {sl[p].info.signature})")
+    _check_plan(plan, sl)
     for name, slot in sl.items():
         slot.info.importance = plan.scores.get(name)
 
@@ -188,26 +180,46 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     for k, ps in receivers.items():
         weights = _weights([plan.scores[k]] + [plan.scores[p] for p in ps])
         donors = [sl[p].adapter for p in ps]
-        fed = [inputs[n] for n in [k, *ps]] if knowledge.needs_inputs else None
+        # inputs holds every sharing position when the mode needs them (checked above).
+        fed = [inputs[n] for n in [k, *ps]] if knowledge.needs_inputs and inputs is not None else None
         knowledge.absorb(sl[k].adapter, donors, weights, fed, config)
 
     for p in plan.pruned:
-        slot = sl[p]
-        old = slot.adapter
-        if knowledge.keeps_pruned and old is not None:
-            old.requires_grad_(False)
-            slot.frozen = old
-        k = plan.shares.get(p)
-        slot.adapter = sl[k].adapter if k is not None else None
-        if k is not None and config.gate != "none":
-            slot.gate = gates.new(config.gate, slot.adapter)
-        slot.info.source = k if k is not None else p
-        slot.info.pruned = True
+        _prune(sl[p], p, sl, plan.shares.get(p), knowledge.keeps_pruned, config.gate)
     if config.gate != state.config.gate:  # the saved config must say what the model now holds
         state.config = dataclasses.replace(state.config, gate=config.gate)
     state.pruned = True
     state.extra["plan"] = plan.to_dict()
     return model
+
+
+def _check_plan(plan: PrunePlan, sl: dict[str, PearSlot]) -> None:
+    """PearError unless `plan` covers exactly the model's positions and shares only adapters
+    of equal shapes, from kept to pruned positions."""
+    if set(plan.pruned) | set(plan.kept) != set(sl) or set(plan.pruned) & set(plan.kept):
+        raise PearError("the prune plan's positions do not match the model's positions")
+    bad = {p: k for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept}
+    if bad:
+        raise PearError(f"the prune plan shares must map pruned -> kept positions; got {bad}")
+    for p, k in plan.shares.items():
+        if sl[p].info.signature != sl[k].info.signature:
+            raise PearError(f"cannot share {k} into {p}: adapter shapes differ "
+                             f"({sl[k].info.signature} vs {sl[p].info.signature})")
+
+
+def _prune(slot: PearSlot, name: str, sl: dict[str, PearSlot], shared: str | None, keep_frozen: bool,
+           gate: str) -> None:
+    """Prune position `name`: its adapter kept frozen with `keep_frozen`, and the slot calling
+    the adapter of position `shared` (through a new gate unless `gate` is 'none'), or none."""
+    old = slot.adapter
+    if keep_frozen and old is not None:
+        old.requires_grad_(False)
+        slot.frozen = old
+    slot.adapter = sl[shared].adapter if shared is not None else None
+    if slot.adapter is not None and gate != "none":
+        slot.gate = gates.new(gate, slot.adapter)
+    slot.info.source = shared if shared is not None else name
+    slot.info.pruned = True
 
 
 def _weights(scores: list[float]) -> list[float]:

@@ -2,7 +2,8 @@
 behaviour and its help text, as timm's `register_model` and peft's `register_peft_method`.
 
 Pear's extension points each own one: importance scorers (`pear.scorers`), share
-policies (`pear.sharing`), knowledge checkpoints (`pear.knowledge`) and training methods
+policies (`pear.sharing`), knowledge checkpoints (`pear.knowledge`), adapter kinds
+(`pear.adapter_kinds`), backbone families (`pear.families`) and training methods
 (`pear.harness.method_names`). The config's allowed values, `pear train`'s help and the
 suite's ablation grammar are read from them when they are needed, so an entry registered
 from any code (a test, a user's module) is accepted and listed like a built-in one.
@@ -68,11 +69,19 @@ class Registry(Generic[T]):
             raise PearError(f"{self.field} must be one of {', '.join(self._entries)}; got {name!r}")
         return entry
 
+    def pop(self, name: str) -> T:
+        """`unregister`, spelled as on a dict (`pear.families.FAMILIES` was one)."""
+        return self.unregister(name)
+
     def help(self, name: str) -> str:
         return self._help[self.canonical(name)]
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
+
+    def values(self) -> tuple[T, ...]:
+        """The entries, in registration order."""
+        return tuple(self._entries.values())
 
     def aliases(self) -> "Aliases":
         """Earlier name -> today's, as a live read-only mapping."""
