@@ -3,7 +3,7 @@
 ``build_dataset(name, out_root)`` produces ``<out_root>/<name>/`` with the four list
 files, ``classes.txt`` and PNG images under ``images/<split>/``: 800 train800, 200
 val200 (train800val200 lists both) and 2,000 test images, all 3-channel RGB, so every
-built-in dataset loads through `pear.harness.data` exactly like a real VTAB task.
+built-in dataset loads through `pear.harness.datasets.vtab` exactly like a real VTAB task.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 
 from pear.atomic import atomic_dir_write, check_replaceable
 from pear.errors import PearError
-from pear.harness.data import read_at_most
-from pear.harness.rundir import waiting_for
+from pear.harness.datasets.vtab import read_at_most
+from pear.harness.run.rundir import waiting_for
 
 BUILTIN_DATASETS = ("fashion_mnist", "sprites_loc", "sprites_ori")
 
@@ -288,7 +288,7 @@ def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | 
     An existing destination is refused unless `overwrite`; with `if_missing` it is returned
     as it is (`pear suite --build`, whose array tasks may all start the same build at once).
     One build per data root at a time: a second process waits for the first (an flock on
-    the data root, `pear.harness.rundir.waiting_for`), then finds its result.
+    the data root, `pear.harness.run.rundir.waiting_for`), then finds its result.
     """
     if name not in BUILTIN_DATASETS:
         raise PearError(f"dataset {name!r} is not built in; expected one of "

@@ -18,14 +18,21 @@ import re
 import torch
 from torch import nn
 
-from ..adapters import attach, pear_state
-from ..config import PearConfig
-from ..errors import PearError
-from ..families import family_of, heads
-from ..norms import freeze_norm_stats  # noqa: F401  (its home before pear.freeze_norm_stats)
+from ...adapters import attach, pear_state
+from ...config import PearConfig
+from ...errors import PearError
+from ...families import family_of, heads
+from ...norms import freeze_norm_stats  # noqa: F401  (its home before pear.freeze_norm_stats)
 from .method_names import (  # noqa: F401  (their home until option parsing had to do without torch)
-    LORA_METHODS, METHOD_ALIASES, METHODS, PEAR_METHODS, PRUNING_METHODS, TRAINING_METHODS, canonical_method,
-    pear_config_for)
+    LORA_METHODS,
+    METHOD_ALIASES,
+    METHODS,
+    PEAR_METHODS,
+    PRUNING_METHODS,
+    TRAINING_METHODS,
+    canonical_method,
+    pear_config_for,
+)
 
 
 def prepare(model: nn.Module, method: str, config: PearConfig, lora_alpha: float | None = None) -> nn.Module:
@@ -94,7 +101,7 @@ def build_model(backbone: str, num_classes: int, method: str = "pear", config: P
                 device: str | torch.device = "cpu", lora_alpha: float | None = None) -> tuple[nn.Module, dict, str]:
     """A timm backbone prepared for `method`: (model on `device`, its data config, the
     frozen backbone's fingerprint, taken before any adapter goes in)."""
-    from ..checkpoint import fingerprint
+    from ...checkpoint import fingerprint
     from .backbones import create_backbone  # timm: imported only when a model is built
 
     model, data_cfg = create_backbone(backbone, num_classes, weights, img_size=img_size,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import hashlib
+import json
 import math
 import os
 import re
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import ADDED_DEFAULTS, PearConfig
-from ..errors import PearError
-from .hub import default_backbone, default_img_size
-from .method_names import METHODS, PRUNING_METHODS, TRAINING_METHODS, canonical_method, pear_config_for
+from ...config import ADDED_DEFAULTS, PearConfig
+from ...errors import PearError
+from ..models.hub import default_backbone, default_img_size
+from ..models.method_names import METHODS, PRUNING_METHODS, TRAINING_METHODS, canonical_method, pear_config_for
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, choices=None, **kwargs) -> Any:
@@ -170,7 +170,7 @@ def native_img_size(backbone: str) -> int:
     """The input resolution a timm model (name or name.tag) is made for; 224 when timm does not say."""
     from timm.models import get_pretrained_cfg  # timm is slow to import: only when a run is configured
 
-    from . import pear_vit  # noqa: F401  (registers the built-in ViT with timm)
+    from ..models import pear_vit  # noqa: F401  (registers the built-in ViT with timm)
 
     try:
         cfg = get_pretrained_cfg(backbone)
@@ -293,8 +293,8 @@ def differences(recorded: dict, cfg: TrainConfig) -> list[str]:
 
 def task_lists_digest(root: str | Path, task: str) -> str | None:
     """SHA-256 over the list files (and classes.txt) of `task` under `root`; None where there is no such task."""
-    from ..atomic import sha256_file
-    from .data import SPLITS, task_info
+    from ...atomic import sha256_file
+    from ..datasets.vtab import SPLITS, task_info
 
     try:
         task_dir = task_info(root, task).dir

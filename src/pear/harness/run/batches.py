@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import PearError
+from ...errors import PearError
+from ..datasets.vtab import VtabDataset
 from . import distributed as D
-from .data import VtabDataset
 
 
 class GlobalBatches:

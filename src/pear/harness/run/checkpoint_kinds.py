@@ -20,12 +20,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..card import CARD_FILE
-from ..checkpoint import (CONFIG_FILE, TENSORS_FILE, TaskCheckpoint, build_task, check_settings, fingerprint, install,
-                          load as load_task, read_checkpoint, save as save_task)
-from ..config import PearConfig
-from ..errors import BackboneMismatch, PearError
-from .methods import PEAR_METHODS, canonical_method, prepare
+from ...card import CARD_FILE
+from ...checkpoint import (
+    CONFIG_FILE,
+    TENSORS_FILE,
+    TaskCheckpoint,
+    build_task,
+    check_settings,
+    fingerprint,
+    install,
+    read_checkpoint,
+)
+from ...checkpoint import load as load_task
+from ...checkpoint import save as save_task
+from ...config import PearConfig
+from ...errors import BackboneMismatch, PearError
+from ..models.methods import PEAR_METHODS, canonical_method, prepare
 from .state import PLAIN_FILES, fill_model, read_plain, save_plain
 
 PEAR, PLAIN = "pear", "plain"

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..adapters import unwrap
-from ..errors import PearError
+from ...adapters import unwrap
+from ...errors import PearError
 
 
 @dataclass

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..card import CARD_FILE
-from ..config import SHARE_ALIASES
-from ..errors import PearError
-from ..jsontypes import checkpoint_problems, recorded_heads
-from ..report import checkpoint_report, tensors_size
-from .checkpoint_kinds import PEAR, SavedCheckpoint, open_checkpoint
-from .outputs import PNG, write_output
-from .rundir import RunDir
+from ...card import CARD_FILE
+from ...config import SHARE_ALIASES
+from ...errors import PearError
+from ...jsontypes import checkpoint_problems, recorded_heads
+from ...report import checkpoint_report, tensors_size
+from ..outputs import PNG, write_output
+from ..run.checkpoint_kinds import PEAR, SavedCheckpoint, open_checkpoint
+from ..run.rundir import RunDir
 from .runs import read_metrics
 
 _KIND_COLOURS = {"attn": "#3b75af", "mlp": "#ef8636", "qkv": "#519e3e", "block": "#3b75af"}

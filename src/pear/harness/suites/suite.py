@@ -2,7 +2,7 @@
 
 A `Suite` is the value that names one: its data root, tasks, methods, seeds, folder, shared
 training options and whether --tune chooses each method's option first. Its runs
-(`Suite.runs`, `pear.harness.suite_runs`) are computed once, every configuration checked
+(`Suite.runs`, `pear.harness.suites.suite_runs`) are computed once, every configuration checked
 before anything is written; its methods are the ways to run it: `run` (the whole suite),
 `run_index` (one run, on a scheduler), `list`, `aggregate` and `emit_slurm`.
 
@@ -11,19 +11,19 @@ Layout under OUT::
     runs/<task>/<method>/seed<k>/   one `pear train` run folder each (metrics.json when done)
     tuning/<task>/<method>/<option>=<value>/   with --tune: the protocol's runs, and choice.json
     logs/<task>/<method>/seed<k>.log   output of runs started as subprocesses (several devices)
-    results.csv  results.md  accuracy_vs_bytes.png   (`pear.harness.results`)
+    results.csv  results.md  accuracy_vs_bytes.png   (`pear.harness.suites.results`)
 
-The methods are named by the suite's grammar (`pear.harness.suite_methods`): a training
+The methods are named by the suite's grammar (`pear.harness.suites.grammar`): a training
 method, a Pear ablation such as pear-kc-frozen, or METHOD@FIELD=VALUE[@...]. Running a suite
 again skips finished runs, resumes crashed ones from their last complete epoch and only then
 aggregates, so a suite can be stopped and restarted at will. With `tune`, each method's one
-hyper-parameter is first chosen on val200 by VTAB's protocol (`pear.harness.tuning`).
+hyper-parameter is first chosen on val200 by VTAB's protocol (`pear.harness.suites.tuning`).
 
 On a cluster the scheduler runs the runs instead (`list`, `run_index`, `aggregate`): every run
 of a suite has an index, the tuning runs first, then the real runs in seed-major order; a
 job array runs one index per task and `aggregate` gathers whatever has finished. Two
 processes started for one index never both train it: the second is refused by the run
-folder's lock (`pear.harness.rundir`).
+folder's lock (`pear.harness.run.rundir`).
 
 The suite folder has a lock of its own (OUT/.pear-lock, the run folder's flock): a whole
 suite (`Suite.run`) holds it alone for as long as it runs, and each `run_index` holds it
@@ -41,18 +41,18 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import open_append
-from ..errors import PearError
+from ...atomic import open_append
+from ...errors import PearError
+from ..datasets.builders import BUILTIN_DATASETS, build_dataset
+from ..datasets.vtab import TASK_ALIASES, VTAB_TASKS, task_info
+from ..run.options import check_device
+from ..run.rundir import lock_folder, unlock
+from ..run.train import train
+from ..run.watch import require_tensorboard
 from . import slurm, suite_runs, tuning
-from .builders import BUILTIN_DATASETS, build_dataset
-from .data import TASK_ALIASES, VTAB_TASKS, task_info
-from .options import check_device
 from .results import aggregate, vtab_summary
-from .rundir import lock_folder, unlock
 from .suite_exec import run_here, run_queue
 from .suite_runs import Run, check_folders, check_same_options, list_runs, run_dir  # noqa: F401  (run_dir: public)
-from .train import train
-from .watch import require_tensorboard
 
 # `pear suite --preset NAME`: the tasks and the recipe (TrainConfig options) of a benchmark.
 PRESETS: dict[str, dict] = {
@@ -70,7 +70,7 @@ class Suite:
 
     base: TrainConfig options shared by all runs (backbone, epochs, ...); not the fields the
         suite sets for each run (`suite_runs.SUITE_FIELDS`).
-    tune: first choose each method's tuned option on val200 (`pear.harness.tuning`); the
+    tune: first choose each method's tuned option on val200 (`pear.harness.suites.tuning`); the
         real runs then use the chosen value.
 
     Repeated tasks, methods and seeds count once. Making a Suite checks its fields; its
@@ -208,7 +208,7 @@ class Suite:
 
     def emit_slurm(self, path: str | Path, command: list[str], gres: str = "gpu:1") -> Path:
         """Write the sbatch --array script `path` that runs `command --index I` for every index
-        (`pear.harness.slurm`), after the same-run check of every run folder that exists
+        (`pear.harness.suites.slurm`), after the same-run check of every run folder that exists
         (`check_folders`), as --index, --list and --aggregate check."""
         runs = self.runs
         check_folders(runs)
@@ -240,7 +240,7 @@ def run_index(index: int, *spec, build_missing: bool = False, **fields) -> dict 
 
 
 def hold(out: str | Path, shared: bool = False) -> int:
-    """Create the suite folder and lock it (`pear.harness.rundir.lock_folder`): alone for a
+    """Create the suite folder and lock it (`pear.harness.run.rundir.lock_folder`): alone for a
     whole suite, shared for one index; returns the lock for `unlock`."""
     try:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_dir_write, atomic_write_text, check_replaceable, open_append
-from ..errors import PearError
+from ...atomic import atomic_dir_write, atomic_write_text, check_replaceable, open_append
+from ...errors import PearError
+from ..files import read_mapping
 from . import distributed as D
-from .files import read_mapping
 from .options import differences
 
 log = logging.getLogger("pear")

@@ -1,11 +1,11 @@
-"""The runs of a `pear suite` (`pear.harness.suite.Suite`): each one a `Run` with its TrainConfig.
+"""The runs of a `pear suite` (`pear.harness.suites.suite.Suite`): each one a `Run` with its TrainConfig.
 
 In index order: with --tune the tuning runs first (one per grid value of each task and tuned
-method, `pear.harness.tuning`), then the real runs, seed-major, so that a sweep cut short
+method, `pear.harness.suites.tuning`), then the real runs, seed-major, so that a sweep cut short
 still has every (task, method) for the seeds it finished. Building them checks every
 configuration and task name and writes nothing. A run folder already on disk counts as its
 run only when it was made with the same options (`check_folders`, the same-run rule of
-`pear.harness.options.changed_options`).
+`pear.harness.run.options.changed_options`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import PearError
+from ...errors import PearError
+from ..datasets.vtab import _task_folder_name as task_folder_name  # training's own rule
+from ..files import read_mapping
+from ..run.options import TrainConfig, changed_options
+from ..run.rundir import outside_data
 from . import tuning
-from .data import _task_folder_name as task_folder_name  # training's own rule
-from .files import read_mapping
-from .options import TrainConfig, changed_options
-from .rundir import outside_data
-from .suite_methods import method_overrides
+from .grammar import method_overrides
 
 if TYPE_CHECKING:
     from .suite import Suite
@@ -179,7 +179,7 @@ def check_folders(runs: list[Run]) -> None:
 
 def check_same_options(run: Run) -> None:
     """Refuse to mix a run folder made with other options into this suite's table (the same-run
-    rule of `pear train --resume`, `pear.harness.options.changed_options`)."""
+    rule of `pear train --resume`, `pear.harness.run.options.changed_options`)."""
     args = run.dir / "args.yaml"
     if not args.is_file():
         return

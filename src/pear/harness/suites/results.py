@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_file, atomic_write_text
-from ..errors import PearError
-from ..jsontypes import NONE, has_type, wrong_types
-from .data import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS
-from .methods import METHODS, canonical_method
-from .runs import read_metrics
-from .suite_methods import method_overrides
+from ...atomic import atomic_write_file, atomic_write_text
+from ...errors import PearError
+from ...jsontypes import NONE, has_type, wrong_types
+from ..datasets.vtab import TASK_ALIASES, VTAB_GROUPS, VTAB_TASKS
+from ..models.methods import METHODS, canonical_method
+from ..trained.runs import read_metrics
 from . import tuning
+from .grammar import method_overrides
 
 CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainable_params_before",
               "checkpoint_file_bytes", "adapter_params", "adapter_bytes", "train_seconds", "images_per_second",

@@ -7,7 +7,7 @@ VisionTransformer, built with the sizes its config.json gives. A timm hub folder
 folder names its architecture, so no model name has to be given with it.
 
 Reading a folder needs no timm (`default_backbone` is cheap enough for option parsing);
-building and loading the model is `pear.harness.backbones.create_backbone`'s job.
+building and loading the model is `pear.harness.models.backbones.create_backbone`'s job.
 """
 
 from __future__ import annotations

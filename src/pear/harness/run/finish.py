@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..adapters import unwrap
-from ..card import CARD_FILE, render as render_card
-from ..checkpoint import TENSORS_FILE, save_backbone
-from ..report import report
+from ...adapters import unwrap
+from ...card import CARD_FILE
+from ...card import render as render_card
+from ...checkpoint import TENSORS_FILE, save_backbone
+from ...report import report
+from ..trained.runs import random_backbone
 from .checkpoint_kinds import PEAR, kind_for, open_checkpoint, save_checkpoint
 from .options import TrainConfig
 from .rundir import guarded, write_text
-from .runs import random_backbone
 
 if TYPE_CHECKING:
     from .train import _Run
@@ -125,7 +126,7 @@ def _metrics(run: _Run, test_acc: float, stored: int, rep: dict | None) -> dict:
 
 def _weights_used(cfg: TrainConfig) -> str:
     """What the backbone was built from: --weights, or (without it) the built-in weights or none."""
-    from .backbones import BUILTIN_WEIGHTS
+    from ..models.backbones import BUILTIN_WEIGHTS
 
     if cfg.weights is not None:
         return str(cfg.weights)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters import unwrap
-from ..checkpoint import FORMAT_VERSION, head_name, read_tensor_dir, settings_field, write_tensor_dir
-from ..errors import PearError
-from ..families import head_names
-from ..pruning import PrunePlan, prune_and_share, prune_optimizer
+from ...adapters import unwrap
+from ...checkpoint import FORMAT_VERSION, head_name, read_tensor_dir, settings_field, write_tensor_dir
+from ...errors import PearError
+from ...families import head_names
+from ...pruning import PrunePlan, prune_and_share, prune_optimizer
 
 STATE_FORMAT = "pear-train-state"
 PLAIN_FORMAT = "pear-plain"

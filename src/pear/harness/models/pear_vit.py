@@ -35,7 +35,7 @@ default_cfgs = generate_default_cfgs({
 
 def weights_file() -> Path:
     """The shipped weights (timm's own key names, no head)."""
-    return Path(__file__).resolve().parent.parent / "weights" / f"{PEAR_VIT}.safetensors"
+    return Path(__file__).resolve().parents[2] / "weights" / f"{PEAR_VIT}.safetensors"  # src/pear/weights
 
 
 @register_model

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import recorded_weights
-from ..errors import PearError
-from ..jsontypes import NONE, checkpoint_problems, recorded_heads, wrong_types
-from .checkpoint_kinds import PLAIN, SavedCheckpoint, open_checkpoint
-from .files import read_mapping
-from .methods import METHODS, canonical_method
-from .rundir import RunDir
+from ...checkpoint import recorded_weights
+from ...errors import PearError
+from ...jsontypes import NONE, checkpoint_problems, recorded_heads, wrong_types
+from ..files import read_mapping
+from ..models.methods import METHODS, canonical_method
+from ..run.checkpoint_kinds import PLAIN, SavedCheckpoint, open_checkpoint
+from ..run.rundir import RunDir
 
 
 def random_backbone(name: str | None, weights: str | Path | None) -> bool:
@@ -22,7 +22,7 @@ def random_backbone(name: str | None, weights: str | Path | None) -> bool:
     weights 'random', or none for a model without built-in weights."""
     from timm.models import split_model_name_tag
 
-    from .backbones import BUILTIN_WEIGHTS
+    from ..models.backbones import BUILTIN_WEIGHTS
 
     return weights == "random" or (weights is None and name is not None
                                    and split_model_name_tag(name)[0] not in BUILTIN_WEIGHTS)
@@ -47,7 +47,7 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     ckpt = Path(ckpt)
     # Imported here: timm pulls in torchvision and torch._dynamo (seconds), which
     # checkpoint readers such as `pear inspect` never need.
-    from .backbones import create_backbone
+    from ..models.backbones import create_backbone
 
     checkpoint = open_checkpoint(ckpt)
     info = _validated_info(checkpoint)
@@ -109,7 +109,7 @@ def _validated_info(saved: SavedCheckpoint) -> dict:
 def _check_redrawn_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
     """A backbone drawn again at random that is not the one the checkpoint was trained on:
     say why, and where the right one is."""
-    from ..checkpoint import fingerprint
+    from ...checkpoint import fingerprint
 
     want = (info.get("backbone") or {}).get("fingerprint")
     got = fingerprint(model) if want and info.get("method") != "full" else want
@@ -153,7 +153,7 @@ def _eval_precision(amp: bool | None, device, metrics: dict, where: Path, model:
     """The precision to re-evaluate a run with: what it recorded when it ran on the same
     kind of device, else today's choice for this device (a run that recorded no choice
     ran by the old rule, `precision.legacy`)."""
-    from .precision import Precision, choose, legacy
+    from ..run.precision import Precision, choose, legacy
 
     same_kind = str(metrics.get("device", "")).split(":")[0] == device.type
     if "precision" in metrics:
@@ -167,10 +167,10 @@ def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None 
     """Recompute a run's test accuracy from its saved checkpoint and compare it with
     the accuracy recorded in metrics.json. `data`: another data root than the recorded one
     (a run folder moved to another machine), which must hold the same task lists."""
-    from .batches import Split, evaluate, resolve_device
-    from .data import VtabDataset, build_transform
-    from .options import TrainConfig, other_data
-    from .precision import apply_attention
+    from ..datasets.vtab import VtabDataset, build_transform
+    from ..run.batches import Split, evaluate, resolve_device
+    from ..run.options import TrainConfig, other_data
+    from ..run.precision import apply_attention
 
 
     run = Path(run)

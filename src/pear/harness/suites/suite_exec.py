@@ -1,4 +1,4 @@
-"""Running a suite's pending runs (`pear.harness.suite.Suite.run`): one after another in this
+"""Running a suite's pending runs (`pear.harness.suites.suite.Suite.run`): one after another in this
 process, or one subprocess per device at a time, each writing only its own run folder.
 
 A run that fails does not stop the others: both return the failures, one line each
@@ -14,10 +14,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import PearError
+from ...errors import PearError
 from .suite_runs import Run
 
-# (run, device, config file, suite folder) -> (process, run, open log file), as `pear.harness.suite._spawn`.
+# (run, device, config file, suite folder) -> (process, run, open log file), as `pear.harness.suites.suite._spawn`.
 Spawn = Callable[[Run, str, Path, Path], tuple]
 
 

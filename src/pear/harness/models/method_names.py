@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import PearConfig
-from ..registry import Registry
+from ...config import PearConfig
+from ...registry import Registry
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _full(model, config: PearConfig, lora_alpha: float | None = None):
 
 def _attach(model, config: PearConfig, lora_alpha: float | None = None):
     """The Pear methods: adapters as `config` (the method's own, `TrainingMethod.config`) says."""
-    from ..adapters import attach
+    from ...adapters import attach
 
     attach(model, config)
     return model

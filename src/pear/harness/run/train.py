@@ -24,23 +24,23 @@ import torch
 import yaml
 from torch import nn
 
-from ..adapters import pear_state, unwrap
-from ..atomic import recover_dir
-from ..errors import PearError
-from ..importance import ImportanceTracker
-from ..knowledge import KNOWLEDGE
-from ..norms import freeze_norm_stats
-from ..pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
-from ..report import report
+from ...adapters import pear_state, unwrap
+from ...atomic import recover_dir
+from ...errors import PearError
+from ...importance import ImportanceTracker
+from ...knowledge import KNOWLEDGE
+from ...norms import freeze_norm_stats
+from ...pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
+from ...report import report
+from ..datasets.vtab import TaskInfo, VtabDataset, build_transform, task_info
+from ..models.methods import PRUNING_METHODS, build_model
+from ..trained.runs import saved_backbone
 from . import distributed as D
 from .batches import GlobalBatches, Split, evaluate, resolve_device
-from .data import TaskInfo, VtabDataset, build_transform, task_info
 from .finish import keep_if_best, keep_random_backbone, restore_best, trainable, write_results
-from .methods import PRUNING_METHODS, build_model
 from .options import TrainConfig, task_lists_digest
 from .precision import Precision, apply_precision, choose, legacy
 from .rundir import RunDir, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
-from .runs import saved_backbone
 from .state import STATE_FILES, load_state, save_state
 from .watch import Board, progress, require_tensorboard
 

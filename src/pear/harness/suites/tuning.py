@@ -19,11 +19,11 @@ import json
 import math
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..errors import PearError
-from ..jsontypes import has_type, wrong_types
-from .files import read_mapping
-from .rundir import RunDir
+from ...atomic import atomic_write_text
+from ...errors import PearError
+from ...jsontypes import has_type, wrong_types
+from ..files import read_mapping
+from ..run.rundir import RunDir
 
 TUNE_SEED = 0
 SCALE_GRID = (0.1, 1.0, 4.0)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..errors import PearError
+from ...errors import PearError
 
 __all__ = ["Precision", "cpu_has_bf16_matmul", "has_attention", "choose", "legacy", "apply_attention", "hold_frozen_bf16",
            "apply_precision"]
@@ -120,7 +120,7 @@ def apply_attention(model: nn.Module, attention: str) -> int:
 
 
 def _frozen_matmul_weights(model: nn.Module) -> list[nn.Parameter]:
-    from ..adapters import PearSlot
+    from ...adapters import PearSlot
 
     skip: set[int] = set()
     for m in model.modules():

@@ -11,8 +11,8 @@ import re
 import shlex
 from pathlib import Path
 
-from ..errors import PearError
-from .outputs import OutputKind, check_output, write_output
+from ...errors import PearError
+from ..outputs import OutputKind, check_output, write_output
 
 HEADER = "#!/bin/bash\n# pear suite as a job array"
 # The script's first bytes: an earlier script of Pear's is replaced, any other file is not.

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import PearError
-from .data import build_transform, load_image
+from ...errors import PearError
+from ..datasets.vtab import build_transform, load_image
+from ..models.backbones import pretrained_cfg
+from ..run.batches import resolve_device
 from .runs import rebuild
-from .backbones import pretrained_cfg
-from .batches import resolve_device
 
 
 def image_files(images) -> list[Path]:

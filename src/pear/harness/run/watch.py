@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PearError
+from ...errors import PearError
 
 __all__ = ["PLAIN_SECONDS", "Progress", "progress", "Board", "require_tensorboard"]
 
@@ -133,7 +133,7 @@ class Board:
         """`info`: positions and totals as `pear.report` gives them, with method, task and backbone."""
         from PIL import Image
 
-        from .inspection import plot_pruning_map
+        from ..trained.inspection import plot_pruning_map
 
         with tempfile.TemporaryDirectory(prefix="pear-map-") as tmp:
             path = plot_pruning_map(info, Path(tmp) / "map.png")
