@@ -1,8 +1,9 @@
 """`TrainConfig`: every option of a run, declared once.
 
 Each field carries its help text; `pear train`'s flags, the YAML config (`-c`) and the
-suite's method grammar are all generated from these fields and from `PearConfig`'s,
-so an option is written in one place. The Pear options live in `TrainConfig.pear`, a
+suite's method grammar are all generated from these fields and from `PearConfig`'s
+(values from text, help and metavar: `pear.harness.run.flags`), so an option is written in
+one place. The same-run rule (`changed_options`) compares two runs' options. The Pear options live in `TrainConfig.pear`, a
 `PearConfig`; flat Pear keys (`rank: 4`, as args.yaml files written before they were
 nested hold them) are read into it.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import re
@@ -25,6 +25,7 @@ from ...config import ADDED_DEFAULTS, PearConfig
 from ...errors import PearError
 from ..models.hub import default_backbone, default_img_size
 from ..models.method_names import METHODS, PRUNING_METHODS, TRAINING_METHODS, canonical_method, pear_config_for
+from .flags import REQUIRED, arg_type, flag_name, help_text, json_object, metavar, type_hint
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", cli: bool = True, choices=None, **kwargs) -> Any:
@@ -99,7 +100,7 @@ class TrainConfig:
         self.method = canonical_method(self.method)
         for name in ("epochs", "batch_size", "img_size", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise PearError(f"{_flag(name)} must be a positive integer, got {getattr(self, name)!r}")
+                raise PearError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)!r}")
         check_device(self.device)
         if self.workers < 0:
             raise PearError(f"--workers must be 0 (load in the main process) or more, got {self.workers}")
@@ -195,7 +196,7 @@ def _pear_from_dict(d: dict) -> PearConfig:
     try:
         return PearConfig.from_dict(d)
     except (TypeError, ValueError) as exc:
-        raise PearError(re.sub(r"PearConfig\.(\w+)", lambda m: _flag(m.group(1)), str(exc))) from None
+        raise PearError(re.sub(r"PearConfig\.(\w+)", lambda m: flag_name(m.group(1)), str(exc))) from None
 
 
 # Kinds of value a field may hold, by its type hint's name, as a message says them.
@@ -223,7 +224,7 @@ def _check_types(cfg: "TrainConfig") -> None:
             setattr(cfg, f.name, value)
         if not ok:
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-            raise PearError(f"{_flag(f.name)} must be {_KINDS.get(base, base.__name__)}"
+            raise PearError(f"{flag_name(f.name)} must be {_KINDS.get(base, base.__name__)}"
                             f"{' or unset' if optional else ''}, got {shown} ({type(value).__name__})")
 
 
@@ -287,7 +288,7 @@ def changed_options(recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = 
 
 def differences(recorded: dict, cfg: TrainConfig) -> list[str]:
     """`changed_options` as '--flag VALUE (the run has RECORDED)', one per option."""
-    return [why or f"{_flag(key)} {value!r} (the run has {before!r})"
+    return [why or f"{flag_name(key)} {value!r} (the run has {before!r})"
             for key, (before, value, why) in changed_options(recorded, cfg).items()]
 
 
@@ -322,84 +323,7 @@ def other_data(recorded: str, recorded_digest: str | None, given: str, task: str
     return None
 
 
-# ---------------------------------------------------------------- parsing option values from text
-
-def _hint(cls, name: str):
-    return typing.get_type_hints(cls)[name]
-
-
-def _items(text: str) -> list[str]:
-    """'a,b' or 'a+b' (the suite's method names are comma-separated, so they use '+')."""
-    return [t for t in text.replace("+", ",").split(",") if t]
-
-
-def value_parser(cls, name: str):
-    """text -> value of field `name` of dataclass `cls` (TrainConfig or PearConfig)."""
-    hint = _hint(cls, name)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = typing.get_origin(hint) or hint
-    if base is typing.Union or (args and type(None) in typing.get_args(hint)):
-        base, args = (typing.get_origin(args[0]) or args[0]), list(typing.get_args(args[0]))
-    if base is tuple:
-        item = args[0]
-        return lambda text: tuple(item(t) for t in _items(text))
-    if base is dict:
-        return _json_object
-    if base is bool:
-        return _bool
-    return base
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PearError(f"--model-kwargs {text!r} is not valid JSON ({exc}); expected an object such as "
-                        "'{\"depth\": 2, \"embed_dim\": 32}'") from None
-    if not isinstance(value, dict):
-        raise PearError(f"--model-kwargs {text!r} must be a JSON object of timm.create_model arguments")
-    return value
-
-
 # ---------------------------------------------------------------- command-line flags
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-REQUIRED = ("data", "task", "out")
-
-
-def _help(f: dataclasses.Field) -> str:
-    """The field's help, the names its registry holds now, and its default (or that it is
-    required) at the end."""
-    text = base = f.metadata.get("help", "")
-    if f.metadata.get("choices") is not None:
-        text += ": " + f.metadata["choices"].describe()
-    if f.name in REQUIRED:
-        text += " (required: here or in -c CONFIG)"
-    elif "default" not in base:
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if isinstance(default, bool):
-            shown = "on" if default else "off"
-        elif default is None:
-            shown = "none"
-        elif isinstance(default, tuple):
-            shown = ",".join(map(str, default))
-        elif isinstance(default, dict):
-            shown = json.dumps(default)
-        else:
-            shown = default
-        text += f" (default {shown})"
-    return text.replace("%", "%%")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,8 +334,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     pear = parser.add_argument_group("Pear options (pear.PearConfig)")
     for f in fields(PearConfig):
         if f.name in PEAR_FIELDS:
-            pear.add_argument(_flag(f.name), dest=f.name, type=_arg_type(PearConfig, f.name), default=None,
-                              help=_help(f), **_metavar(f))
+            pear.add_argument(flag_name(f.name), dest=f.name, type=arg_type(PearConfig, f.name), default=None,
+                              help=help_text(f), **metavar(f))
 
 
 def add_run_arguments(run: argparse._ActionsContainer, names) -> None:
@@ -420,44 +344,26 @@ def add_run_arguments(run: argparse._ActionsContainer, names) -> None:
         if not f.metadata.get("cli", True) or f.name not in names:
             continue
         if f.name == "amp":
-            run.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None, help=_help(f))
+            run.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None,
+                             help=help_text(f))
         elif f.name == "progress":
             run.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                              help="no progress bar (default: a progress bar)")
-        elif _hint(TrainConfig, f.name) is bool:
-            run.add_argument(_flag(f.name), dest=f.name, action="store_true", default=None, help=_help(f))
+        elif type_hint(TrainConfig, f.name) is bool:
+            run.add_argument(flag_name(f.name), dest=f.name, action="store_true", default=None, help=help_text(f))
         else:  # model_kwargs stays text here: bad JSON is a PearError, not an argparse usage error
-            typ = str if f.name == "model_kwargs" else _arg_type(TrainConfig, f.name)
-            run.add_argument(_flag(f.name), dest=f.name, type=typ, default=None, help=_help(f), **_metavar(f))
-
-
-def _metavar(f: dataclasses.Field) -> dict:
-    """{a,b,c} for a field whose names come from a registry (its values are still checked by the
-    config, so a bad one is a PearError naming the flag, and earlier names still read)."""
-    registry = f.metadata.get("choices")
-    return {"metavar": "{" + ",".join(registry) + "}"} if registry is not None else {}
-
-
-def _arg_type(cls, name: str):
-    parse = value_parser(cls, name)
-
-    def typed(text: str):
-        try:
-            return parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
-
-    typed.__name__ = name
-    return typed
+            typ = str if f.name == "model_kwargs" else arg_type(TrainConfig, f.name)
+            run.add_argument(flag_name(f.name), dest=f.name, type=typ, default=None, help=help_text(f), **metavar(f))
 
 
 def train_config_from_args(values: dict) -> TrainConfig:
     """TrainConfig from -c YAML values (`values`) with the given flags on top."""
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
-        raise PearError(f"pear train needs {', '.join(_flag(m) for m in missing)} (or set them in -c CONFIG)")
+        raise PearError(f"pear train needs {', '.join(flag_name(m) for m in missing)} "
+                        "(or set them in -c CONFIG)")
     if isinstance(values.get("model_kwargs"), str):  # a YAML string
-        values["model_kwargs"] = _json_object(values["model_kwargs"])
+        values["model_kwargs"] = json_object(values["model_kwargs"])
     try:
         return TrainConfig.from_dict(values)
     except TypeError as exc:

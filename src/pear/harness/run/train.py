@@ -32,7 +32,8 @@ from ...knowledge import KNOWLEDGE
 from ...norms import freeze_norm_stats
 from ...pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
 from ...report import report
-from ..datasets.vtab import TaskInfo, VtabDataset, build_transform, task_info
+from ..datasets.images import build_transform
+from ..datasets.vtab import TaskInfo, VtabDataset, task_info
 from ..models.methods import PRUNING_METHODS, build_model
 from ..trained.runs import saved_backbone
 from . import distributed as D

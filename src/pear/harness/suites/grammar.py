@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from ...config import IMPORTANCE_METHODS, KNOWLEDGE_MODES, PRUNE_SCOPES, SHARE_ALIASES, SHARE_POLICY_NAMES, PearConfig
 from ...errors import PearError
 from ..models.method_names import METHOD_ALIASES, METHODS, TRAINING_METHODS, canonical_method
-from ..run.options import PEAR_FIELDS, value_parser
+from ..run.flags import value_parser
+from ..run.options import PEAR_FIELDS
 
 
 def _choice(field: str, choices: Sequence[str], aliases: Mapping[str, str] | None = None):

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from ...errors import PearError
-from ..datasets.vtab import build_transform, load_image
-from ..models.backbones import pretrained_cfg
+from ..datasets.images import build_transform, load_image
+from ..models.weights import pretrained_cfg
 from ..run.batches import resolve_device
 from .runs import rebuild
 

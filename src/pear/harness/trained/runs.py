@@ -167,7 +167,8 @@ def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None 
     """Recompute a run's test accuracy from its saved checkpoint and compare it with
     the accuracy recorded in metrics.json. `data`: another data root than the recorded one
     (a run folder moved to another machine), which must hold the same task lists."""
-    from ..datasets.vtab import VtabDataset, build_transform
+    from ..datasets.images import build_transform
+    from ..datasets.vtab import VtabDataset
     from ..run.batches import Split, evaluate, resolve_device
     from ..run.options import TrainConfig, other_data
     from ..run.precision import apply_attention
