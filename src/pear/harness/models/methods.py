@@ -85,8 +85,9 @@ def peft_lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError:
         raise PearError("method 'peft-lora' needs the optional package peft: pip install 'pear-peft[lora]'") from None
-    lcfg = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=lora_targets(model),
-                      lora_dropout=0.0, bias="none")
+    # peft annotates lora_alpha as int, but only divides by it (scaling = lora_alpha / r): a float is as good.
+    lcfg = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha,  # type: ignore[arg-type]
+                      target_modules=lora_targets(model), lora_dropout=0.0, bias="none")
     model = inject_adapter_in_model(lcfg, model)
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
@@ -96,7 +97,7 @@ def peft_lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
 
 
 
-def build_model(backbone: str, num_classes: int, method: str = "pear", config: PearConfig | None = None, *,
+def build_model(backbone: str | None, num_classes: int, method: str = "pear", config: PearConfig | None = None, *,
                 weights: str | None = None, img_size: int | None = None, model_kwargs: dict | None = None,
                 device: str | torch.device = "cpu", lora_alpha: float | None = None) -> tuple[nn.Module, dict, str]:
     """A timm backbone prepared for `method`: (model on `device`, its data config, the

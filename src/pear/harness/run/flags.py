@@ -98,7 +98,7 @@ def help_text(f: dataclasses.Field[Any]) -> str:
     return text.replace("%", "%%")
 
 
-def metavar(f: dataclasses.Field[Any]) -> dict[str, str]:
+def metavar(f: dataclasses.Field[Any]) -> dict[str, Any]:
     """{a,b,c} for a field whose names come from a registry (its values are still checked by the
     config, so a bad one is a PearError naming the flag, and earlier names still read)."""
     registry = f.metadata.get("choices")

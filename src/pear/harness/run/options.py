@@ -3,9 +3,9 @@
 Each field carries its help text; `pear train`'s flags, the YAML config (`-c`) and the
 suite's method grammar are all generated from these fields and from `PearConfig`'s
 (values from text, help and metavar: `pear.harness.run.flags`), so an option is written in
-one place. The same-run rule (`changed_options`) compares two runs' options. The Pear options live in `TrainConfig.pear`, a
-`PearConfig`; flat Pear keys (`rank: 4`, as args.yaml files written before they were
-nested hold them) are read into it.
+one place. The Pear options live in `TrainConfig.pear`, a `PearConfig`; flat Pear keys
+(`rank: 4`, as args.yaml files written before they were nested hold them) are read into it.
+The same-run rule (`changed_options`) compares a run's recorded options with given ones.
 """
 
 from __future__ import annotations
@@ -255,7 +255,8 @@ EXECUTION_FIELDS = ("out", "task_lists", "device", "workers", "cache_gb", "progr
                     "eval_batch_size", "compile", "deterministic", "tensorboard")
 
 
-def changed_options(recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
+def changed_options(recorded: dict, cfg: TrainConfig,
+                    ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any, str | None]]:
     """The same-run rule: {option: (recorded value, value in `cfg`, why or None)} for every
     option that changes the result and differs (`ignore`: options not to compare). Both sides
     are read as TrainConfig, so an option added later compares with its default and an earlier
@@ -266,14 +267,14 @@ def changed_options(recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = 
     except (PearError, TypeError) as exc:
         raise PearError(f"its recorded options are not valid ({exc})") from None
     old_flat, new_flat = flat_options(old.to_dict()), flat_options(cfg.to_dict())
-    out = {}
+    out: dict[str, tuple[Any, Any, str | None]] = {}
     for key, value in new_flat.items():
         before = old_flat.get(key)
         if key in EXECUTION_FIELDS or key in ignore:
             continue
         if key == "data":
             try:
-                why = other_data(before, old_flat.get("task_lists"), value, cfg.task)
+                why = other_data(old.data, old.task_lists, value, cfg.task)
             except (OSError, ValueError) as exc:  # a recorded path no file system takes (a NUL byte)
                 raise PearError(f"its recorded --data {before!r} is not a path ({exc})") from None
             if why:

@@ -6,9 +6,9 @@ no augmentation). For `pear`/`prune` the importance tracker runs during the firs
 the plan is made and applied once, the optimizer drops the pruned parameters' state,
 and training goes on. Every epoch a resumable state is written atomically.
 
-Options: `options.TrainConfig`; batches, loading and evaluation: `batches`; the run
-folder, its layout and its log: `rundir`; the checkpoints (the best epoch's too) and the
-results a run writes: `finish`.
+Options: `options.TrainConfig`; the optimizer and LR schedule: `schedule`; batches,
+loading and evaluation: `batches`; the run folder, its layout and its log: `rundir`; the
+checkpoints (the best epoch's too) and the results a run writes: `finish`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import yaml
@@ -42,35 +43,13 @@ from .finish import keep_if_best, keep_random_backbone, restore_best, trainable,
 from .options import TrainConfig, task_lists_digest
 from .precision import Precision, apply_precision, choose, legacy
 from .rundir import RunDir, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
+from .schedule import lr_factor, make_optimizer
 from .state import STATE_FILES, load_state, save_state
 from .watch import Board, progress, require_tensorboard
 
 __all__ = ["TrainConfig", "train", "build", "make_optimizer", "lr_factor", "prepare_run_dir"]
 
 log = logging.getLogger("pear")
-
-
-# ---------------------------------------------------------------- schedule
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to zero, per optimisation step."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_optimizer(model: nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm scales (1-d tensors)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-    # On CUDA the fused kernel does the whole update in one launch (same maths, same state).
-    params = decay + no_decay
-    fused = (bool(params) and all(p.is_cuda and p.dtype == torch.float32 for p in params)) or None
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
 
 
 # ---------------------------------------------------------------- the run
@@ -141,6 +120,7 @@ class _Run:
 
     @property
     def warmup_steps(self) -> int:
+        assert self.cfg.warmup_epochs is not None  # TrainConfig.__post_init__ resolves it
         return len(self.sampler) * self.cfg.warmup_epochs
 
     @property
@@ -196,7 +176,7 @@ def _validate(cfg: TrainConfig, ctx: "D.Context"):
     """Everything a run needs that can be wrong (device, data, lists, backbone, weights),
     checked before its folder is created or an old run touched: (device, model,
     fingerprint, task info, splits)."""
-    device = resolve_device(cfg.device) if not ctx.enabled else ctx.device
+    device = ctx.device if ctx.enabled and ctx.device is not None else resolve_device(cfg.device)
     if cfg.tensorboard and ctx.is_main:  # only rank 0 writes event files
         require_tensorboard()
     if cfg.deterministic:
@@ -208,6 +188,7 @@ def _validate(cfg: TrainConfig, ctx: "D.Context"):
     kept = saved_backbone(Path(cfg.out), cfg.backbone, cfg.weights) if cfg.resume else None
     model, data_cfg, fp = build(cfg, info.num_classes, device, kept)
 
+    assert cfg.img_size is not None  # TrainConfig.__post_init__ resolves it
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     names = {"train": cfg.train_split, **({"val": "val200"} if cfg.select_on else {}), "test": "test"}
     splits = {k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
@@ -308,7 +289,7 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
 def _wrap(model: nn.Module, cfg: TrainConfig, ctx: "D.Context", previous: nn.Module | None = None) -> nn.Module:
     fwd = D.wrap_ddp(model, ctx, previous)
     if cfg.compile:
-        fwd = torch.compile(fwd)
+        fwd = cast(nn.Module, torch.compile(fwd))  # an OptimizedModule; the stub says Callable
     return fwd
 
 
@@ -319,6 +300,7 @@ DISTILL_IMAGES = 64
 
 def _prune(run: _Run, split: Split) -> PrunePlan:
     model, ctx = run.model, run.ctx
+    assert run.tracker is not None  # a pruning run scores: _start made its tracker
     scores = run.tracker.scores()
     run.tracker.close()
     state = pear_state(model)
@@ -340,8 +322,9 @@ def _prune(run: _Run, split: Split) -> PrunePlan:
 
 def _train_epoch(run: _Run, split: Split, epoch: int) -> tuple[float, int, int]:
     """One epoch; returns (loss sum, correct, images) summed over all ranks."""
-    cfg, ctx, device = run.cfg, run.ctx, run.device
-    run.fwd.train()
+    cfg, ctx, device, fwd = run.cfg, run.ctx, run.device, run.fwd
+    assert fwd is not None  # _run wraps the model before the first epoch
+    fwd.train()
     freeze_norm_stats(unwrap(run.model))
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     loss_sum, correct, seen = 0.0, 0, 0
@@ -355,7 +338,7 @@ def _train_epoch(run: _Run, split: Split, epoch: int) -> tuple[float, int, int]:
         for g in run.optimizer.param_groups:
             g["lr"] = cfg.lr * factor
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp):
-            logits = run.fwd(x)
+            logits = fwd(x)
             loss_total = loss_fn(logits.float(), y)
         value = loss_total.item()
         if not math.isfinite(value):
@@ -378,8 +361,8 @@ def _train_epoch(run: _Run, split: Split, epoch: int) -> tuple[float, int, int]:
             bar.update(loss_sum / seen, 100 * correct / seen, seen * ctx.world / (time.perf_counter() - t0))
     if bar is not None:
         bar.close()
-    loss_sum, correct, seen = D.all_sum([loss_sum, correct, seen], ctx, device)
-    return loss_sum, int(correct), int(seen)
+    total_loss, total_correct, total_seen = D.all_sum([loss_sum, correct, seen], ctx, device)
+    return total_loss, int(total_correct), int(total_seen)
 
 
 def _last_good(cfg: TrainConfig, epoch: int) -> str:
