@@ -19,11 +19,11 @@ import warnings
 
 from .errors import BackboneMismatch, PearError
 from .harness.files import read_mapping
-from .harness.options import add_run_arguments, add_train_arguments
+from .harness.run.options import add_run_arguments, add_train_arguments
 
 
 def _train_config(args: argparse.Namespace):
-    from .harness.options import FLAG_NAMES, train_config_from_args
+    from .harness.run.options import FLAG_NAMES, train_config_from_args
 
     values = _config_file(args.config)
     values.update({k: v for k, v in vars(args).items() if k in FLAG_NAMES and v is not None})
@@ -38,7 +38,7 @@ def _config_file(path: str | None) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .harness.train import train
+    from .harness.run.train import train
 
     metrics = train(_train_config(args))
     if metrics is not None:
@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .harness.runs import evaluate_run
+    from .harness.trained.runs import evaluate_run
 
     result = evaluate_run(args.run, device=args.device, data=args.data)
     print(json.dumps(result, indent=1))
@@ -56,7 +56,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .harness.builders import build_dataset
+    from .harness.datasets.builders import build_dataset
 
     path = build_dataset(args.name, args.out, seed=args.seed, source=args.source, overwrite=args.overwrite)
     print(f"wrote {path}")
@@ -71,7 +71,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .harness.inspection import inspect_path, render_table
+    from .harness.trained.inspection import inspect_path, render_table
 
     info = inspect_path(args.path, plot=args.plot)
     print(json.dumps(info, indent=1) if args.json else render_table(info))
@@ -79,7 +79,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .harness.predict import predict, render_predictions
+    from .harness.trained.predict import predict, render_predictions
 
     results = predict(args.ckpt, args.images, backbone=args.backbone, weights=args.weights, top_k=args.top_k,
                       batch_size=args.batch_size, device=args.device)
@@ -89,7 +89,7 @@ def cmd_predict(args) -> int:
 
 def cmd_suite(args) -> int:
     """parse -> `Suite` -> one of its methods (the mode's flag)."""
-    from .harness.suite import Suite
+    from .harness.suites.suite import Suite
 
     modes = [f for f, on in (("--list", args.list), ("--index", args.index is not None),
                              ("--aggregate", args.aggregate), ("--emit-slurm", args.emit_slurm)) if on]

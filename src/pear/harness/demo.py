@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PearError
-from .builders import build_dataset
-from .inspection import inspect_path, render_table
-from .pear_vit import PEAR_VIT
-from .rundir import RunDir, check_same_run
-from .runs import read_metrics
-from .train import TrainConfig, train
+from .datasets.builders import build_dataset
+from .models.pear_vit import PEAR_VIT
+from .run.rundir import RunDir, check_same_run
+from .run.train import TrainConfig, train
+from .trained.inspection import inspect_path, render_table
+from .trained.runs import read_metrics
 
 DEMO: dict[str, Any] = dict(task="fashion_mnist", backbone=PEAR_VIT, method="pear", img_size=32, epochs=10, warmup_epochs=1,
             batch_size=32)

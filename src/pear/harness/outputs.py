@@ -1,7 +1,7 @@
 """Files the user names on the command line (`pear inspect --plot FILE`, `pear suite
 --emit-slurm FILE`): one rule for where Pear may write them, `write_output`.
 
-Run folders and datasets have rules of their own (`pear.harness.rundir`, the builders);
+Run folders and datasets have rules of their own (`pear.harness.run.rundir`, the builders);
 this is for the single files a command writes where the user points it.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..atomic import atomic_write_file
 from ..errors import PearError
-from .checkpoint_kinds import MARKERS
-from .rundir import RunDir
-from .state import STATE_FILES
+from .run.checkpoint_kinds import MARKERS
+from .run.rundir import RunDir
+from .run.state import STATE_FILES
 
 # A folder holding one of these is one Pear writes whole (a checkpoint, a saved state).
 _PEAR_FOLDER_MARKERS = (*MARKERS.values(), STATE_FILES[1])

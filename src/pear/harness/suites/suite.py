@@ -1,0 +1,354 @@
+"""`pear suite`: every (task, method, seed) run, resumable, gathered into one table.
+
+A `Suite` is the value that names one: its data root, tasks, methods, seeds, folder, shared
+training options and whether --tune chooses each method's option first. Its runs
+(`Suite.runs`, `pear.harness.suites.suite_runs`) are computed once, every configuration checked
+before anything is written; its methods are the ways to run it: `run` (the whole suite),
+`run_index` (one run, on a scheduler), `list`, `aggregate` and `emit_slurm`.
+
+Layout under OUT::
+
+    runs/<task>/<method>/seed<k>/   one `pear train` run folder each (metrics.json when done)
+    tuning/<task>/<method>/<option>=<value>/   with --tune: the protocol's runs, and choice.json
+    logs/<task>/<method>/seed<k>.log   output of runs started as subprocesses (several devices)
+    results.csv  results.md  accuracy_vs_bytes.png   (`pear.harness.suites.results`)
+
+The methods are named by the suite's grammar (`pear.harness.suites.grammar`): a training
+method, a Pear ablation such as pear-kc-frozen, or METHOD@FIELD=VALUE[@...]. Running a suite
+again skips finished runs, resumes crashed ones from their last complete epoch and only then
+aggregates, so a suite can be stopped and restarted at will. With `tune`, each method's one
+hyper-parameter is first chosen on val200 by VTAB's protocol (`pear.harness.suites.tuning`).
+
+On a cluster the scheduler runs the runs instead (`list`, `run_index`, `aggregate`): every run
+of a suite has an index, the tuning runs first, then the real runs in seed-major order; a
+job array runs one index per task and `aggregate` gathers whatever has finished. Two
+processes started for one index never both train it: the second is refused by the run
+folder's lock (`pear.harness.run.rundir`).
+
+The suite folder has a lock of its own (OUT/.pear-lock, the run folder's flock): a whole
+suite (`Suite.run`) holds it alone for as long as it runs, and each `run_index` holds it
+shared, so any number of indices run side by side, but never beside a whole suite of the
+same folder, and never two whole suites at once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+
+from ...atomic import open_append
+from ...errors import PearError
+from ..datasets.builders import BUILTIN_DATASETS, build_dataset
+from ..datasets.vtab import TASK_ALIASES, VTAB_TASKS, task_info
+from ..run.options import check_device
+from ..run.rundir import lock_folder, unlock
+from ..run.train import train
+from ..run.watch import require_tensorboard
+from . import slurm, suite_runs, tuning
+from .results import aggregate, vtab_summary
+from .suite_exec import run_here, run_queue
+from .suite_runs import Run, check_folders, check_same_options, list_runs, run_dir  # noqa: F401  (run_dir: public)
+
+# `pear suite --preset NAME`: the tasks and the recipe (TrainConfig options) of a benchmark.
+PRESETS: dict[str, dict] = {
+    # The paper-style VTAB-1k recipe: 100 epochs, AdamW lr 1e-3, wd 1e-4, batch 64, cosine
+    # with 10 warm-up epochs (the scoring window before Pear prunes), 224 px.
+    "vtab1k": {"tasks": list(VTAB_TASKS),
+               "recipe": {"epochs": 100, "warmup_epochs": 10, "lr": 1e-3, "wd": 1e-4, "batch_size": 64,
+                          "img_size": 224}},
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Every (task, method, seed) run of one suite folder `out`.
+
+    base: TrainConfig options shared by all runs (backbone, epochs, ...); not the fields the
+        suite sets for each run (`suite_runs.SUITE_FIELDS`).
+    tune: first choose each method's tuned option on val200 (`pear.harness.suites.tuning`); the
+        real runs then use the chosen value.
+
+    Repeated tasks, methods and seeds count once. Making a Suite checks its fields; its
+    `runs` check every run's configuration, once, before any method writes anything.
+    """
+
+    data: str
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    out: str
+    base: dict = field(default_factory=dict)
+    tune: bool = False
+
+    def __post_init__(self) -> None:
+        tasks, methods, seeds, base = suite_runs.checked(self.tasks, self.methods, self.seeds, self.base)
+        for name, value in (("data", str(self.data)), ("out", str(self.out)), ("tasks", tasks),
+                            ("methods", methods), ("seeds", seeds), ("base", base)):
+            object.__setattr__(self, name, value)  # frozen: the checked values, set once
+
+    @classmethod
+    def configure(cls, data: str, tasks: list[str] | None, methods: list[str] | None, seeds: list[int],
+                  out: str | None, base: dict | None = None, tune: bool = False, preset: str | None = None) -> Suite:
+        """`pear suite`'s Suite: with a `preset` (`PRESETS`), its tasks (every folder checked), method pear,
+        folder suites/PRESET and recipe, under whatever is given; without one, tasks, methods and out
+        are required."""
+        recipe: dict = {}
+        if preset:
+            recipe = _preset(preset)["recipe"]
+            tasks = tasks or check_preset(preset, data)
+            methods, out = methods or ["pear"], out or f"suites/{preset}"
+        missing = [flag for flag, v in (("--tasks", tasks), ("--methods", methods), ("--out", out)) if not v]
+        if missing:
+            raise PearError(f"pear suite needs {', '.join(missing)} (or --preset vtab1k)")
+        return cls(data, tuple(tasks or ()), tuple(methods or ()), tuple(seeds), str(out), {**recipe, **(base or {})},
+                   tune)
+
+    @cached_property
+    def runs(self) -> list[Run]:
+        """Every run in index order: with `tune` the tuning runs first, then the real runs (seed-major);
+        a tuned run holds its task's recorded choice, if there is one yet (`suite_runs.planned`)."""
+        return suite_runs.planned(self)
+
+    def run(self, devices: list[str] | None = None, build_missing: bool = False,
+            command: str | None = None) -> list[dict]:
+        """Train every run not finished yet, then `aggregate(out)`; returns the table's rows.
+
+        devices: with several, one subprocess per device at a time (`python -m pear train`);
+            with one or none, runs go one after another in this process (on that device).
+        build_missing: build the built-in datasets among the tasks that `data` lacks.
+        command: the command line, recorded in results.md.
+
+        Every configuration (and each device) is checked before the suite folder is created or
+        the first run starts. The suite holds its folder alone while it runs (a second suite or
+        `run_index` on it is refused, naming the PID). A run that fails does not stop the
+        others; the failures are raised as one PearError after aggregation.
+        """
+        devices = list(devices or [])
+        for device in devices:
+            check_device(device, "--devices")
+        _ensure_data(self.data, self.tasks, build_missing)
+        runs = self.runs  # every run's options, before anything is written
+        if self.base.get("tensorboard"):
+            require_tensorboard()
+        lock = hold(self.out)
+        try:
+            real = self._tune(runs, devices) if self.tune else runs
+            todo = _pending(real)
+            print(f"suite: {len(real)} runs, {len(real) - len(todo)} finished, {len(todo)} to run", flush=True)
+            failures = _execute(todo, devices, Path(self.out))
+            rows = aggregate(self.out, command=command)
+            _print_vtab_means(rows)
+        finally:
+            unlock(lock)
+        if failures:
+            raise PearError(f"{len(failures)} of {len(todo)} runs failed (the others are in "
+                            f"{Path(self.out) / 'results.md'}; run the suite again to retry):\n  "
+                            + "\n  ".join(failures))
+        return rows
+
+    def _tune(self, runs: list[Run], devices: list[str]) -> list[Run]:
+        """Run the protocol's train800 -> val200 runs that are not finished, choose each value,
+        and return the real runs, each tuned one with its task's choice."""
+        tuning_runs = [r for r in runs if r.tuning]
+        todo = _pending(tuning_runs)
+        print(f"suite: tuning, {len(tuning_runs)} runs, {len(tuning_runs) - len(todo)} finished, {len(todo)} to run",
+              flush=True)
+        failures = _execute(todo, devices, Path(self.out))
+        if failures:
+            raise PearError(f"{len(failures)} tuning runs failed; run the suite again to retry:\n  "
+                            + "\n  ".join(failures))
+        grids = dict.fromkeys(r.tuned_by for r in runs if r.tuned_by)
+        records = {(t, g): tuning.choose(self.out, t, g) for t, g in grids}
+        for c in records.values():
+            print(f"suite: {c['task']}/{c['method']}: {c['option']} = {c['chosen']:g} (val200 {c['val200_acc']})",
+                  flush=True)
+        for i, r in enumerate(runs):  # `runs` holds each tuned run with its choice from now on
+            if r.tuned_by:
+                runs[i] = suite_runs.with_choice(self, r, tuning.chosen_option(records[r.tuned_by]))
+        return [r for r in runs if not r.tuning]
+
+    def run_index(self, index: int, build_missing: bool = False) -> dict | None:
+        """Train run `index` (of `runs`) in this process unless it has finished; returns its metrics.
+        A tuned run first takes its task's choice, which needs all of that task's tuning runs
+        finished. The suite folder is held shared (other indices may run at the same time, a whole
+        suite may not), the run folder alone (by `train`)."""
+        runs = self.runs
+        if not 0 <= index < len(runs):
+            raise PearError(f"--index {index} is out of range: this suite has {len(runs)} runs "
+                            f"(0-{len(runs) - 1}); `--list` shows them")
+        run = runs[index]
+        if self.base.get("tensorboard"):
+            require_tensorboard()
+        _ensure_data(self.data, [run.task], build_missing)
+        lock = hold(self.out, shared=True)
+        try:
+            if run.tuned_by:
+                run = runs[index] = suite_runs.with_choice(self, run, _choice(run, runs, self.out))
+            if run.dir.exists():
+                check_same_options(run)
+            if run.finished:
+                print(f"suite: run {index} ({run.label}) has already finished", flush=True)
+                return None
+            print(f"suite: run {index}: {run.label}{' (resuming)' if run.dir.exists() else ''}", flush=True)
+            # Always --resume: a process started for this index at the same moment may have just made
+            # the folder. train() holds the folder while it runs, so that process or this one is refused.
+            run.cfg.resume = True
+            return train(run.cfg)
+        finally:
+            unlock(lock)
+
+    def aggregate(self, command: str | None = None) -> list[dict]:
+        """`finish`: the tables from whatever has finished, naming the runs that have not."""
+        return finish(self.runs, self.out, command=command)
+
+    def emit_slurm(self, path: str | Path, command: list[str], gres: str = "gpu:1") -> Path:
+        """Write the sbatch --array script `path` that runs `command --index I` for every index
+        (`pear.harness.suites.slurm`), after the same-run check of every run folder that exists
+        (`check_folders`), as --index, --list and --aggregate check."""
+        runs = self.runs
+        check_folders(runs)
+        written = slurm.emit_slurm(path, command, len(runs), sum(r.tuning for r in runs), self.out, self.data,
+                                   gres=gres)
+        print(f"wrote {path}: {len(runs)} runs as a job array; submit with `sbatch {path}`")
+        return written
+
+    def list(self) -> str:
+        """`list_runs`: one line per run with its index and state."""
+        return list_runs(self.runs)
+
+
+def run_suite(*spec, devices: list[str] | None = None, build_missing: bool = False, command: str | None = None,
+              **fields) -> list[dict]:
+    """`Suite(*spec, **fields).run(devices, build_missing, command)`, as scripts called a suite before
+    it was a value."""
+    return Suite(*spec, **fields).run(devices, build_missing, command)
+
+
+def sweep(*spec, **fields) -> list[Run]:
+    """`Suite(*spec, **fields).runs`: every run in index order, checked; nothing is trained or written."""
+    return Suite(*spec, **fields).runs
+
+
+def run_index(index: int, *spec, build_missing: bool = False, **fields) -> dict | None:
+    """`Suite(*spec, **fields).run_index(index, build_missing)`."""
+    return Suite(*spec, **fields).run_index(index, build_missing)
+
+
+def hold(out: str | Path, shared: bool = False) -> int:
+    """Create the suite folder and lock it (`pear.harness.run.rundir.lock_folder`): alone for a
+    whole suite, shared for one index; returns the lock for `unlock`."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PearError(f"cannot create suite folder {out}: {exc.strerror or exc}") from None
+    return lock_folder(Path(out), "suite folder", shared=shared)
+
+
+def _choice(run: Run, runs: list[Run], out: str) -> dict:
+    """{option: value} chosen for a tuned run's task, choosing it when its tuning runs have finished."""
+    assert run.tuned_by is not None, "only a tuned run has a choice to read"
+    task, grid = run.tuned_by
+    option, values = tuning.GRIDS[grid]
+    record = tuning.grid_dir(out, task, grid) / tuning.CHOICE_FILE
+    if not record.is_file():
+        folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}
+        waiting = [f"{i} ({r.label})" for i, r in enumerate(runs) if r.dir in folders and not r.finished]
+        if waiting:
+            raise PearError(f"run {runs.index(run)} ({run.label}) trains with the {option} that --tune chooses on "
+                            f"val200, and tuning runs {', '.join(waiting)} have not finished yet; run those indices "
+                            f"first (with Slurm: submit the tuning indices, then this one with "
+                            f"--dependency=afterok:JOBID)")
+        tuning.choose(out, task, grid)
+    return tuning.chosen_option(tuning.read_choice(record))
+
+
+def finish(runs: list[Run], out: str, command: str | None = None) -> list[dict]:
+    """Aggregate whatever has finished and name the runs that have not (on stdout and in results.md),
+    after `check_folders`."""
+    check_folders(runs)
+    missing = [f"{i} {r.label}" for i, r in enumerate(runs) if not r.finished]
+    rows = aggregate(out, command=command, missing=missing)
+    print(f"suite: aggregated {len(runs) - len(missing)} of {len(runs)} runs into {Path(out) / 'results.md'}",
+          flush=True)
+    if missing:
+        print(f"suite: {len(missing)} not finished (index, run):\n  " + "\n  ".join(missing), flush=True)
+    _print_vtab_means(rows)
+    return rows
+
+
+def _print_vtab_means(rows: list[dict]) -> None:
+    for line in vtab_summary(rows):
+        print(f"suite: {line}", flush=True)
+
+
+def _preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise PearError(f"unknown --preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def check_preset(name: str, data: str) -> list[str]:
+    """The tasks of preset `name`; every task folder must be in `data` (one message names all missing)."""
+    tasks = _preset(name)["tasks"]
+    root = Path(data)
+    spellings = {t: [t, *(a for a, c in TASK_ALIASES.items() if c == t)] for t in tasks}
+    missing = [t for t in tasks if not any((root / s).is_dir() for s in spellings[t])]
+    if missing:
+        shown = ", ".join(" or ".join(spellings[t]) for t in missing)
+        raise PearError(f"--preset {name}: {root} lacks {len(missing)} of the {len(tasks)} task folders: {shown}. "
+                        f"Lay each out as {root}/<task>/{{train800,val200,train800val200,test}}.txt + images/ "
+                        f"(README: VTAB-1k in one command)")
+    return tasks
+
+
+def _pending(runs: list[Run]) -> list[Run]:
+    """The runs without metrics.json (those with a folder resume), after checking that every
+    existing folder was made with the same options."""
+    check_folders(runs)
+    todo = []
+    for run in runs:
+        if not run.finished:
+            run.cfg.resume = run.dir.exists()
+            todo.append(run)
+    return todo
+
+
+def _execute(todo: list[Run], devices: list[str], out: Path) -> list[str]:
+    """The failures of running `todo`: one subprocess per device with several, else here (on the one)."""
+    if len(devices) > 1:
+        return run_queue(todo, devices, out, _spawn)
+    if devices:  # one device: the runs train here, on it
+        for run in todo:
+            run.cfg.device = devices[0]
+    return run_here(todo, train)
+
+
+def _ensure_data(data: str, tasks, build_missing: bool) -> None:
+    for task in tasks:
+        if task in BUILTIN_DATASETS and not (Path(data) / task).exists():
+            if not build_missing:
+                raise PearError(f"built-in dataset {task} is not in {data}; pass --build (build_missing=True) "
+                                f"to write it, or `pear data build {task} --out {data}`")
+            print(f"suite: building {task} into {data}", flush=True)
+            build_dataset(task, data, if_missing=True)  # another --index may be building it too
+        task_info(data, task)
+
+
+def _spawn(run: Run, device: str, config_file: Path, out: Path) -> tuple:
+    # config_file is in the suite's own fresh temporary folder: nothing can be planted there.
+    config_file.write_text(yaml.safe_dump(run.cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    log_path = out / "logs" / run.task / run.method / f"seed{run.seed}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open_append(log_path)  # a resumed run appends to its earlier output
+    proc = subprocess.Popen(_train_command(config_file, device), stdout=log_file, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    return proc, run, log_file
+
+
+def _train_command(config_file: Path, device: str) -> list[str]:
+    return [sys.executable, "-m", "pear", "train", "-c", str(config_file), "--device", device]

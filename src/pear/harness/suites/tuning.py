@@ -1,0 +1,134 @@
+"""VTAB-1k's own protocol for one hyper-parameter per method, as `pear suite --tune` runs it.
+
+For each (task, method) with a grid: one run per grid value, trained on train800 and
+scored on val200 (the accuracy after its last epoch), at seed `TUNE_SEED`. The value with
+the best val200 score (the earlier grid value on a tie) is then used for every seed of
+the method's real runs, which train on train800val200 and see the test split once. The
+grid, the val200 scores and the choice are written to
+`OUT/tuning/<task>/<method>/choice.json` and into the suite's results.
+
+What is tuned: the adapter output scale s for `adapter`, `pear` and `prune` (the Pear
+ablations `pear-...` use the value chosen for `pear` on the same task, so they differ
+from it in their one option only), and alpha for peft's LoRA. Test accuracy is never
+read here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ...atomic import atomic_write_text
+from ...errors import PearError
+from ...jsontypes import has_type, wrong_types
+from ..files import read_mapping
+from ..run.rundir import RunDir
+
+TUNE_SEED = 0
+SCALE_GRID = (0.1, 1.0, 4.0)
+LORA_ALPHA_GRID = (8.0, 32.0, 128.0)
+# method -> (option, grid)
+GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "adapter": ("scale", SCALE_GRID),
+    "pear": ("scale", SCALE_GRID),
+    "prune": ("scale", SCALE_GRID),
+    "peft-lora": ("lora_alpha", LORA_ALPHA_GRID),
+    "peft-lora-eq": ("lora_alpha", LORA_ALPHA_GRID),
+}
+CHOICE_FILE = "choice.json"
+
+
+def tuned_by(method: str, trains: str) -> str | None:
+    """The suite method whose choice `method` (which trains method `trains`) uses: itself when it
+    has a grid, 'pear' for a Pear ablation, None for methods with nothing to tune (linear, full)."""
+    if method in GRIDS:
+        return method
+    return "pear" if trains == "pear" else None
+
+
+def grid_dir(out: str | Path, task: str, method: str) -> Path:
+    return Path(out) / "tuning" / task / method
+
+
+def tune_run_dir(out: str | Path, task: str, method: str, value: float) -> Path:
+    option, _ = GRIDS[method]
+    return grid_dir(out, task, method) / f"{option}={value:g}"
+
+
+def tune_overrides(method: str, value: float) -> dict:
+    """The options of the tuning run for one grid value: train800, scored on val200."""
+    option, _ = GRIDS[method]
+    return {option: value, "seed": TUNE_SEED, "select_on": "val200"}
+
+
+def val_score(run: Path) -> float:
+    """val200 accuracy after the last epoch of a finished tuning run."""
+    try:
+        epochs = json.loads(RunDir(run).history.read_text(encoding="utf-8"))
+        return float(epochs[-1]["val_acc"])
+    except (OSError, UnicodeDecodeError, ValueError, LookupError, TypeError, AttributeError):
+        raise PearError(f"tuning run {run} has no val200 accuracy in {RunDir.HISTORY}; delete it and run the suite "
+                        "again") from None
+
+
+def choose(out: str | Path, task: str, method: str) -> dict:
+    """Score every grid value's finished run, pick the best and record it; returns the record."""
+    option, grid = GRIDS[method]
+    scores = {f"{v:g}": val_score(tune_run_dir(out, task, method, v)) for v in grid}
+    best = max(grid, key=lambda v: (scores[f"{v:g}"], -grid.index(v)))
+    record = {"task": task, "method": method, "option": option, "grid": list(grid), "val200_acc": scores,
+              "chosen": best, "seed": TUNE_SEED,
+              "protocol": "train800 -> val200 accuracy after the last epoch; best value used on train800val200"}
+    atomic_write_text(grid_dir(out, task, method) / CHOICE_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# What a choice record holds (`pear.jsontypes` checks a record a user may have edited).
+CHOICE_FIELDS = {"task": str, "method": str, "option": str, "chosen": (int, float), "val200_acc": dict}
+
+
+def read_choice(path: str | Path) -> dict:
+    """One choice record, as written by `choose`; PearError naming the file and field otherwise."""
+    record = read_mapping(path, "tuning record")
+    problems = wrong_types(record, CHOICE_FIELDS, required=tuple(CHOICE_FIELDS))
+    if not problems:  # the checks below read inside these fields
+        problems = [f"{where} is {v!r}" for where, v in [("chosen", record["chosen"])] + [
+            (f"val200_acc[{k!r}]", v) for k, v in record["val200_acc"].items()] if not _finite(v)]
+        if record["method"] not in GRIDS or record["option"] != GRIDS[record["method"]][0]:
+            problems.append(f"method and option are {record['method']!r} and {record['option']!r}, which --tune "
+                            f"does not tune (it tunes {', '.join(f'{m}: {o}' for m, (o, _) in GRIDS.items())})")
+    if problems:
+        raise PearError(f"tuning record {path}: {'; '.join(problems)}; expected the fields {', '.join(CHOICE_FIELDS)} "
+                        f"as `pear suite --tune` writes them (delete the file to choose again)")
+    return record
+
+
+def _finite(value) -> bool:
+    return has_type(value, (int, float)) and math.isfinite(value)
+
+
+def chosen_option(record: dict) -> dict:
+    """{option: value} a checked record chose."""
+    return {record["option"]: float(record["chosen"])}
+
+
+def read_choices(out: str | Path) -> list[dict]:
+    """Every recorded choice under OUT/tuning, as written by `choose`, checked (`read_choice`)."""
+    return [read_choice(p) for p in sorted(Path(out).glob(f"tuning/*/*/{CHOICE_FILE}"))]
+
+
+def markdown(records: list[dict]) -> list[str]:
+    """The results.md section that shows the protocol's grid, scores and choices."""
+    if not records:
+        return []
+    lines = ["", "## Tuning (val200)", "",
+             f"Each value trained on train800 (seed {TUNE_SEED}) and scored on val200 after its last epoch; the "
+             "best value (bold) trained every seed on train800val200. Pear ablations use `pear`'s choice.", "",
+             "| task | method | option | val200 accuracy per value (%) | chosen |", "| --- | --- | --- | --- | --- |"]
+    for r in records:
+        chosen = f"{r['chosen']:g}"
+        cells = ", ".join(f"**{v}: {acc:.1f}**" if v == chosen else f"{v}: {acc:.1f}"
+                          for v, acc in r["val200_acc"].items())
+        lines.append(f"| {r['task']} | {r['method']} | {r['option']} | {cells} | {chosen} |")
+    return lines
