@@ -71,7 +71,7 @@ from pear.harness.precision import (
     hold_frozen_bf16,
     keep_started,
 )
-from pear.harness.pretrain_batches import TEACHER_PX, make_batch  # noqa: F401 - the tests use make_batch
+from pear.harness.datasets.pretrain_batches import TEACHER_PX, make_batch  # noqa: F401 - the tests use make_batch
 from pear.jsontypes import wrong_types
 
 WALLPAPER_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
