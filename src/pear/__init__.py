@@ -27,50 +27,89 @@ _timm_registry.register()  # timm.create_model("pear_vit_tiny6_patch4_32", pretr
 
 # Each torch-backed name of the API -> the submodule that defines it.
 _LAZY = {
-    "attach": "adapters", "positions": "adapters", "slots": "adapters", "unwrap": "adapters",
-    "PearSummary": "adapters", "summary": "adapters", "print_trainable_parameters": "adapters",
+    "attach": "adapters",
+    "positions": "adapters",
+    "slots": "adapters",
+    "unwrap": "adapters",
+    "PearSummary": "adapters",
+    "summary": "adapters",
+    "print_trainable_parameters": "adapters",
     "ImportanceTracker": "importance",
-    "PrunePlan": "pruning", "make_plan": "pruning", "prune_and_share": "pruning", "capture_inputs": "pruning",
+    "PrunePlan": "pruning",
+    "make_plan": "pruning",
+    "prune_and_share": "pruning",
+    "capture_inputs": "pruning",
     "prune_optimizer": "pruning",
     "freeze_norm_stats": "norms",
-    "report": "report", "share_map": "report",
-    "save": "checkpoint", "load": "checkpoint", "save_pretrained": "checkpoint", "from_pretrained": "checkpoint",
+    "report": "report",
+    "share_map": "report",
+    "save": "checkpoint",
+    "load": "checkpoint",
+    "save_pretrained": "checkpoint",
+    "from_pretrained": "checkpoint",
     "MultiTaskModel": "multitask",
     "merge_and_unload": "merge",
     "Pruner": "trainer",
 }
-_SUBMODULES = frozenset({"adapter_kinds", "adapters", "atomic", "bottlenecks", "checkpoint", "checkpoint_backbone",
-                         "checkpoint_files", "checkpoint_read", "cli", "config", "errors", "families", "harness",
-                         "importance", "integrations", "jsontypes", "knowledge", "merge", "multitask", "norms",
-                         "pruning", "registry", "report", "scorers", "sharing", "timm_registry", "trainer"})
+_SUBMODULES = frozenset(
+    {
+        "adapter_kinds",
+        "adapters",
+        "atomic",
+        "bottlenecks",
+        "checkpoint",
+        "checkpoint_backbone",
+        "checkpoint_files",
+        "checkpoint_read",
+        "cli",
+        "config",
+        "errors",
+        "families",
+        "harness",
+        "importance",
+        "integrations",
+        "jsontypes",
+        "knowledge",
+        "merge",
+        "multitask",
+        "norms",
+        "pruning",
+        "registry",
+        "report",
+        "scorers",
+        "sharing",
+        "timm_registry",
+        "trainer",
+    }
+)
 
 
 __all__ = [
+    "ImportanceTracker",
+    "MultiTaskModel",
     "PearConfig",
     "PearError",
-    "attach",
-    "positions",
-    "slots",
-    "unwrap",
     "PearSummary",
-    "summary",
-    "print_trainable_parameters",
-    "ImportanceTracker",
     "PrunePlan",
-    "make_plan",
-    "prune_and_share",
-    "capture_inputs",
-    "prune_optimizer",
-    "freeze_norm_stats",
-    "report",
-    "share_map",
-    "save",
-    "load",
-    "save_pretrained",
-    "from_pretrained",
-    "MultiTaskModel",
-    "merge_and_unload",
     "Pruner",
+    "attach",
+    "capture_inputs",
+    "freeze_norm_stats",
+    "from_pretrained",
+    "load",
+    "make_plan",
+    "merge_and_unload",
+    "positions",
+    "print_trainable_parameters",
+    "prune_and_share",
+    "prune_optimizer",
+    "report",
+    "save",
+    "save_pretrained",
+    "share_map",
+    "slots",
+    "summary",
+    "unwrap",
 ]
 try:
     __version__ = _metadata.version("pear-peft")
@@ -87,8 +126,11 @@ def __getattr__(name: str):
     if name == "plan":
         import warnings
 
-        warnings.warn("pear.plan is deprecated and will be removed in the next release; use pear.make_plan",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "pear.plan is deprecated and will be removed in the next release; use pear.make_plan",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return __getattr__("make_plan")
     if name in _SUBMODULES:  # `import pear; pear.checkpoint.read_checkpoint(...)`, as when all were imported
         return _importlib.import_module(f".{name}", __name__)

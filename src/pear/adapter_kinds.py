@@ -60,13 +60,15 @@ class AdapterKind:
         """The positions this kind takes in `model` (before PearConfig.blocks / target select among them)."""
         return family.candidates(model, config)
 
-    def shapes(self, family: Family, model: nn.Module, bases: list[nn.Module],
-               config: Any) -> list[tuple[int, int, int]]:
+    def shapes(
+        self, family: Family, model: nn.Module, bases: list[nn.Module], config: Any
+    ) -> list[tuple[int, int, int]]:
         """(in width, out width, stride) of the adapter at each candidate's sub-layer `bases`."""
         return family.shapes(model, bases, config)
 
-    def make(self, family: Family, config: Any, cand: Candidate, din: int, dout: int,
-             stride: int) -> tuple[nn.Module, tuple]:
+    def make(
+        self, family: Family, config: Any, cand: Candidate, din: int, dout: int, stride: int
+    ) -> tuple[nn.Module, tuple]:
         """(adapter module, signature) at one position: adapters of equal signature can be shared."""
         return family.make_adapter(config, cand, din, dout, stride)
 
@@ -81,15 +83,20 @@ class Parallel(AdapterKind):
     pass
 
 
-@ADAPTERS.register("sequential", help="Houlsby: a bottleneck after the sub-layer, fed its output; ViTs only, "
-                                      "as a CNN block changes the shape")
+@ADAPTERS.register(
+    "sequential",
+    help="Houlsby: a bottleneck after the sub-layer, fed its output; ViTs only, as a CNN block changes the shape",
+)
 class Sequential(AdapterKind):
     mode = "sequential"
 
 
-@ADAPTERS.register("lora", help="a low-rank update of attn.qkv: a parallel bottleneck without nonlinearity or "
-                                "biases at the layers LoRA targets, blocks[i].attn.qkv on ViTs; act and sublayers "
-                                "are ignored")
+@ADAPTERS.register(
+    "lora",
+    help="a low-rank update of attn.qkv: a parallel bottleneck without nonlinearity or "
+    "biases at the layers LoRA targets, blocks[i].attn.qkv on ViTs; act and sublayers "
+    "are ignored",
+)
 class LoRA(AdapterKind):
     bias = False
 
@@ -99,6 +106,7 @@ class LoRA(AdapterKind):
     def candidates(self, family: Family, model: nn.Module, config: Any) -> list[Candidate]:
         return family.lora_candidates(model, config)
 
-    def shapes(self, family: Family, model: nn.Module, bases: list[nn.Module],
-               config: Any) -> list[tuple[int, int, int]]:
+    def shapes(
+        self, family: Family, model: nn.Module, bases: list[nn.Module], config: Any
+    ) -> list[tuple[int, int, int]]:
         return family.lora_shapes(model, bases, config)

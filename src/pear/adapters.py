@@ -24,6 +24,7 @@ from .errors import PearError
 from .families import Candidate, Family, family_of, heads
 from .gates import gated
 
+
 class PearSlot(nn.Module):
     """Wraps one backbone sub-layer: `base(x)` plus whatever adapters the slot holds.
 
@@ -34,7 +35,7 @@ class PearSlot(nn.Module):
     frozen residual (knowledge checkpoint 'frozen').
     """
 
-    def __init__(self, base: nn.Module, adapter: nn.Module, mode: str, info: "SlotInfo") -> None:
+    def __init__(self, base: nn.Module, adapter: nn.Module, mode: str, info: SlotInfo) -> None:
         super().__init__()
         if mode not in MODES:
             raise PearError(f"an adapter's mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -133,7 +134,7 @@ def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
+def attach(model: nn.Module, config: PearConfig | None = None) -> PearSummary:
     """Insert adapters at the configured positions, freeze the backbone, keep the head
     trainable. The model is modified in place; the return value is its `PearSummary`
     (one line, so a notebook cell ending in `pear.attach(...)` does not print the whole
@@ -158,11 +159,15 @@ def attach(model: nn.Module, config: PearConfig | None = None) -> "PearSummary":
     for head in heads(model).values():
         head.requires_grad_(True)
     # setattr: nn.Module's typing takes only tensors and modules as attributes.
-    setattr(model, "pear_state", PearState(
-        config=config,
-        positions=[c.name for c in cands],
-        unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
-    ))
+    setattr(
+        model,
+        "pear_state",
+        PearState(
+            config=config,
+            positions=[c.name for c in cands],
+            unpruned_adapter_params=sum(count_params(a) for a in adapter_modules(model).values()),
+        ),
+    )
     return summary(model)
 
 
@@ -170,10 +175,12 @@ def _selected(model: nn.Module, family: Family, kind: AdapterKind, config: PearC
     """The positions of `kind` in `model` that PearConfig.blocks and .target select;
     PearError when the family takes no adapters of the kind's mode, or none is selected."""
     if kind.mode not in family.modes:
-        raise PearError(f"PearConfig.adapter={config.adapter!r} feeds its adapters the sub-layer's "
-                        f"{'output' if kind.mode == 'sequential' else 'input'} ({kind.mode}), which "
-                        f"{family.description or family.name} do not take: they take "
-                        f"{' or '.join(family.modes)} adapters")
+        raise PearError(
+            f"PearConfig.adapter={config.adapter!r} feeds its adapters the sub-layer's "
+            f"{'output' if kind.mode == 'sequential' else 'input'} ({kind.mode}), which "
+            f"{family.description or family.name} do not take: they take "
+            f"{' or '.join(family.modes)} adapters"
+        )
     cands = kind.candidates(family, model, config)
     if config.blocks is not None:
         lo, hi = config.blocks
@@ -195,10 +202,12 @@ def _check_size(model: nn.Module, config: PearConfig, names: list[str], dims: li
     backbone_params = sum(t.numel() for t in model.parameters())
     if adapter_params > backbone_params:
         name, (din, dout, _) = names[0], dims[0]
-        raise PearError(f"adapter rank {config.rank} (--rank, PearConfig.rank) would give adapters of {adapter_params:,} parameters "
-                        f"({len(names)} positions, e.g. {name}: {din} -> {config.rank} -> {dout}), more than the "
-                        f"{backbone_params:,} of the backbone itself; a bottleneck's rank is at most its width "
-                        f"({max(din, dout)})")
+        raise PearError(
+            f"adapter rank {config.rank} (--rank, PearConfig.rank) would give adapters of {adapter_params:,} parameters "
+            f"({len(names)} positions, e.g. {name}: {din} -> {config.rank} -> {dout}), more than the "
+            f"{backbone_params:,} of the backbone itself; a bottleneck's rank is at most its width "
+            f"({max(din, dout)})"
+        )
 
 
 def classifier(model: nn.Module) -> nn.Module | None:
@@ -235,10 +244,12 @@ class PearSummary:
         return 100.0 * self.trainable_params / max(1, self.all_params)
 
     def __str__(self) -> str:
-        return (f"trainable params: {self.trainable_params:,} || all params: {self.all_params:,} || "
-                f"trainable%: {self.trainable_percent:.4f} || Pear positions: {self.positions} "
-                f"({self.kept} own an adapter, {self.shared} shared, {self.pruned} pruned), "
-                f"adapter params: {self.adapter_params:,}")
+        return (
+            f"trainable params: {self.trainable_params:,} || all params: {self.all_params:,} || "
+            f"trainable%: {self.trainable_percent:.4f} || Pear positions: {self.positions} "
+            f"({self.kept} own an adapter, {self.shared} shared, {self.pruned} pruned), "
+            f"adapter params: {self.adapter_params:,}"
+        )
 
     def __repr__(self) -> str:
         return f"PearSummary({self})"
@@ -246,9 +257,12 @@ class PearSummary:
     def _legacy(self) -> nn.Module:
         import warnings
 
-        warnings.warn("pear.attach modifies the model in place and returns a PearSummary; use the model you "
-                      "passed to it (the summary stands in for it until the next release)",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            "pear.attach modifies the model in place and returns a PearSummary; use the model you "
+            "passed to it (the summary stands in for it until the next release)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         return self.model
 
     def __getattr__(self, name: str):
@@ -270,11 +284,16 @@ def summary(model: nn.Module) -> PearSummary:
     pruned = sum(1 for s in sl.values() if s.adapter is None)
     params = list(unwrap(model).parameters())  # each shared module once
     return PearSummary(
-        positions=len(sl), kept=len(sl) - shared - pruned, shared=shared, pruned=pruned,
+        positions=len(sl),
+        kept=len(sl) - shared - pruned,
+        shared=shared,
+        pruned=pruned,
         adapter_params=sum(count_params(a) for a in adapter_modules(model).values())
         + sum(g.numel() for g in gate_params(model).values()),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
-        all_params=sum(p.numel() for p in params), model=unwrap(model))
+        all_params=sum(p.numel() for p in params),
+        model=unwrap(model),
+    )
 
 
 def print_trainable_parameters(model: nn.Module) -> None:

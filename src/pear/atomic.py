@@ -135,12 +135,18 @@ def check_replaceable(dest: Path, names, what: str) -> None:
     if dest.is_symlink() or not dest.is_dir():
         raise PearError(f"{dest} exists and is not a folder; Pear will not replace it with a {what}")
     allowed = {n.rstrip("/") for n in names}
-    foreign = sorted(p.name for p in dest.iterdir() if p.is_symlink() or p.name not in allowed
-                     and not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)))
+    foreign = sorted(
+        p.name
+        for p in dest.iterdir()
+        if p.is_symlink()
+        or (p.name not in allowed and not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)))
+    )
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise PearError(f"{dest} holds files Pear did not write there ({shown}); it is not a {what}, so Pear will "
-                        f"not replace it. Move them away or choose another folder")
+        raise PearError(
+            f"{dest} holds files Pear did not write there ({shown}); it is not a {what}, so Pear will "
+            f"not replace it. Move them away or choose another folder"
+        )
 
 
 def atomic_write_file(path: Path, write) -> None:
@@ -179,8 +185,9 @@ def open_append(path: Path):
     a log a process keeps open cannot be written atomically, but it must not follow a link
     someone planted in its place."""
     try:
-        return open(path, "a", encoding="utf-8",
-                    opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+        return open(
+            path, "a", encoding="utf-8", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        )
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise PearError(f"{path} is a symbolic link; Pear does not write through links it did not make") from None

@@ -14,8 +14,16 @@ _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "identity": nn.Identity}
 class Bottleneck(nn.Module):
     """`scale * up(act(down(x)))` on the last dimension (tokens)."""
 
-    def __init__(self, in_dim: int, out_dim: int, rank: int, scale: float, act: str = "relu",
-                 zero_init: bool = True, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        rank: int,
+        scale: float,
+        act: str = "relu",
+        zero_init: bool = True,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.down = nn.Linear(in_dim, rank, bias=bias)
         self.act = _ACTS[act]()
@@ -31,8 +39,17 @@ class ConvBottleneck(nn.Module):
     """The same bottleneck for feature maps: 1x1 convolutions; `down` carries the
     block's stride so the adapter's output matches the block's output shape."""
 
-    def __init__(self, in_ch: int, out_ch: int, rank: int, scale: float, stride: int = 1,
-                 act: str = "relu", zero_init: bool = True, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        rank: int,
+        scale: float,
+        stride: int = 1,
+        act: str = "relu",
+        zero_init: bool = True,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.down = nn.Conv2d(in_ch, rank, kernel_size=1, stride=stride, bias=bias)
         self.act = _ACTS[act]()

@@ -114,9 +114,16 @@ def task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None,
-         class_names: list[str] | None = None, fingerprint_value: str | None = None,
-         meta: dict | None = None, weights: str | Path | None = None) -> Path:
+def save(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    backbone: str | None = None,
+    class_names: list[str] | None = None,
+    fingerprint_value: str | None = None,
+    meta: dict | None = None,
+    weights: str | Path | None = None,
+) -> Path:
     """Write the task checkpoint of a Pear model to `directory` (atomically), with its
     model card (README.md). `backbone` (the timm name) and `weights` (the file, folder,
     'builtin' or 'random' it was built with) name the base model: the weights' source
@@ -138,35 +145,46 @@ def save(model: nn.Module, directory: str | Path, *, backbone: str | None = None
         "pruned": state.pruned,
         "unpruned_adapter_params": state.unpruned_adapter_params,
         "positions": [
-            {"name": n, "kind": s.info.kind, "depth": s.info.depth, "signature": list(s.info.signature),
-             "pruned": s.info.pruned, "source": s.info.source if s.adapter is not None else None,
-             "frozen": s.frozen is not None, "importance": s.info.importance}
+            {
+                "name": n,
+                "kind": s.info.kind,
+                "depth": s.info.depth,
+                "signature": list(s.info.signature),
+                "pruned": s.info.pruned,
+                "source": s.info.source if s.adapter is not None else None,
+                "frozen": s.frozen is not None,
+                "importance": s.info.importance,
+            }
             for n, s in slots(base).items()
         ],
-        "share_map": {n: s.info.source for n, s in slots(base).items()
-                      if s.adapter is not None and s.info.source != n},
+        "share_map": {n: s.info.source for n, s in slots(base).items() if s.adapter is not None and s.info.source != n},
         "head": head_field,
         "num_classes": num_classes,
         "class_names": list(class_names) if class_names else None,
-        "backbone": {"name": backbone, "fingerprint": fingerprint_value or full_fp,
-                     "weights_fingerprint": weights_fp, **weights_record(backbone, weights), **settings_field(base)},
+        "backbone": {
+            "name": backbone,
+            "fingerprint": fingerprint_value or full_fp,
+            "weights_fingerprint": weights_fp,
+            **weights_record(backbone, weights),
+            **settings_field(base),
+        },
         "meta": meta or {},
     }
 
     def card(tmp: Path, written: dict) -> None:
-        (tmp / CARD_FILE).write_text(render_card(written, file_bytes=(tmp / TENSORS_FILE).stat().st_size),
-                                     encoding="utf-8")
+        (tmp / CARD_FILE).write_text(
+            render_card(written, file_bytes=(tmp / TENSORS_FILE).stat().st_size), encoding="utf-8"
+        )
 
     write_tensor_dir(directory, tensors, info, extra=card)
     return Path(directory)
 
 
 def _submodule_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def build_task(ckpt: TaskCheckpoint, model: nn.Module,
-               templates: Mapping[str, nn.Module] | None = None) -> TaskModules:
+def build_task(ckpt: TaskCheckpoint, model: nn.Module, templates: Mapping[str, nn.Module] | None = None) -> TaskModules:
     """Fresh adapter / frozen / head modules for one task, filled with its tensors.
     `model` must already carry slots at the checkpoint's positions; each adapter is a copy of
     `templates[position]`, by default the slot's own adapter (which another task installed
@@ -175,8 +193,7 @@ def build_task(ckpt: TaskCheckpoint, model: nn.Module,
     missing = [p["name"] for p in ckpt.info["positions"] if p["name"] not in sl]
     if missing:
         raise PearError(f"{ckpt.path}: positions {missing[:3]} do not exist in this backbone")
-    template = templates if templates is not None else \
-        {n: s.adapter for n, s in sl.items() if s.adapter is not None}
+    template = templates if templates is not None else {n: s.adapter for n, s in sl.items() if s.adapter is not None}
     owned, frozen = {}, {}
     try:
         for p in ckpt.info["positions"]:
@@ -186,11 +203,20 @@ def build_task(ckpt: TaskCheckpoint, model: nn.Module,
             if p["frozen"]:
                 frozen[n] = _filled(template[n], _submodule_state(ckpt.tensors, f"frozen.{n}."))
                 frozen[n].requires_grad_(False)
-        task_heads = {name: _filled(_head_template(model, ckpt, name, prefix), _submodule_state(ckpt.tensors, prefix))
-                 for name, prefix in head_prefixes(ckpt.info).items()}
-        task_gates = {n: gates.load(ckpt.config.gate, ckpt.tensors[gates.PREFIX + n], owned[src],
-                                    f"{ckpt.path}: tensor {gates.PREFIX + n!r}")
-                      for n, (src, _) in _layout(ckpt).items() if gates.PREFIX + n in ckpt.tensors}
+        task_heads = {
+            name: _filled(_head_template(model, ckpt, name, prefix), _submodule_state(ckpt.tensors, prefix))
+            for name, prefix in head_prefixes(ckpt.info).items()
+        }
+        task_gates = {
+            n: gates.load(
+                ckpt.config.gate,
+                ckpt.tensors[gates.PREFIX + n],
+                owned[src],
+                f"{ckpt.path}: tensor {gates.PREFIX + n!r}",
+            )
+            for n, (src, _) in _layout(ckpt).items()
+            if gates.PREFIX + n in ckpt.tensors
+        }
     except (RuntimeError, KeyError, AttributeError) as exc:
         raise PearError(f"{ckpt.path}: tensors do not fit this backbone ({' '.join(str(exc).split())})") from None
     return TaskModules(owned, frozen, task_heads, _layout(ckpt), task_gates)
@@ -213,8 +239,7 @@ def _head_template(model: nn.Module, ckpt: TaskCheckpoint, name: str, prefix: st
 def _filled(template: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     module = copy.deepcopy(template)
     ref = next(iter(module.parameters()), None)
-    module.load_state_dict({k: v.to(ref.device if ref is not None else "cpu") for k, v in state.items()},
-                           strict=True)
+    module.load_state_dict({k: v.to(ref.device if ref is not None else "cpu") for k, v in state.items()}, strict=True)
     return module
 
 
@@ -285,20 +310,34 @@ def load(directory: str | Path, backbone: nn.Module, *, backbone_name: str | Non
 
 # ---------------------------------------------------------------- peft-style names
 
-def save_pretrained(model: nn.Module, directory: str | Path, *, backbone: str | None = None,
-                    weights: str | Path | None = None, class_names: list[str] | None = None,
-                    meta: dict | None = None) -> Path:
+
+def save_pretrained(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    backbone: str | None = None,
+    weights: str | Path | None = None,
+    class_names: list[str] | None = None,
+    meta: dict | None = None,
+) -> Path:
     """`save` as peft users call it: the base model's timm name and weights file default
     to what the model itself records (timm's pretrained_cfg: its architecture and, for
     `timm.create_model(..., pretrained=True)` from a local file such as Pear's built-in
     ViT, that file)."""
     cfg = getattr(unwrap(model), "pretrained_cfg", None) or {}
-    return save(model, directory, backbone=backbone or cfg.get("architecture"),
-                weights=weights if weights is not None else cfg.get("file"), class_names=class_names, meta=meta)
+    return save(
+        model,
+        directory,
+        backbone=backbone or cfg.get("architecture"),
+        weights=weights if weights is not None else cfg.get("file"),
+        class_names=class_names,
+        meta=meta,
+    )
 
 
-def from_pretrained(directory: str | Path, backbone: nn.Module | str | None = None, *,
-                    weights: str | Path | None = None) -> nn.Module:
+def from_pretrained(
+    directory: str | Path, backbone: nn.Module | str | None = None, *, weights: str | Path | None = None
+) -> nn.Module:
     """A saved task on its backbone. `backbone` is the plain model (see `load`), or a timm
     name, or None for the recorded one; without a module the backbone is built from
     `weights`, or from the recorded weights when they are still there with the same

@@ -55,7 +55,8 @@ def _frozen_backbone(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool
                 skip.add(id(m.gate))
     names = head_names(model)
     items: list[tuple[str, torch.Tensor, bool]] = [
-        (n, t, False) for n, t in model.named_parameters(remove_duplicate=True)]
+        (n, t, False) for n, t in model.named_parameters(remove_duplicate=True)
+    ]
     items += [(n, t, True) for n, t in model.named_buffers()]
     for name, t, is_buffer in sorted(((_backbone_name(n), t, b) for n, t, b in items), key=lambda x: x[0]):
         if id(t) in skip or "lora_" in name or any(name == h or name.startswith(h + ".") for h in names):
@@ -66,8 +67,11 @@ def _frozen_backbone(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool
 def _backbone_tensors(model: nn.Module) -> Iterator[tuple[bytes, bytes, bool]]:
     """(header, bytes, is_buffer) to hash for each frozen backbone tensor, by name."""
     for name, t, is_buffer in _frozen_backbone(model):
-        yield f"{name}:{tuple(t.shape)}:{t.dtype}".encode(), \
-            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), is_buffer
+        yield (
+            f"{name}:{tuple(t.shape)}:{t.dtype}".encode(),
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(),
+            is_buffer,
+        )
 
 
 def save_backbone(model: nn.Module, path: str | Path) -> None:
@@ -123,10 +127,15 @@ def check_settings(path: Path, saved: dict, model: nn.Module) -> None:
     want, got = saved.get("settings"), backbone_settings(model)
     if not isinstance(want, dict) or got is None or want == got:
         return
-    diffs = [f"{k} was {want.get(k, '(unset)')!r}, now {got.get(k, '(unset)')!r}"
-             for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
-    raise PearError(f"{path} was trained on a backbone set up otherwise, which would compute other outputs: "
-                    f"{'; '.join(diffs)}. Pass the weights used in training, unchanged")
+    diffs = [
+        f"{k} was {want.get(k, '(unset)')!r}, now {got.get(k, '(unset)')!r}"
+        for k in sorted(set(want) | set(got))
+        if want.get(k) != got.get(k)
+    ]
+    raise PearError(
+        f"{path} was trained on a backbone set up otherwise, which would compute other outputs: "
+        f"{'; '.join(diffs)}. Pass the weights used in training, unchanged"
+    )
 
 
 def weights_record(backbone: str | None, weights: str | Path | None) -> dict:
@@ -188,10 +197,12 @@ def check_backbone(ckpt: TaskCheckpoint, backbone: nn.Module, backbone_name: str
                 f"running statistics that training in model.train() mode updated, so the saved model "
                 f"depended on them. Keep the frozen backbone's norm layers in eval mode while training "
                 f"(pear.freeze_norm_stats(model) after model.train()), then train and "
-                f"save again")
+                f"save again"
+            )
         source = want.get("weights_source")
         raise BackboneMismatch(
             f"{ckpt.path} was trained on a backbone with weight fingerprint {want['fingerprint']}, but "
             f"{given} has {got}: other weights. Build the backbone with the weights it was trained on"
-            + (f" ({source})" if source else "") + ", or call pear.from_pretrained(folder) to rebuild it"
+            + (f" ({source})" if source else "")
+            + ", or call pear.from_pretrained(folder) to rebuild it"
         )

@@ -36,15 +36,21 @@ MAX_CONFIG_BYTES = 16 * 2**20
 MAX_TENSOR_FILE_BYTES = 8 * 2**30
 
 
-def write_tensor_dir(directory: str | Path, tensors: dict[str, torch.Tensor], info: dict,
-                     tensors_file: str = TENSORS_FILE, info_file: str = CONFIG_FILE,
-                     extra: Callable[[Path, dict], None] | None = None) -> None:
+def write_tensor_dir(
+    directory: str | Path,
+    tensors: dict[str, torch.Tensor],
+    info: dict,
+    tensors_file: str = TENSORS_FILE,
+    info_file: str = CONFIG_FILE,
+    extra: Callable[[Path, dict], None] | None = None,
+) -> None:
     """Atomically write `tensors` (safetensors) and `info` (JSON, with the tensors'
     names, shapes and file hash added) as one folder; `extra(tmp, info)` may add the
     model card (CARD_FILE) to it."""
     info = dict(info)
-    info["tensors"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                       for k, v in tensors.items()}
+    info["tensors"] = {
+        k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()
+    }
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / tensors_file), metadata={"format": str(info.get("format"))})
@@ -73,16 +79,25 @@ def seal(info: dict) -> dict:
 def _check_seal(info: dict, cfg_path: Path) -> None:
     recorded = info.get("parts_sha256")
     if not isinstance(recorded, dict):
-        raise _bad(cfg_path, "has no valid 'parts_sha256' (the hashes of its fields): it was edited by hand or "
-                             "written by another program")
+        raise _bad(
+            cfg_path,
+            "has no valid 'parts_sha256' (the hashes of its fields): it was edited by hand or "
+            "written by another program",
+        )
     fields = set(info) - {"parts_sha256"}
     changed = sorted(k for k in fields & set(recorded) if recorded[k] != _part_hash(info[k]))
     added, removed = sorted(fields - set(recorded)), sorted(set(recorded) - fields)
     if changed or added or removed:
-        parts = [f"{what} {', '.join(map(repr, keys))}" for what, keys in
-                 (("changed", changed), ("added", added), ("removed", removed)) if keys]
-        raise _bad(cfg_path, f"was edited after it was saved ({'; '.join(parts)} differ from the recorded "
-                             f"SHA-256 of each field); restore the original file or save the checkpoint again")
+        parts = [
+            f"{what} {', '.join(map(repr, keys))}"
+            for what, keys in (("changed", changed), ("added", added), ("removed", removed))
+            if keys
+        ]
+        raise _bad(
+            cfg_path,
+            f"was edited after it was saved ({'; '.join(parts)} differ from the recorded "
+            f"SHA-256 of each field); restore the original file or save the checkpoint again",
+        )
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -93,8 +108,9 @@ def _bad(path: Path, what: str) -> PearError:
     return PearError(f"{path}: {what}")
 
 
-def read_tensor_dir(directory: str | Path, fmt: str, tensors_file: str = TENSORS_FILE,
-                    info_file: str = CONFIG_FILE) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_tensor_dir(
+    directory: str | Path, fmt: str, tensors_file: str = TENSORS_FILE, info_file: str = CONFIG_FILE
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a folder written by `write_tensor_dir`, checking format, version, file hash
     and every tensor's name and shape; PearError says exactly what is wrong."""
     d = Path(directory)
@@ -120,15 +136,23 @@ def _read_info(cfg_path: Path, fmt: str) -> dict:
         raise _bad(cfg_path, f"field 'format' must be {fmt!r}; this is not that kind of Pear checkpoint")
     version = info.get("format_version")
     if isinstance(version, bool) or version not in READ_VERSIONS:
-        raise _bad(cfg_path, f"format_version {version!r} is not supported (this Pear reads versions "
-                             f"{', '.join(map(str, READ_VERSIONS))})")
+        raise _bad(
+            cfg_path,
+            f"format_version {version!r} is not supported (this Pear reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})",
+        )
     if version >= 2:
         _check_seal(info, cfg_path)
     declared, expected_sha = info.get("tensors"), info.get("tensors_sha256")
-    if not isinstance(declared, dict) or not isinstance(expected_sha, str) or not all(
-            isinstance(v, dict) for v in declared.values()):
-        raise _bad(cfg_path, "is malformed: 'tensors' must be an object of {shape, dtype} entries and "
-                             "'tensors_sha256' a string")
+    if (
+        not isinstance(declared, dict)
+        or not isinstance(expected_sha, str)
+        or not all(isinstance(v, dict) for v in declared.values())
+    ):
+        raise _bad(
+            cfg_path,
+            "is malformed: 'tensors' must be an object of {shape, dtype} entries and 'tensors_sha256' a string",
+        )
     return info
 
 
@@ -139,8 +163,11 @@ def _read_tensors(t_path: Path, info: dict, info_file: str) -> dict[str, torch.T
     if size > MAX_TENSOR_FILE_BYTES:
         raise _bad(t_path, f"is {size} bytes, larger than any Pear checkpoint should be")
     if sha256_file(t_path) != info["tensors_sha256"]:
-        raise _bad(t_path, f"does not match the SHA-256 recorded in {info_file}: the file is truncated, "
-                           "edited or from another checkpoint")
+        raise _bad(
+            t_path,
+            f"does not match the SHA-256 recorded in {info_file}: the file is truncated, "
+            "edited or from another checkpoint",
+        )
     try:
         tensors = load_file(str(t_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -68,8 +68,16 @@ def read_checkpoint(directory: str | Path) -> TaskCheckpoint:
     return TaskCheckpoint(Path(directory), info, config, tensors)
 
 
-_POSITION_FIELDS = {"name": str, "kind": str, "depth": int, "signature": list, "pruned": bool, "frozen": bool,
-                    "source": (str, NONE), "importance": (int, float, NONE)}
+_POSITION_FIELDS = {
+    "name": str,
+    "kind": str,
+    "depth": int,
+    "signature": list,
+    "pruned": bool,
+    "frozen": bool,
+    "source": (str, NONE),
+    "importance": (int, float, NONE),
+}
 _POSITION_REQUIRED = [k for k in _POSITION_FIELDS if k != "importance"]
 _TASK_FIELDS = {"pruned": bool, "unpruned_adapter_params": int}
 
@@ -85,8 +93,9 @@ def _check_info(info: dict, tensors: dict[str, torch.Tensor]) -> None:
         derived = {n: p["source"] for n, p in positions.items() if p["source"] not in (None, n)}
         if share_map != derived:
             wrong = sorted(set(share_map.items()) ^ set(derived.items()) if isinstance(share_map, dict) else [])
-            raise ValueError(f"'share_map' disagrees with the positions' sources (first difference: "
-                             f"{wrong[:1] or share_map!r})")
+            raise ValueError(
+                f"'share_map' disagrees with the positions' sources (first difference: {wrong[:1] or share_map!r})"
+            )
     for p in positions.values():
         imp = p.get("importance")
         if isinstance(imp, float) and not math.isfinite(imp):
@@ -144,5 +153,6 @@ def _check_head(info: dict, tensors: dict[str, torch.Tensor]) -> None:
     main = next(iter(head_prefixes(info).values()), "head.")
     n, head = info.get("num_classes"), tensors.get(main + "weight")
     if n is not None and (n < 1 or (head is not None and (head.ndim == 0 or head.shape[0] != n))):
-        raise ValueError(f"num_classes {n} does not match the stored head "
-                         f"{list(head.shape) if head is not None else '(none)'}")
+        raise ValueError(
+            f"num_classes {n} does not match the stored head {list(head.shape) if head is not None else '(none)'}"
+        )

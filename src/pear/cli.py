@@ -1,12 +1,12 @@
 """`pear` command line: each command is a thin layer over a library function.
 
-    pear demo                         the built-in default job
-    pear data build NAME --out ROOT   write a built-in real dataset in VTAB-1k format
-    pear train --data ROOT --task T --method pear --out RUN
-    pear eval --run RUN               recompute test accuracy from the saved checkpoint
-    pear inspect RUN_OR_CKPT          what was pruned, who shares whom, what it costs
-    pear predict --ckpt DIR IMAGE...  top-k classes
-    pear suite ...                    every (task, method, seed), resumable, one table
+pear demo                         the built-in default job
+pear data build NAME --out ROOT   write a built-in real dataset in VTAB-1k format
+pear train --data ROOT --task T --method pear --out RUN
+pear eval --run RUN               recompute test accuracy from the saved checkpoint
+pear inspect RUN_OR_CKPT          what was pruned, who shares whom, what it costs
+pear predict --ckpt DIR IMAGE...  top-k classes
+pear suite ...                    every (task, method, seed), resumable, one table
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ def cmd_train(args) -> int:
 
     metrics = train(_train_config(args))
     if metrics is not None:
-        print(json.dumps({k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params",
-                                                  "checkpoint_file_bytes")}, indent=1))
+        print(
+            json.dumps(
+                {k: metrics[k] for k in ("task", "method", "test_acc", "trainable_params", "checkpoint_file_bytes")},
+                indent=1,
+            )
+        )
     return 0
 
 
@@ -81,8 +85,15 @@ def cmd_inspect(args) -> int:
 def cmd_predict(args) -> int:
     from .harness.trained.predict import predict, render_predictions
 
-    results = predict(args.ckpt, args.images, backbone=args.backbone, weights=args.weights, top_k=args.top_k,
-                      batch_size=args.batch_size, device=args.device)
+    results = predict(
+        args.ckpt,
+        args.images,
+        backbone=args.backbone,
+        weights=args.weights,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     print(json.dumps(results, indent=1) if args.json else render_predictions(results))
     return 0
 
@@ -91,12 +102,28 @@ def cmd_suite(args) -> int:
     """parse -> `Suite` -> one of its methods (the mode's flag)."""
     from .harness.suites.suite import Suite
 
-    modes = [f for f, on in (("--list", args.list), ("--index", args.index is not None),
-                             ("--aggregate", args.aggregate), ("--emit-slurm", args.emit_slurm)) if on]
+    modes = [
+        f
+        for f, on in (
+            ("--list", args.list),
+            ("--index", args.index is not None),
+            ("--aggregate", args.aggregate),
+            ("--emit-slurm", args.emit_slurm),
+        )
+        if on
+    ]
     if len(modes) > 1:
         raise PearError(f"pass one of {', '.join(modes)}")
-    suite = Suite.configure(args.data, _split(args.tasks), _split(args.methods), _seeds(args.seeds), args.out,
-                            base=_suite_base(args), tune=args.tune, preset=args.preset)
+    suite = Suite.configure(
+        args.data,
+        _split(args.tasks),
+        _split(args.methods),
+        _seeds(args.seeds),
+        args.out,
+        base=_suite_base(args),
+        tune=args.tune,
+        preset=args.preset,
+    )
     if args.list:
         print(suite.list())
     elif args.index is not None:
@@ -140,8 +167,17 @@ def _without(argv: list[str], *flags: str) -> list[str]:
 
 _FLAGS_WITH_VALUE = ("--emit-slurm", "--slurm-gres")
 # `pear train`'s flags that `pear suite` takes too, for every run (TrainConfig fields).
-_SUITE_TRAIN_FLAGS = ("backbone", "weights", "img_size", "epochs", "warmup_epochs", "batch_size", "lr", "workers",
-                      "tensorboard")
+_SUITE_TRAIN_FLAGS = (
+    "backbone",
+    "weights",
+    "img_size",
+    "epochs",
+    "warmup_epochs",
+    "batch_size",
+    "lr",
+    "workers",
+    "tensorboard",
+)
 
 
 def _suite_base(args) -> dict:
@@ -154,8 +190,10 @@ def _suite_base(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="pear", description="Pear: pruning and sharing adapters for "
-                                     "parameter-efficient fine-tuning of vision models.")
+    parser = argparse.ArgumentParser(
+        prog="pear",
+        description="Pear: pruning and sharing adapters for parameter-efficient fine-tuning of vision models.",
+    )
     parser.add_argument("--version", action="version", version=f"pear {__version__}", help="print the version")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -165,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="recompute a run's test accuracy from its saved checkpoint")
     p.add_argument("--run", required=True, help="run folder written by pear train")
-    p.add_argument("--data", default=None, help="data root to evaluate on (default: the one the run recorded); "
-                   "for a run folder moved to another machine, it must hold the same task lists")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="data root to evaluate on (default: the one the run recorded); "
+        "for a run folder moved to another machine, it must hold the same task lists",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.set_defaults(func=cmd_eval)
 
@@ -180,12 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing task folder")
     b.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("demo", help="the built-in default: Pear's own ViT (pear_vit_tiny6_patch4_32) + "
-                       "Fashion-MNIST 1k at 32 px, method pear")
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; a finished demo there is "
-                   "shown again, an unfinished one resumed)")
-    p.add_argument("--data", default="data", help="data root; the Fashion-MNIST 1k task is built into it when "
-                   "missing (default data)")
+    p = sub.add_parser(
+        "demo",
+        help="the built-in default: Pear's own ViT (pear_vit_tiny6_patch4_32) + Fashion-MNIST 1k at 32 px, method pear",
+    )
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="run folder (default runs/demo; a finished demo there is shown again, an unfinished one resumed)",
+    )
+    p.add_argument(
+        "--data",
+        default="data",
+        help="data root; the Fashion-MNIST 1k task is built into it when missing (default data)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace the run folder and train again")
     p.set_defaults(func=cmd_demo)
@@ -215,46 +265,80 @@ def _add_suite_parser(sub) -> None:
     """`pear suite`'s flags; those it shares with `pear train` are generated as train's are."""
     # allow_abbrev=False: --emit-slurm's script repeats this command line minus --emit-slurm FILE,
     # so an abbreviation (--emit FILE) would reach every array task.
-    p = sub.add_parser("suite", allow_abbrev=False,
-                       help="run every (task, method, seed); resumable; writes results.csv/.md + plot",
-                       description="Run every (task, method, seed) into OUT/runs/..., resumably, and aggregate "
-                       "OUT/results.csv/.md. A whole suite holds OUT alone while it runs (OUT/.pear-lock, an flock "
-                       "the kernel drops when the process dies): a second suite on OUT is refused, naming its PID. "
-                       "--index runs hold OUT shared, so any number of them run side by side (each run folder has "
-                       "its own lock), but not beside a whole suite of the same OUT.")
+    p = sub.add_parser(
+        "suite",
+        allow_abbrev=False,
+        help="run every (task, method, seed); resumable; writes results.csv/.md + plot",
+        description="Run every (task, method, seed) into OUT/runs/..., resumably, and aggregate "
+        "OUT/results.csv/.md. A whole suite holds OUT alone while it runs (OUT/.pear-lock, an flock "
+        "the kernel drops when the process dies): a second suite on OUT is refused, naming its PID. "
+        "--index runs hold OUT shared, so any number of them run side by side (each run folder has "
+        "its own lock), but not beside a whole suite of the same OUT.",
+    )
     p.add_argument("--data", required=True, help="VTAB-format data root holding every task folder")
     p.add_argument("--tasks", default=None, help="comma-separated task names (required unless --preset)")
-    p.add_argument("--methods", default=None, help="(required unless --preset, which defaults to pear) ""comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too),peft-lora-eq (LoRA at the rank "
-                   "whose trainable parameters match pear's) and "
-                   "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group, "
-                   "or any Pear option as pear@FIELD=VALUE[@FIELD=VALUE...], e.g. pear@act=gelu@blocks=0+6")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, each run once per (task, method) "
-                   "(default 0)")
-    p.add_argument("--out", default=None, help="suite folder, outside --data (required unless --preset: "
-                   "suites/PRESET)")
-    p.add_argument("--preset", default=None, choices=["vtab1k"], help="vtab1k: the 19 VTAB-1k tasks (every "
-                   "folder must be in --data) with the paper-style recipe: 100 epochs (10 warm-up), AdamW lr 1e-3, "
-                   "wd 1e-4, batch 64, cosine, 224 px; flags override the recipe")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="(required unless --preset, which defaults to pear) "
+        "comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too),peft-lora-eq (LoRA at the rank "
+        "whose trainable parameters match pear's) and "
+        "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group, "
+        "or any Pear option as pear@FIELD=VALUE[@FIELD=VALUE...], e.g. pear@act=gelu@blocks=0+6",
+    )
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, each run once per (task, method) (default 0)")
+    p.add_argument("--out", default=None, help="suite folder, outside --data (required unless --preset: suites/PRESET)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=["vtab1k"],
+        help="vtab1k: the 19 VTAB-1k tasks (every "
+        "folder must be in --data) with the paper-style recipe: 100 epochs (10 warm-up), AdamW lr 1e-3, "
+        "wd 1e-4, batch 64, cosine, 224 px; flags override the recipe",
+    )
     p.add_argument("-c", "--config", default=None, help="YAML of training options shared by all runs")
-    add_run_arguments(p.add_argument_group("every run's training options, as in pear train (over -c and the "
-                                            "--preset recipe)"), _SUITE_TRAIN_FLAGS)
-    p.add_argument("--devices", default=None, help="comma-separated devices, one run per device at a time "
-                   "(e.g. cuda:0,cuda:1)")
+    add_run_arguments(
+        p.add_argument_group("every run's training options, as in pear train (over -c and the --preset recipe)"),
+        _SUITE_TRAIN_FLAGS,
+    )
+    p.add_argument(
+        "--devices", default=None, help="comma-separated devices, one run per device at a time (e.g. cuda:0,cuda:1)"
+    )
     p.add_argument("--build", action="store_true", help="build missing built-in datasets into --data first")
-    p.add_argument("--tune", action="store_true", help="VTAB's protocol: first choose each method's adapter scale "
-                   "(LoRA: alpha) on val200 from runs on train800 (seed 0), then train every seed with it")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="VTAB's protocol: first choose each method's adapter scale "
+        "(LoRA: alpha) on val200 from runs on train800 (seed 0), then train every seed with it",
+    )
     sched = p.add_argument_group("on a cluster's scheduler (one run per job-array task)")
     sched.add_argument("--list", action="store_true", help="print the runs with their indices and states")
-    sched.add_argument("--index", type=int, default=None, help="train only run I (e.g. --index "
-                       "$SLURM_ARRAY_TASK_ID); with --tune the tuning runs come first, and a tuned run refuses to "
-                       "start until its task's tuning runs have finished. Holds --out shared: indices run side by "
-                       "side, not beside a whole suite of the same --out")
-    sched.add_argument("--aggregate", action="store_true", help="write the tables from whatever has finished and "
-                       "name the runs that have not")
-    sched.add_argument("--emit-slurm", default=None, metavar="FILE", help="write an sbatch --array script that "
-                       "runs every index of this suite")
-    sched.add_argument("--slurm-gres", default="gpu:1", metavar="GRES", help="the script's #SBATCH --gres, e.g. "
-                       "gpu:a100:1; '' for none (default gpu:1)")
+    sched.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="train only run I (e.g. --index "
+        "$SLURM_ARRAY_TASK_ID); with --tune the tuning runs come first, and a tuned run refuses to "
+        "start until its task's tuning runs have finished. Holds --out shared: indices run side by "
+        "side, not beside a whole suite of the same --out",
+    )
+    sched.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="write the tables from whatever has finished and name the runs that have not",
+    )
+    sched.add_argument(
+        "--emit-slurm",
+        default=None,
+        metavar="FILE",
+        help="write an sbatch --array script that runs every index of this suite",
+    )
+    sched.add_argument(
+        "--slurm-gres",
+        default="gpu:1",
+        metavar="GRES",
+        help="the script's #SBATCH --gres, e.g. gpu:a100:1; '' for none (default gpu:1)",
+    )
     p.set_defaults(func=cmd_suite)
 
 
@@ -265,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BackboneMismatch as exc:
-        print(f"pear: error: {exc}; on the command line, pass the same --weights used for training",
-              file=sys.stderr)
+        print(f"pear: error: {exc}; on the command line, pass the same --weights used for training", file=sys.stderr)
         return 2
     except PearError as exc:
         print(f"pear: error: {exc}", file=sys.stderr)

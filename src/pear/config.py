@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .adapter_kinds import ADAPTERS
@@ -51,58 +51,56 @@ class PearConfig:
     act: str = field(default="relu", metadata={"help": "Bottleneck activation: relu, gelu or identity."})
     init: str = field(
         default="zero",
-        metadata={"help": "'zero' initialises the up projection to zero so the adapted model starts "
-                  "exactly as the backbone; 'random' initialises it like the down projection."},
+        metadata={
+            "help": "'zero' initialises the up projection to zero so the adapted model starts "
+            "exactly as the backbone; 'random' initialises it like the down projection."
+        },
     )
     sublayers: tuple[str, ...] = field(
         default=SUBLAYERS,
-        metadata={"help": "ViT sub-layers that get an adapter: any of 'attn', 'mlp' "
-                  "(ignored for CNNs and for 'lora', which always targets attn.qkv)."},
+        metadata={
+            "help": "ViT sub-layers that get an adapter: any of 'attn', 'mlp' "
+            "(ignored for CNNs and for 'lora', which always targets attn.qkv)."
+        },
     )
     blocks: tuple[int, int] | None = field(
-        default=None,
-        metadata={"help": "Half-open range [start, stop) of block indices to adapt; None = all blocks."},
+        default=None, metadata={"help": "Half-open range [start, stop) of block indices to adapt; None = all blocks."}
     )
     target: str | None = field(
-        default=None,
-        metadata={"help": "Optional regex; only positions whose name matches it (re.search) are adapted."},
+        default=None, metadata={"help": "Optional regex; only positions whose name matches it (re.search) are adapted."}
     )
-    importance: str = field(
-        default="taylor",
-        metadata={"help": "Importance scorer", "choices": SCORERS},
-    )
-    prune_ratio: float = field(
-        default=0.5, metadata={"help": "Share of adapter parameters to prune, in [0, 1)."}
-    )
+    importance: str = field(default="taylor", metadata={"help": "Importance scorer", "choices": SCORERS})
+    prune_ratio: float = field(default=0.5, metadata={"help": "Share of adapter parameters to prune, in [0, 1)."})
     prune_scope: str = field(
         default="global",
-        metadata={"help": "Where prune_ratio applies: global (the paper: the least important adapters of "
-                  "the whole model) or group (ours: the ratio within each group of shape-compatible "
-                  "positions, such as one CNN stage, so every pruned position has a kept adapter it can "
-                  "share; a group of one is never pruned, so on a CNN fewer parameters are pruned "
-                  "than the ratio says; on a ViT, whose positions all match, the same as global)."},
+        metadata={
+            "help": "Where prune_ratio applies: global (the paper: the least important adapters of "
+            "the whole model) or group (ours: the ratio within each group of shape-compatible "
+            "positions, such as one CNN stage, so every pruned position has a kept adapter it can "
+            "share; a group of one is never pruned, so on a CNN fewer parameters are pruned "
+            "than the ratio says; on a ViT, whose positions all match, the same as global)."
+        },
     )
     share: str = field(
-        default="matched",
-        metadata={"help": "Share policy for pruned positions", "choices": _SHARE_REGISTRY},
+        default="matched", metadata={"help": "Share policy for pruned positions", "choices": _SHARE_REGISTRY}
     )
-    knowledge: str = field(
-        default="merge",
-        metadata={"help": "Knowledge checkpoint", "choices": KNOWLEDGE},
-    )
+    knowledge: str = field(default="merge", metadata={"help": "Knowledge checkpoint", "choices": KNOWLEDGE})
     distill_steps: int = field(
         default=100,
-        metadata={"help": "L-BFGS iterations of the 'distill' knowledge checkpoint's fit (ignored by the other "
-                  "modes)."},
+        metadata={
+            "help": "L-BFGS iterations of the 'distill' knowledge checkpoint's fit (ignored by the other modes)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the 'random' importance control."})
     gate: str = field(
         default="none",
-        metadata={"help": "Ours (not in the paper): a learned gate on the shared adapter at each position that "
-                  "shares one: 'none' (plain sharing, the paper's), 'scalar' (one learned factor per shared "
-                  "position) or 'channel' (one per output channel of the adapter), multiplying the shared "
-                  "adapter's output there; made by prune_and_share at 1.0, so pruning changes nothing at first, "
-                  "then trained and stored with the task (kept positions have none)."},
+        metadata={
+            "help": "Ours (not in the paper): a learned gate on the shared adapter at each position that "
+            "shares one: 'none' (plain sharing, the paper's), 'scalar' (one learned factor per shared "
+            "position) or 'channel' (one per output channel of the adapter), multiplying the shared "
+            "adapter's output there; made by prune_and_share at 1.0, so pruning changes nothing at first, "
+            "then trained and stored with the task (kept positions have none)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -133,24 +131,30 @@ class PearConfig:
             raise PearError(f"PearConfig.distill_steps must be a positive integer, got {self.distill_steps!r}")
         ADAPTERS.get(self.adapter)().check(self)
         KNOWLEDGE.get(self.knowledge)().check(self)
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) \
-                or self.scale <= 0:
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not math.isfinite(self.scale)
+            or self.scale <= 0
+        ):
             # s = 0 turns every adapter off (and with zero-initialised up projections no gradient reaches them).
             raise PearError(f"PearConfig.scale must be a finite number > 0, got {self.scale!r}")
-        if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, (int, float)) \
-                or not 0.0 <= self.prune_ratio < 1.0:
+        if (
+            isinstance(self.prune_ratio, bool)
+            or not isinstance(self.prune_ratio, (int, float))
+            or not 0.0 <= self.prune_ratio < 1.0
+        ):
             raise PearError(f"PearConfig.prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
         if not self.sublayers or any(s not in SUBLAYERS for s in self.sublayers):
+            raise PearError(f"PearConfig.sublayers must be a non-empty subset of {SUBLAYERS}, got {self.sublayers!r}")
+        if self.blocks is not None and (
+            len(self.blocks) != 2
+            or not all(isinstance(b, int) for b in self.blocks)
+            or not 0 <= self.blocks[0] < self.blocks[1]
+        ):
             raise PearError(
-                f"PearConfig.sublayers must be a non-empty subset of {SUBLAYERS}, got {self.sublayers!r}"
+                f"PearConfig.blocks must be a range (start, stop) with 0 <= start < stop, got {self.blocks!r}"
             )
-        if self.blocks is not None:
-            if len(self.blocks) != 2 or not all(isinstance(b, int) for b in self.blocks) or not (
-                0 <= self.blocks[0] < self.blocks[1]
-            ):
-                raise PearError(
-                    f"PearConfig.blocks must be a range (start, stop) with 0 <= start < stop, got {self.blocks!r}"
-                )
         if self.target is not None:
             try:
                 re.compile(self.target)
@@ -170,7 +174,7 @@ class PearConfig:
         return {k: v for k, v in d.items() if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PearConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PearConfig:
         if not isinstance(d, dict):
             raise PearError(f"PearConfig must be built from a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -64,21 +64,25 @@ class Family:
     def lora_candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
         """The linear layers a LoRA-kind adapter adapts (PearConfig.adapter='lora'); the
         default family offers none."""
-        raise PearError(f"PearConfig.adapter={cfg.adapter!r} adapts the layers LoRA targets, which "
-                        f"{self.description or type(self).__name__} do not offer Pear's adapters; use "
-                        f"adapter='parallel'")
+        raise PearError(
+            f"PearConfig.adapter={cfg.adapter!r} adapts the layers LoRA targets, which "
+            f"{self.description or type(self).__name__} do not offer Pear's adapters; use "
+            f"adapter='parallel'"
+        )
 
     def lora_shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
         """(in width, out width, stride) at each of `lora_candidates`' linear layers."""
         return [(_features(b, "in_features"), _features(b, "out_features"), 1) for b in bases]
 
-    def make_adapter(self, cfg: PearConfig, cand: Candidate, din: int, dout: int,
-                     stride: int) -> tuple[nn.Module, tuple]:
+    def make_adapter(
+        self, cfg: PearConfig, cand: Candidate, din: int, dout: int, stride: int
+    ) -> tuple[nn.Module, tuple]:
         """(adapter module, signature): adapters of equal signature can be shared. The
         activation and biases are the adapter kind's (pear.adapter_kinds)."""
         kind = kind_of(cfg)
-        adapter = Bottleneck(din, dout, cfg.rank, cfg.scale, act=kind.act(cfg), zero_init=cfg.init == "zero",
-                             bias=kind.bias)
+        adapter = Bottleneck(
+            din, dout, cfg.rank, cfg.scale, act=kind.act(cfg), zero_init=cfg.init == "zero", bias=kind.bias
+        )
         return adapter, ("linear", din, dout)
 
     def head_modules(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -96,11 +100,13 @@ FAMILIES: Registry[Family] = Registry("backbone family", "backbone family")
 def register_family(name: str) -> Callable[[type[Family]], type[Family]]:
     """Class decorator: register a `Family` subclass under `name` (one instance of it, in
     `FAMILIES`; its `description` is the entry's help). Returns the class unchanged."""
+
     def add(cls: type[Family]) -> type[Family]:
         family = cls()
         family.name = name
         FAMILIES.add(name, family, help=family.description)
         return cls
+
     return add
 
 
@@ -112,9 +118,11 @@ def family_of(model: nn.Module) -> Family:
     """The family of `model` (a plain module, not a compiled/DDP wrapper); PearError if none."""
     family = find_family(model)
     if family is None:
-        raise PearError(f"pear.attach supports {'; '.join(f.description for f in FAMILIES.values())}; "
-                        f"{type(model).__name__} is none of these (has it a 'blocks' list?). Another kind of "
-                        f"backbone needs an entry in pear.families (register_family)")
+        raise PearError(
+            f"pear.attach supports {'; '.join(f.description for f in FAMILIES.values())}; "
+            f"{type(model).__name__} is none of these (has it a 'blocks' list?). Another kind of "
+            f"backbone needs an entry in pear.families (register_family)"
+        )
     return family
 
 
@@ -175,16 +183,24 @@ class ViTFamily(Family):
         return _token_blocks(model)
 
     def candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
-        return [Candidate(f"blocks.{i}.{kind}", block, kind, i, kind)
-                for i, block in enumerate(_block_list(model)) for kind in cfg.sublayers]
+        return [
+            Candidate(f"blocks.{i}.{kind}", block, kind, i, kind)
+            for i, block in enumerate(_block_list(model))
+            for kind in cfg.sublayers
+        ]
 
     def lora_candidates(self, model: nn.Module, cfg: PearConfig) -> list[Candidate]:
-        return [Candidate(f"blocks.{i}.attn.qkv", block.get_submodule("attn"), "qkv", i, "qkv")
-                for i, block in enumerate(_block_list(model))]
+        return [
+            Candidate(f"blocks.{i}.attn.qkv", block.get_submodule("attn"), "qkv", i, "qkv")
+            for i, block in enumerate(_block_list(model))
+        ]
 
     def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
-        return [(_features(model, "embed_dim") if hasattr(model, "embed_dim") else _features(b.fc1, "in_features"),)
-                * 2 + (1,) for b in bases]
+        return [
+            (_features(model, "embed_dim") if hasattr(model, "embed_dim") else _features(b.fc1, "in_features"),) * 2
+            + (1,)
+            for b in bases
+        ]
 
 
 @register_family("staged_cnn")
@@ -207,19 +223,30 @@ class StagedCNNFamily(Family):
     def shapes(self, model: nn.Module, bases: list[nn.Module], cfg: PearConfig) -> list[tuple[int, int, int]]:
         return [(i[1], o[1], max(1, round(i[-1] / o[-1]))) for i, o in _probe_shapes(model, bases)]
 
-    def make_adapter(self, cfg: PearConfig, cand: Candidate, din: int, dout: int,
-                     stride: int) -> tuple[nn.Module, tuple]:
+    def make_adapter(
+        self, cfg: PearConfig, cand: Candidate, din: int, dout: int, stride: int
+    ) -> tuple[nn.Module, tuple]:
         kind = kind_of(cfg)
-        adapter = ConvBottleneck(din, dout, cfg.rank, cfg.scale, stride=stride, act=kind.act(cfg),
-                                 zero_init=cfg.init == "zero", bias=kind.bias)
+        adapter = ConvBottleneck(
+            din,
+            dout,
+            cfg.rank,
+            cfg.scale,
+            stride=stride,
+            act=kind.act(cfg),
+            zero_init=cfg.init == "zero",
+            bias=kind.bias,
+        )
         return adapter, ("conv", din, dout, stride)
 
 
 def _probe_shapes(model: nn.Module, modules: list[nn.Module]) -> list[tuple[torch.Size, torch.Size]]:
     """Input/output shapes of CNN blocks from one small dummy forward pass."""
     shapes: dict[int, tuple] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, (i[0].shape, o.shape)))
-             for k, m in enumerate(modules)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, (i[0].shape, o.shape)))
+        for k, m in enumerate(modules)
+    ]
     p = next(model.parameters())
     was_training = model.training
     try:

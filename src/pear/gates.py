@@ -30,8 +30,10 @@ def shape(mode: str, adapter: nn.Module) -> tuple[int, ...]:
     up = getattr(adapter, "up", None)
     weight = getattr(up, "weight", None)
     if not isinstance(weight, torch.Tensor):
-        raise PearError(f"PearConfig.gate='channel' needs the output width of the adapter, read from its 'up' "
-                        f"projection, which a {type(adapter).__name__} has not; use gate='scalar'")
+        raise PearError(
+            f"PearConfig.gate='channel' needs the output width of the adapter, read from its 'up' "
+            f"projection, which a {type(adapter).__name__} has not; use gate='scalar'"
+        )
     return (int(weight.shape[0]),)  # out_features of a Linear, out_channels of a Conv2d
 
 
@@ -66,18 +68,22 @@ def add_to_optimizer(optimizer: torch.optim.Optimizer, gates: list[nn.Parameter]
 def check_stored(mode: str, shared: list[str], tensors: Mapping[str, torch.Tensor]) -> None:
     """ValueError unless a task checkpoint's gate tensors are those a gate of `mode` makes:
     one at every shared position (`shared`), none elsewhere, of rank 0 ('scalar') or 1 ('channel')."""
-    stored = {k[len(PREFIX):]: t for k, t in tensors.items() if k.startswith(PREFIX)}
+    stored = {k[len(PREFIX) :]: t for k, t in tensors.items() if k.startswith(PREFIX)}
     want = set(shared) if mode != "none" else set()
     if set(stored) != want:
         extra, missing = sorted(set(stored) - want), sorted(want - set(stored))
-        raise ValueError(f"its gate tensors do not match PearConfig.gate={mode!r}, which gives one to each shared "
-                         f"position: unexpected {[PREFIX + n for n in extra][:3]}, missing "
-                         f"{[PREFIX + n for n in missing][:3]}")
+        raise ValueError(
+            f"its gate tensors do not match PearConfig.gate={mode!r}, which gives one to each shared "
+            f"position: unexpected {[PREFIX + n for n in extra][:3]}, missing "
+            f"{[PREFIX + n for n in missing][:3]}"
+        )
     rank = 0 if mode == "scalar" else 1
     bad = sorted(n for n, t in stored.items() if t.ndim != rank)
     if bad:
-        raise ValueError(f"tensor {PREFIX + bad[0]!r} has shape {list(stored[bad[0]].shape)}; a {mode!r} gate has "
-                         f"{'shape []' if rank == 0 else 'one value per channel'}")
+        raise ValueError(
+            f"tensor {PREFIX + bad[0]!r} has shape {list(stored[bad[0]].shape)}; a {mode!r} gate has "
+            f"{'shape []' if rank == 0 else 'one value per channel'}"
+        )
 
 
 def load(mode: str, stored: torch.Tensor, adapter: nn.Module, where: str) -> nn.Parameter:
@@ -85,7 +91,8 @@ def load(mode: str, stored: torch.Tensor, adapter: nn.Module, where: str) -> nn.
     naming `where` (the tensor) when its shape does not fit that adapter."""
     want = shape(mode, adapter)
     if tuple(stored.shape) != want:
-        raise PearError(f"{where} has shape {list(stored.shape)}, but a {mode!r} gate on this adapter has "
-                        f"shape {list(want)}")
+        raise PearError(
+            f"{where} has shape {list(stored.shape)}, but a {mode!r} gate on this adapter has shape {list(want)}"
+        )
     ref = next(adapter.parameters())
     return nn.Parameter(stored.to(ref.device).clone())

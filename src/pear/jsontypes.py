@@ -7,11 +7,21 @@ from __future__ import annotations
 NONE = type(None)
 
 # What every checkpoint (a Pear task or a plain run's) records about itself.
-CHECKPOINT_FIELDS = {"head": (str, list, NONE), "num_classes": (int, NONE), "class_names": (list, NONE),
-                     "backbone": (dict, NONE), "meta": (dict, NONE)}
-BACKBONE_FIELDS = {"name": (str, NONE), "fingerprint": (str, NONE), "weights_fingerprint": (str, NONE),
-                   "weights_source": (str, NONE), "weights_sha256": (str, NONE), "settings": (dict, NONE)}
-
+CHECKPOINT_FIELDS = {
+    "head": (str, list, NONE),
+    "num_classes": (int, NONE),
+    "class_names": (list, NONE),
+    "backbone": (dict, NONE),
+    "meta": (dict, NONE),
+}
+BACKBONE_FIELDS = {
+    "name": (str, NONE),
+    "fingerprint": (str, NONE),
+    "weights_fingerprint": (str, NONE),
+    "weights_source": (str, NONE),
+    "weights_sha256": (str, NONE),
+    "settings": (dict, NONE),
+}
 
 
 def has_type(value, types: type | tuple[type, ...]) -> bool:

@@ -21,7 +21,7 @@ from .adapter_kinds import kind_of
 from .errors import PearError
 from .registry import Registry
 
-KNOWLEDGE: Registry[type["Knowledge"]] = Registry("knowledge checkpoint", "PearConfig.knowledge")
+KNOWLEDGE: Registry[type[Knowledge]] = Registry("knowledge checkpoint", "PearConfig.knowledge")
 
 
 class Knowledge:
@@ -34,8 +34,9 @@ class Knowledge:
     def check(self, config: Any) -> None:
         """Raise PearError when `config` (a PearConfig) cannot use this mode."""
 
-    def absorb(self, target: Any, donors: list[Any], weights: list[float], inputs: list[Any] | None,
-               config: Any) -> None:
+    def absorb(
+        self, target: Any, donors: list[Any], weights: list[float], inputs: list[Any] | None, config: Any
+    ) -> None:
         """Fold `donors` (pruned adapters) into `target`, the kept adapter they will share.
         weights: normalised importance of [target, *donors]; inputs: what each of them is fed
         at its own position (only with needs_inputs)."""
@@ -61,9 +62,12 @@ class Frozen(Knowledge):
     keeps_pruned = True
 
 
-@KNOWLEDGE.register("distill", help="ours: the shared adapter is fitted, for distill_steps steps at the prune "
-                                    "step, to reproduce both its own output and each pruned adapter's output at "
-                                    "their positions; storage-free")
+@KNOWLEDGE.register(
+    "distill",
+    help="ours: the shared adapter is fitted, for distill_steps steps at the prune "
+    "step, to reproduce both its own output and each pruned adapter's output at "
+    "their positions; storage-free",
+)
 class Distill(Knowledge):
     needs_inputs = True
 
@@ -71,8 +75,11 @@ class Distill(Knowledge):
         _distill_into(target, list(zip(inputs, weights)), donors, config.distill_steps)
 
 
-@KNOWLEDGE.register("svd", help="ours, for adapters without a nonlinearity: importance-weighted sum of "
-                                "up @ down, truncated back to rank r by SVD")
+@KNOWLEDGE.register(
+    "svd",
+    help="ours, for adapters without a nonlinearity: importance-weighted sum of "
+    "up @ down, truncated back to rank r by SVD",
+)
 class Svd(Knowledge):
     def check(self, config) -> None:
         if not kind_of(config).linear(config):
@@ -127,8 +134,14 @@ def _distill_into(target, inputs: list[tuple[Any, float]], donors: list, steps: 
         was = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.LBFGS(params, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
-                                tolerance_grad=0.0, tolerance_change=0.0)
+        opt = torch.optim.LBFGS(
+            params,
+            max_iter=steps,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+        )
 
         def closure():
             opt.zero_grad(set_to_none=True)

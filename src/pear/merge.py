@@ -50,7 +50,8 @@ def _check_linear(name: str, slot: PearSlot, config) -> None:
             f"merge_and_unload folds only linear adapters (PearConfig adapter='lora', or adapter='parallel' on a "
             f"linear layer with act='identity'); position {name!r} has a {slot.mode} {config.adapter!r} adapter "
             f"with act={config.act!r} around a {type(slot.base).__name__}, which is no single linear map: keep "
-            f"the attached model for inference")
+            f"the attached model for inference"
+        )
 
 
 @torch.no_grad()
@@ -69,8 +70,9 @@ def _folded(slot: PearSlot) -> nn.Linear:
         zero = torch.zeros(1, layer.in_features, device=weight.device, dtype=layer.weight.dtype)
         bias = bias + g * m(zero)[0].float()
     has_bias = layer.bias is not None or bool(bias.abs().max() > 0)
-    out = nn.Linear(layer.in_features, layer.out_features, bias=has_bias, device=weight.device,
-                    dtype=layer.weight.dtype)
+    out = nn.Linear(
+        layer.in_features, layer.out_features, bias=has_bias, device=weight.device, dtype=layer.weight.dtype
+    )
     out.weight.copy_(weight)
     if has_bias:
         out.bias.copy_(bias)

@@ -46,18 +46,22 @@ class MultiTaskModel(nn.Module):
         ckpt = read_checkpoint(directory)
         want = (ckpt.info.get("backbone") or {}).get("fingerprint")
         if want and want != self._fingerprint:
-            raise PearError(f"{directory}: trained on a backbone with fingerprint {want}, "
-                            f"this one has {self._fingerprint}")
+            raise PearError(
+                f"{directory}: trained on a backbone with fingerprint {want}, this one has {self._fingerprint}"
+            )
         state = getattr(self.model, "pear_state", None)
         if state is None:
             # Slots at every position this adapter kind offers; a task that adapts fewer
             # positions leaves the others empty.
-            cfg = PearConfig.from_dict({**ckpt.config.to_dict(), "target": None, "blocks": None,
-                                        "sublayers": ["attn", "mlp"]})
+            cfg = PearConfig.from_dict(
+                {**ckpt.config.to_dict(), "target": None, "blocks": None, "sublayers": ["attn", "mlp"]}
+            )
             attach(self.model, cfg)
         elif state.config.adapter != ckpt.config.adapter:
-            raise PearError(f"{directory}: adapter kind {ckpt.config.adapter!r} differs from the loaded tasks' "
-                            f"{state.config.adapter!r}; one MultiTaskModel serves one adapter kind")
+            raise PearError(
+                f"{directory}: adapter kind {ckpt.config.adapter!r} differs from the loaded tasks' "
+                f"{state.config.adapter!r}; one MultiTaskModel serves one adapter kind"
+            )
         self._slots = slots(self.model)
         if not self._tasks:
             self._templates = {n: s.adapter for n, s in self._slots.items() if s.adapter is not None}
@@ -70,8 +74,13 @@ class MultiTaskModel(nn.Module):
         if task.gates:  # PearConfig.gate's, at the shared positions
             holder.gates = nn.ParameterDict({k.replace(".", "_"): g for k, g in task.gates.items()})
         # One head keeps its old place in the state dict; several (head, head_dist) go by name.
-        head = next(iter(task.heads.values())) if len(task.heads) == 1 else \
-            nn.ModuleDict({k.replace(".", "_"): m for k, m in task.heads.items()}) if task.heads else None
+        head = (
+            next(iter(task.heads.values()))
+            if len(task.heads) == 1
+            else nn.ModuleDict({k.replace(".", "_"): m for k, m in task.heads.items()})
+            if task.heads
+            else None
+        )
         setattr(holder, "head", head)  # None too, which nn.Module's attribute typing does not take
         self.task_modules[name] = holder
         if self.active is None:

@@ -23,8 +23,7 @@ from . import gates
 from .adapters import PearSlot, count_params, gate_params, pear_state, slots
 from .config import PearConfig
 from .errors import PearError
-from .knowledge import KNOWLEDGE
-from .knowledge import _distill_into, _svd_merge_into  # noqa: F401  (their home before pear.knowledge)
+from .knowledge import KNOWLEDGE, _distill_into, _svd_merge_into  # noqa: F401  (their home before pear.knowledge)
 from .sharing import SHARE_POLICIES
 from .sharing import Position as _Pos
 
@@ -44,17 +43,32 @@ class PrunePlan:
     scope: str = "global"
 
     def to_dict(self) -> dict:
-        return {"pruned": self.pruned, "kept": self.kept, "shares": self.shares, "scores": self.scores,
-                "ratio": self.ratio, "policy": self.policy, "pruned_params": self.pruned_params,
-                "total_params": self.total_params, "scope": self.scope}
+        return {
+            "pruned": self.pruned,
+            "kept": self.kept,
+            "shares": self.shares,
+            "scores": self.scores,
+            "ratio": self.ratio,
+            "policy": self.policy,
+            "pruned_params": self.pruned_params,
+            "total_params": self.total_params,
+            "scope": self.scope,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PrunePlan":
+    def from_dict(cls, d: dict) -> PrunePlan:
         try:
-            plan = cls(pruned=list(d["pruned"]), kept=list(d["kept"]), shares=dict(d["shares"]),
-                       scores={k: float(v) for k, v in d["scores"].items()}, ratio=float(d["ratio"]),
-                       policy=str(d["policy"]), pruned_params=int(d.get("pruned_params", 0)),
-                       total_params=int(d.get("total_params", 0)), scope=str(d.get("scope", "global")))
+            plan = cls(
+                pruned=list(d["pruned"]),
+                kept=list(d["kept"]),
+                shares=dict(d["shares"]),
+                scores={k: float(v) for k, v in d["scores"].items()},
+                ratio=float(d["ratio"]),
+                policy=str(d["policy"]),
+                pruned_params=int(d.get("pruned_params", 0)),
+                total_params=int(d.get("total_params", 0)),
+                scope=str(d.get("scope", "global")),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PearError(f"prune plan is malformed: {exc!r}") from None
         bad = [p for p, k in plan.shares.items() if p not in plan.pruned or k not in plan.kept]
@@ -121,7 +135,7 @@ def make_plan(scores: dict[str, float], config: PearConfig, model: nn.Module | N
         cut: set[str] = set()
         for sig in dict.fromkeys(p.signature for p in ranked):
             group = [p for p in ranked if p.signature == sig]
-            cut.update(p.name for p in group[:_n_pruned(group, config.prune_ratio)])
+            cut.update(p.name for p in group[: _n_pruned(group, config.prune_ratio)])
         pruned = [p for p in ranked if p.name in cut]
         kept = [p for p in ranked if p.name not in cut]
     else:
@@ -150,8 +164,9 @@ def _share(pruned: list[_Pos], kept: list[_Pos], policy: str) -> dict[str, str]:
 
 
 @torch.no_grad()
-def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None = None,
-                    inputs: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def prune_and_share(
+    model: nn.Module, plan: PrunePlan, config: PearConfig | None = None, inputs: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     """Apply `plan`: drop pruned adapters, point pruned positions at their shared
     adapter (with a gate at 1.0 there when `config.gate` is 'scalar' or 'channel'), and keep
     the pruned knowledge as `config.knowledge` says.
@@ -167,8 +182,10 @@ def prune_and_share(model: nn.Module, plan: PrunePlan, config: PearConfig | None
     if knowledge.needs_inputs and plan.shares:
         missing = [n for n in [*plan.shares, *plan.shares.values()] if inputs is None or n not in inputs]
         if missing:
-            raise PearError(f"knowledge={config.knowledge!r} needs the adapter inputs at every sharing position "
-                             f"(pear.capture_inputs(model, batches)); missing {sorted(set(missing))[:4]}")
+            raise PearError(
+                f"knowledge={config.knowledge!r} needs the adapter inputs at every sharing position "
+                f"(pear.capture_inputs(model, batches)); missing {sorted(set(missing))[:4]}"
+            )
     sl = slots(model)
     _check_plan(plan, sl)
     for name, slot in sl.items():
@@ -203,12 +220,14 @@ def _check_plan(plan: PrunePlan, sl: dict[str, PearSlot]) -> None:
         raise PearError(f"the prune plan shares must map pruned -> kept positions; got {bad}")
     for p, k in plan.shares.items():
         if sl[p].info.signature != sl[k].info.signature:
-            raise PearError(f"cannot share {k} into {p}: adapter shapes differ "
-                             f"({sl[k].info.signature} vs {sl[p].info.signature})")
+            raise PearError(
+                f"cannot share {k} into {p}: adapter shapes differ ({sl[k].info.signature} vs {sl[p].info.signature})"
+            )
 
 
-def _prune(slot: PearSlot, name: str, sl: dict[str, PearSlot], shared: str | None, keep_frozen: bool,
-           gate: str) -> None:
+def _prune(
+    slot: PearSlot, name: str, sl: dict[str, PearSlot], shared: str | None, keep_frozen: bool, gate: str
+) -> None:
     """Prune position `name`: its adapter kept frozen with `keep_frozen`, and the slot calling
     the adapter of position `shared` (through a new gate unless `gate` is 'none'), or none."""
     old = slot.adapter
@@ -240,10 +259,12 @@ def capture_inputs(model: nn.Module, batches, max_rows: int = 8192) -> dict[str,
     captured: dict[str, list[torch.Tensor]] = {}
     hooks = []
     for name, slot in slots(model).items():
+
         def keep(t: torch.Tensor, name: str = name) -> None:
             # fp32, whatever autocast computed them in: the fit runs on the fp32 adapters.
             t = t.detach().float()
             captured.setdefault(name, []).append(t.reshape(-1, t.shape[-1]) if t.ndim == 3 else t)
+
         if slot.mode == "parallel":
             hooks.append(slot.register_forward_pre_hook(lambda mod, args, keep=keep: keep(args[0])))
         else:

@@ -36,9 +36,11 @@ class Registry(Generic[T]):
     def register(self, name: str, *, help: str, aliases: Sequence[str] = ()) -> Callable[[T], T]:
         """Decorator: `@REGISTRY.register("name", help="...")` over the class or function;
         returns it unchanged. A name already taken is refused (unregister it first)."""
+
         def add(entry: T) -> T:
             self.add(name, entry, help=help, aliases=aliases)
             return entry
+
         return add
 
     def add(self, name: str, entry: T, *, help: str, aliases: Sequence[str] = ()) -> None:
@@ -48,7 +50,7 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise PearError(f"a {self.kind} needs a non-empty name, got {name!r}")
         self._entries[name], self._help[name] = entry, help
-        self._aliases.update({a: name for a in aliases})
+        self._aliases.update(dict.fromkeys(aliases, name))
 
     def unregister(self, name: str) -> T:
         """Remove `name` and its aliases; returns its entry."""
@@ -83,7 +85,7 @@ class Registry(Generic[T]):
         """The entries, in registration order."""
         return tuple(self._entries.values())
 
-    def aliases(self) -> "Aliases":
+    def aliases(self) -> Aliases:
         """Earlier name -> today's, as a live read-only mapping."""
         return Aliases(self)
 
@@ -106,7 +108,7 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def view(self, where: Callable[[T], bool] | None = None) -> "Names":
+    def view(self, where: Callable[[T], bool] | None = None) -> Names:
         """The registered names (those whose entry satisfies `where`) as a live tuple-like sequence."""
         return Names(self, where)
 

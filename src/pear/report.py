@@ -69,12 +69,27 @@ def report(model: nn.Module) -> dict:
     state = pear_state(model)
     base = unwrap(model)
     owners = adapter_modules(base)
-    positions = [Position(n, s.info.kind, s.info.depth, s.info.pruned, s.info.source if s.adapter is not None else None,
-                          s.info.importance, *_size(owners.get(n), s.gate), *_size(s.frozen))
-                 for n, s in slots(base).items()]
+    positions = [
+        Position(
+            n,
+            s.info.kind,
+            s.info.depth,
+            s.info.pruned,
+            s.info.source if s.adapter is not None else None,
+            s.info.importance,
+            *_size(owners.get(n), s.gate),
+            *_size(s.frozen),
+        )
+        for n, s in slots(base).items()
+    ]
     trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
-    rows, totals = summarize(positions, pruned=state.pruned, unpruned_adapter_params=state.unpruned_adapter_params,
-                             head=_size(classifier(base)), trainable_params=trainable)
+    rows, totals = summarize(
+        positions,
+        pruned=state.pruned,
+        unpruned_adapter_params=state.unpruned_adapter_params,
+        head=_size(classifier(base)),
+        trainable_params=trainable,
+    )
     return {"config": state.config.to_dict(), "positions": rows, "totals": totals}
 
 
@@ -82,17 +97,36 @@ def checkpoint_report(ckpt: TaskCheckpoint) -> dict:
     """`report` of a task checkpoint read by `pear.checkpoint.read_checkpoint`, from its
     JSON and tensors alone (no backbone)."""
     info, tensors = ckpt.info, ckpt.tensors
-    positions = [Position(p["name"], p["kind"], p["depth"], p["pruned"], p["source"], p.get("importance"),
-                          *_stored(tensors, p["name"]),
-                          *tensors_size(tensors, f"frozen.{p['name']}."))
-                 for p in info["positions"]]
-    rows, totals = summarize(positions, pruned=bool(info.get("pruned")), head=tensors_size(tensors, "head."),
-                             unpruned_adapter_params=info.get("unpruned_adapter_params"))
+    positions = [
+        Position(
+            p["name"],
+            p["kind"],
+            p["depth"],
+            p["pruned"],
+            p["source"],
+            p.get("importance"),
+            *_stored(tensors, p["name"]),
+            *tensors_size(tensors, f"frozen.{p['name']}."),
+        )
+        for p in info["positions"]
+    ]
+    rows, totals = summarize(
+        positions,
+        pruned=bool(info.get("pruned")),
+        head=tensors_size(tensors, "head."),
+        unpruned_adapter_params=info.get("unpruned_adapter_params"),
+    )
     return {"config": ckpt.config.to_dict(), "positions": rows, "totals": totals}
 
 
-def summarize(positions: list[Position], *, pruned: bool, unpruned_adapter_params: int | None,
-              head: tuple[int, int], trainable_params: int | None = None) -> tuple[list[dict], dict]:
+def summarize(
+    positions: list[Position],
+    *,
+    pruned: bool,
+    unpruned_adapter_params: int | None,
+    head: tuple[int, int],
+    trainable_params: int | None = None,
+) -> tuple[list[dict], dict]:
     """(one row per position, totals). pruned: whether the task was pruned (its other
     positions are then 'kept', not 'active'); unpruned_adapter_params: the adapters'
     parameters before pruning (None: as now); head: its (parameters, bytes);
@@ -103,10 +137,19 @@ def summarize(positions: list[Position], *, pruned: bool, unpruned_adapter_param
     checkpoints, the head and the share map (its compact JSON). The files on
     disk add the JSON's other fields; `pear inspect` gives their size as
     checkpoint_file_bytes."""
-    rows = [{"name": p.name, "kind": p.kind, "depth": p.depth, "importance": p.importance,
-             "state": "pruned" if p.pruned else ("kept" if pruned else "active"),
-             "shares": p.source if p.source not in (None, p.name) else None,
-             "params": p.params, "frozen_params": p.frozen_params} for p in positions]
+    rows = [
+        {
+            "name": p.name,
+            "kind": p.kind,
+            "depth": p.depth,
+            "importance": p.importance,
+            "state": "pruned" if p.pruned else ("kept" if pruned else "active"),
+            "shares": p.source if p.source not in (None, p.name) else None,
+            "params": p.params,
+            "frozen_params": p.frozen_params,
+        }
+        for p in positions
+    ]
     head_params, head_bytes = head
     adapter_params, adapter_bytes = sum(p.params for p in positions), sum(p.bytes for p in positions)
     frozen_bytes = sum(p.frozen_bytes for p in positions)

@@ -21,13 +21,13 @@ from .registry import Registry
 if TYPE_CHECKING:
     from .importance import ImportanceTracker
 
-SCORERS: Registry[type["Scorer"]] = Registry("importance scorer", "PearConfig.importance")
+SCORERS: Registry[type[Scorer]] = Registry("importance scorer", "PearConfig.importance")
 
 
 class Scorer:
     """One importance criterion for one tracker; the default adds nothing (override `update`)."""
 
-    def __init__(self, tracker: "ImportanceTracker") -> None:
+    def __init__(self, tracker: ImportanceTracker) -> None:
         self.tracker = tracker
 
     def hooks(self, adapters: list[Any]) -> list[Any]:
@@ -42,7 +42,7 @@ class Scorer:
         return None
 
 
-def _with_grads(t: "ImportanceTracker"):
+def _with_grads(t: ImportanceTracker):
     """(params, their grads, owner index) of the parameters that have a gradient; None if none has."""
     idx = [i for i, p in enumerate(t.params) if p.grad is not None]
     if not idx:
@@ -52,7 +52,7 @@ def _with_grads(t: "ImportanceTracker"):
     return params, [p.grad for p in params], owner
 
 
-def _add_l1(t: "ImportanceTracker", tensors, owner) -> None:
+def _add_l1(t: ImportanceTracker, tensors, owner) -> None:
     import torch
 
     t.sums.index_add_(0, owner, torch.stack(torch._foreach_norm(tensors, 1)).double())
@@ -110,6 +110,7 @@ class Output(Scorer):
             if module.training and torch.is_grad_enabled():
                 dim = 1 if output.dim() == 4 else -1  # channels of a feature map, features of a token
                 self.tracker.sums[i] += output.detach().float().norm(dim=dim).mean().double()
+
         return hook
 
 

@@ -34,8 +34,9 @@ class Position:
     score: float  # importance
 
 
-@SHARE_POLICIES.register("matched", aliases=("rank",),
-                         help="i-th most important kept adapter to the i-th least important pruned position")
+@SHARE_POLICIES.register(
+    "matched", aliases=("rank",), help="i-th most important kept adapter to the i-th least important pruned position"
+)
 def matched(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
     """Within each compatible group: the most important kept adapter goes to the least
     important pruned position, the 2nd to the 2nd, ... cycling when more positions are
@@ -65,6 +66,7 @@ def nearest(pruned: list[Position], kept: list[Position]) -> dict[str, str]:
     def closest(p: Position, ks: list[Position]) -> Position:
         same_kind = [k for k in ks if k.kind == p.kind] or ks  # any compatible kind if none of its own
         return min(same_kind, key=lambda k: (abs(k.depth - p.depth), -k.score, k.index))
+
     return _each(pruned, kept, closest)
 
 

@@ -39,8 +39,14 @@ class Pruner:
     knowledge checkpoint, `distill_batches` are input batches whose adapter inputs the
     shared adapters are fitted to (a few, e.g. the first training batches)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, prune_step: int,
-                 distill_batches: Iterable[torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        prune_step: int,
+        distill_batches: Iterable[torch.Tensor] | None = None,
+    ) -> None:
         if isinstance(prune_step, bool) or not isinstance(prune_step, int) or prune_step < 1:
             raise PearError(f"Pruner prune_step must be a positive integer (the step that prunes), got {prune_step!r}")
         state = pear_state(model)
@@ -79,8 +85,11 @@ class Pruner:
         inputs = capture_inputs(self.model, self.distill_batches) if needs_inputs else None
         prune_and_share(self.model, plan, inputs=inputs)
         # A wrapped optimizer (accelerate's, in transformers' Trainer) holds the torch one as .optimizer.
-        inner = self.optimizer if isinstance(self.optimizer, torch.optim.Optimizer) else \
-            getattr(self.optimizer, "optimizer", self.optimizer)
+        inner = (
+            self.optimizer
+            if isinstance(self.optimizer, torch.optim.Optimizer)
+            else getattr(self.optimizer, "optimizer", self.optimizer)
+        )
         prune_optimizer(inner, self.model)
         self.plan = plan
         return plan

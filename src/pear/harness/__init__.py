@@ -65,8 +65,9 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     registered under both names. The import system stamps the alias's spec on the module it
     is given; `exec_module` gives the module its own spec back, so it still names its home."""
 
-    def find_spec(self, fullname: str, path: object = None,
-                  target: object = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.rpartition(".")
         if package != __name__ or name not in _MOVED:
             return None

@@ -61,23 +61,25 @@ def check_output(path: str | Path, kind: OutputKind, data: str | Path | None = N
     """`write_output`'s rule alone: a PearError naming `path` and why, or nothing."""
     path = Path(path)
     if path.is_symlink():
-        raise PearError(f"{path} is a symbolic link; Pear will not write a {kind.name} through it. Name a plain "
-                        f"file")
+        raise PearError(f"{path} is a symbolic link; Pear will not write a {kind.name} through it. Name a plain file")
     if path.is_dir():
         raise PearError(f"{path} is a folder; name a file for the {kind.name}, e.g. {path / 'out'}")
     if not path.parent.is_dir():
-        raise PearError(f"folder {path.parent} does not exist; create it first, or name a file in an existing "
-                        f"folder for the {kind.name}")
+        raise PearError(
+            f"folder {path.parent} does not exist; create it first, or name a file in an existing "
+            f"folder for the {kind.name}"
+        )
     target = path.parent.resolve() / path.name
     if data is not None and target.is_relative_to(Path(data).resolve()):
-        raise PearError(f"{path} is inside the data root {data}, whose files Pear never writes; name a file "
-                        f"outside it")
+        raise PearError(f"{path} is inside the data root {data}, whose files Pear never writes; name a file outside it")
     owner = _pear_folder(target)
     if owner is not None:
         raise PearError(f"{path} is inside {owner}, which Pear writes whole; name a file outside it")
     if path.exists() and not (path.is_file() and _starts_with(path, kind.signature)):
-        raise PearError(f"{path} exists and is not a {kind.name} Pear wrote; Pear will not replace it. Move it "
-                        f"away or name another file")
+        raise PearError(
+            f"{path} exists and is not a {kind.name} Pear wrote; Pear will not replace it. Move it "
+            f"away or name another file"
+        )
 
 
 def _pear_folder(target: Path) -> Path | None:

@@ -34,7 +34,8 @@ class PearCallback(TrainerCallback):
         if self.pruner is None:  # the Trainer makes its optimizer when training starts
             if optimizer is None:
                 raise PearError("PearCallback: the Trainer passed no optimizer")
-            self.pruner = Pruner(self.model, optimizer, prune_step=self.prune_step,
-                                 distill_batches=self.distill_batches)
+            self.pruner = Pruner(
+                self.model, optimizer, prune_step=self.prune_step, distill_batches=self.distill_batches
+            )
         self.pruner.step()
         return control

@@ -26,8 +26,18 @@ BUILTIN_DATASETS = ("fashion_mnist", "sprites_loc", "sprites_ori")
 N_TRAIN, N_VAL, N_TEST = 800, 200, 2000
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -68,11 +78,11 @@ def _read_capped(path: Path) -> bytes:
     except IsADirectoryError:
         raise PearError(f"IDX file {path} is a directory; expected an IDX file") from None
     except (OSError, EOFError, zlib.error) as e:
-        raise PearError(f"{path}: cannot read IDX file ({type(e).__name__}: {e}); expected "
-                        "an IDX file, optionally gzip-compressed") from None
+        raise PearError(
+            f"{path}: cannot read IDX file ({type(e).__name__}: {e}); expected an IDX file, optionally gzip-compressed"
+        ) from None
     if len(data) > MAX_IDX_BYTES:
-        raise PearError(f"{path}: IDX data is larger than {MAX_IDX_BYTES} bytes "
-                        "(decompressed); refusing to load it")
+        raise PearError(f"{path}: IDX data is larger than {MAX_IDX_BYTES} bytes (decompressed); refusing to load it")
     return data
 
 
@@ -89,19 +99,21 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise PearError(f"{path}: {len(data)} bytes is too short for an IDX header")
     magic = int.from_bytes(data[:4], "big")
     if magic not in _IDX_MAGIC:
-        raise PearError(f"{path}: IDX magic 0x{magic:08x} is not supported; expected "
-                        "0x00000801 (labels) or 0x00000803 (images)")
+        raise PearError(
+            f"{path}: IDX magic 0x{magic:08x} is not supported; expected 0x00000801 (labels) or 0x00000803 (images)"
+        )
     ndim = _IDX_MAGIC[magic]
     header = 4 + 4 * ndim
     if len(data) < header:
         raise PearError(f"{path}: truncated IDX header ({len(data)} bytes, expected {header})")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = math.prod(dims)
     actual = len(data) - header
     if expected != actual:
-        raise PearError(f"{path}: IDX header declares dims {dims} ({expected} bytes of data) "
-                        f"but the file holds {actual} bytes after the header"
-                        + (" (truncated?)" if actual < expected else ""))
+        raise PearError(
+            f"{path}: IDX header declares dims {dims} ({expected} bytes of data) "
+            f"but the file holds {actual} bytes after the header" + (" (truncated?)" if actual < expected else "")
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -109,8 +121,10 @@ def _fashion_file(source: Path, stem: str) -> Path:
     for candidate in (source / f"{stem}.gz", source / stem):
         if candidate.is_file():
             return candidate
-    raise PearError(f"Fashion-MNIST folder {source} has no {stem}.gz or {stem}; expected the "
-                    f"standard files {', '.join(_FASHION_FILES.values())} (gzipped or not)")
+    raise PearError(
+        f"Fashion-MNIST folder {source} has no {stem}.gz or {stem}; expected the "
+        f"standard files {', '.join(_FASHION_FILES.values())} (gzipped or not)"
+    )
 
 
 def _load_fashion_split(source: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -118,18 +132,20 @@ def _load_fashion_split(source: Path, kind: str) -> tuple[np.ndarray, np.ndarray
     labels_path = _fashion_file(source, _FASHION_FILES[f"{kind}_labels"])
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
-        raise PearError(f"{images_path}: expected 3-D image data (magic 0x00000803), got "
-                        f"{images.ndim}-D")
+        raise PearError(f"{images_path}: expected 3-D image data (magic 0x00000803), got {images.ndim}-D")
     if labels.ndim != 1:
-        raise PearError(f"{labels_path}: expected 1-D label data (magic 0x00000801), got "
-                        f"{labels.ndim}-D")
+        raise PearError(f"{labels_path}: expected 1-D label data (magic 0x00000801), got {labels.ndim}-D")
     if len(images) != len(labels):
-        raise PearError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                        f"{len(labels)} labels; expected equal counts")
+        raise PearError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds "
+            f"{len(labels)} labels; expected equal counts"
+        )
     bad = np.flatnonzero(labels >= len(FASHION_MNIST_CLASSES))
     if bad.size:
-        raise PearError(f"{labels_path}: label {int(labels[bad[0]])} at index {int(bad[0])} is "
-                        f"out of range; expected 0..{len(FASHION_MNIST_CLASSES) - 1}")
+        raise PearError(
+            f"{labels_path}: label {int(labels[bad[0]])} at index {int(bad[0])} is "
+            f"out of range; expected 0..{len(FASHION_MNIST_CLASSES) - 1}"
+        )
     return images, labels
 
 
@@ -144,20 +160,25 @@ def _balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _fashion_mnist(source: str | Path | None, seed: int):
     folder = FASHION_MNIST_DIR if source is None else Path(source)
     if not folder.is_dir():
-        hint = (" (install the Debian package dataset-fashion-mnist, or pass the folder "
-                "holding the IDX files)" if folder == FASHION_MNIST_DIR else "")
+        hint = (
+            " (install the Debian package dataset-fashion-mnist, or pass the folder holding the IDX files)"
+            if folder == FASHION_MNIST_DIR
+            else ""
+        )
         raise PearError(f"Fashion-MNIST folder {folder} does not exist{hint}")
     train_x, train_y = _load_fashion_split(folder, "train")
     test_x, test_y = _load_fashion_split(folder, "test")
     if len(train_x) < N_TRAIN + N_VAL or len(test_x) < N_TEST:
-        raise PearError(f"Fashion-MNIST in {folder} has {len(train_x)} train / {len(test_x)} "
-                        f"test images; expected at least {N_TRAIN + N_VAL} / {N_TEST}")
+        raise PearError(
+            f"Fashion-MNIST in {folder} has {len(train_x)} train / {len(test_x)} "
+            f"test images; expected at least {N_TRAIN + N_VAL} / {N_TEST}"
+        )
     rng = np.random.default_rng(seed)
     train_order = _balanced_order(train_y, rng)
     test_order = _balanced_order(test_y, rng)
     picks = {
         "train800": train_order[:N_TRAIN],
-        "val200": train_order[N_TRAIN:N_TRAIN + N_VAL],
+        "val200": train_order[N_TRAIN : N_TRAIN + N_VAL],
         "test": test_order[:N_TEST],
     }
     splits = {}
@@ -236,13 +257,12 @@ def _sprites(target: str, seed: int):
 
     def render(idx):
         for i in idx:
-            yield _draw_sprite(_SPRITE_SHAPES[shapes[i]], scales[i], _MARGIN_PX + xs[i] * span,
-                               _MARGIN_PX + ys[i] * span, thetas[i])
+            yield _draw_sprite(
+                _SPRITE_SHAPES[shapes[i]], scales[i], _MARGIN_PX + xs[i] * span, _MARGIN_PX + ys[i] * span, thetas[i]
+            )
 
-    bounds = {"train800": (0, N_TRAIN), "val200": (N_TRAIN, N_TRAIN + N_VAL),
-              "test": (N_TRAIN + N_VAL, n)}
-    splits = {split: (render(range(a, b)), [int(v) for v in labels[a:b]])
-              for split, (a, b) in bounds.items()}
+    bounds = {"train800": (0, N_TRAIN), "val200": (N_TRAIN, N_TRAIN + N_VAL), "test": (N_TRAIN + N_VAL, n)}
+    splits = {split: (render(range(a, b)), [int(v) for v in labels[a:b]]) for split, (a, b) in bounds.items()}
     return splits, names
 
 
@@ -265,8 +285,14 @@ def _write_task(folder: Path, splits, class_names: list[str]) -> None:
     (folder / "classes.txt").write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
 
 
-def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | Path | None = None,
-                  overwrite: bool = False, if_missing: bool = False) -> Path:
+def build_dataset(
+    name: str,
+    out_root: str | Path,
+    seed: int = 0,
+    source: str | Path | None = None,
+    overwrite: bool = False,
+    if_missing: bool = False,
+) -> Path:
     """Write built-in dataset `name` to ``<out_root>/<name>/`` and return that folder.
 
     - ``fashion_mnist``: real Fashion-MNIST from the IDX files in `source` (default: the
@@ -291,8 +317,7 @@ def build_dataset(name: str, out_root: str | Path, seed: int = 0, source: str | 
     the data root, `pear.harness.run.rundir.waiting_for`), then finds its result.
     """
     if name not in BUILTIN_DATASETS:
-        raise PearError(f"dataset {name!r} is not built in; expected one of "
-                        f"{', '.join(BUILTIN_DATASETS)}")
+        raise PearError(f"dataset {name!r} is not built in; expected one of {', '.join(BUILTIN_DATASETS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise PearError(f"seed {seed!r} is invalid; expected a non-negative integer")
     if source is not None and name != "fashion_mnist":
@@ -332,4 +357,3 @@ def _build(name: str, dest: Path, seed: int, source: str | Path | None) -> None:
         splits, class_names = _sprites("x" if name == "sprites_loc" else "theta", seed)
 
     atomic_dir_write(dest, lambda tmp: _write_task(tmp, splits, class_names))
-

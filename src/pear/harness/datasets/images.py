@@ -25,8 +25,7 @@ _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 # Everything PIL raises for a file it cannot decode (truncated streams, bad chunks,
 # decompression bombs, unsupported conversions).
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
-                 Image.DecompressionBombError)
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -57,8 +56,9 @@ def load_image(image: str | Path | Image.Image, transform: Callable[[Image.Image
     except FileNotFoundError:
         raise PearError(f"image {name} does not exist") from None
     except _IMAGE_ERRORS as e:
-        raise PearError(f"cannot read image {name}: {type(e).__name__}: {e}; expected a "
-                        "readable image file (PNG, JPEG, ...)") from None
+        raise PearError(
+            f"cannot read image {name}: {type(e).__name__}: {e}; expected a readable image file (PNG, JPEG, ...)"
+        ) from None
     return transform(rgb)
 
 
@@ -74,8 +74,10 @@ def build_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) 
         raise PearError(f"normalisation mean {mean} / std {std}: expected 3 values each (RGB)")
     if any(not s > 0 for s in std):
         raise PearError(f"normalisation std {std} has a value <= 0; expected positive values")
-    return transforms.Compose([
-        transforms.Resize((img_size, img_size), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize((img_size, img_size), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )

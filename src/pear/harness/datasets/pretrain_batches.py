@@ -27,9 +27,10 @@ def photo_crops(photos: list[torch.Tensor], n: int, g: torch.Generator) -> torch
         cw = min(w, max(8, round(math.sqrt(area * ratio))))
         top = int(torch.randint(h - ch + 1, (1,), generator=g))
         left = int(torch.randint(w - cw + 1, (1,), generator=g))
-        crop = img[:, top:top + ch, left:left + cw].float()[None] / 255
-        out.append(F.interpolate(crop, size=(TEACHER_PX, TEACHER_PX), mode="bilinear", antialias=True,
-                                 align_corners=False))
+        crop = img[:, top : top + ch, left : left + cw].float()[None] / 255
+        out.append(
+            F.interpolate(crop, size=(TEACHER_PX, TEACHER_PX), mode="bilinear", antialias=True, align_corners=False)
+        )
     x = torch.cat(out)
     grey = torch.rand(n, generator=g) < 0.2  # Fashion-MNIST-like grey images are common downstream
     x[grey] = x[grey].mean(1, keepdim=True).expand(-1, 3, -1, -1)
@@ -42,7 +43,7 @@ def fashion_images(fashion: torch.Tensor, n: int, g: torch.Generator) -> torch.T
     x = fashion[idx].float()[:, None] / 255
     x = F.pad(x, (3, 3, 3, 3))
     dy, dx = torch.randint(0, 7, (2,), generator=g).tolist()
-    x = x[:, :, dy:dy + 28, dx:dx + 28]
+    x = x[:, :, dy : dy + 28, dx : dx + 28]
     x = F.interpolate(x, size=(TEACHER_PX, TEACHER_PX), mode="bicubic", align_corners=False).clamp(0, 1)
     return x.expand(-1, 3, -1, -1).contiguous()
 
@@ -78,8 +79,13 @@ def make_batch(step: int, seed: int, batch: int, photos: list[torch.Tensor], fas
     """The teacher-resolution images of one step, in [0, 1]; a function of (seed, step) only."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     n_photo, n_fashion = round(MIX[0] * batch), round(MIX[1] * batch)
-    x = torch.cat([photo_crops(photos, n_photo, g), fashion_images(fashion, n_fashion, g),
-                   procedural(batch - n_photo - n_fashion, g)])
+    x = torch.cat(
+        [
+            photo_crops(photos, n_photo, g),
+            fashion_images(fashion, n_fashion, g),
+            procedural(batch - n_photo - n_fashion, g),
+        ]
+    )
     flip = torch.rand(batch, generator=g) < 0.5
     x[flip] = x[flip].flip(-1)
     return x[torch.randperm(batch, generator=g)]

@@ -14,9 +14,9 @@ a silent mislabel would only show up as a mysteriously bad accuracy.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -110,8 +110,10 @@ def _inside(path: Path, task_root: Path, what: str) -> Path:
     except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop on Python < 3.13
         raise PearError(f"cannot resolve {what} {path}: {e}") from None
     if not resolved.is_relative_to(task_root):
-        raise PearError(f"{what} {path} resolves to {resolved}, outside the task folder {task_root}; Pear reads "
-                        f"only files inside the task folder")
+        raise PearError(
+            f"{what} {path} resolves to {resolved}, outside the task folder {task_root}; Pear reads "
+            f"only files inside the task folder"
+        )
     return resolved
 
 
@@ -134,16 +136,13 @@ def _read_text(path: Path, what: str, task_root: Path) -> str:
     except OSError as e:
         raise PearError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if len(raw) > MAX_LIST_BYTES:
-        raise PearError(f"{path}: {what} is larger than {MAX_LIST_BYTES} bytes; "
-                        "expected a small text file")
+        raise PearError(f"{path}: {what} is larger than {MAX_LIST_BYTES} bytes; expected a small text file")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         bad = raw[e.start : e.end]
-        raise PearError(
-            f"{path}:{line}: byte(s) {bad[:8]!r} are not valid UTF-8; expected a UTF-8 text file"
-        ) from None
+        raise PearError(f"{path}:{line}: byte(s) {bad[:8]!r} are not valid UTF-8; expected a UTF-8 text file") from None
 
 
 def _lines(text: str) -> list[str]:
@@ -154,8 +153,9 @@ def _lines(text: str) -> list[str]:
 
 def _parse_label(field: str, where: str, num_classes: int | None) -> int:
     if not _INT_RE.fullmatch(field):
-        raise PearError(f"{where}: label {_quote(field)} is not an integer; expected "
-                        "'<relative image path> <integer label>'")
+        raise PearError(
+            f"{where}: label {_quote(field)} is not an integer; expected '<relative image path> <integer label>'"
+        )
     expected = "a label >= 0" if num_classes is None else f"a label in [0, {num_classes})"
     digits = field.lstrip("-")
     if len(digits) > _MAX_LABEL_DIGITS:
@@ -170,22 +170,24 @@ def _resolve_image(rel: str, where: str, task_root: Path) -> Path:
     if "\x00" in rel:
         raise PearError(f"{where}: image path {_quote(rel)} contains a NUL byte")
     if Path(rel).is_absolute():
-        raise PearError(f"{where}: image path {_quote(rel)} is absolute; expected a path "
-                        f"relative to the task folder {task_root}")
+        raise PearError(
+            f"{where}: image path {_quote(rel)} is absolute; expected a path relative to the task folder {task_root}"
+        )
     try:
         resolved = (task_root / rel).resolve()
     except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop on Python < 3.13
         raise PearError(f"{where}: cannot resolve image path {_quote(rel)}: {e}") from None
     if not resolved.is_relative_to(task_root):
-        raise PearError(f"{where}: image path {_quote(rel)} resolves to {resolved}, outside the "
-                        f"task folder {task_root}; expected a path inside it")
+        raise PearError(
+            f"{where}: image path {_quote(rel)} resolves to {resolved}, outside the "
+            f"task folder {task_root}; expected a path inside it"
+        )
     try:
         is_file = resolved.is_file()
     except OSError as e:
         raise PearError(f"{where}: cannot access image {_quote(rel)}: {e.strerror or e}") from None
     if not is_file:
-        raise PearError(f"{where}: image {resolved} (listed as {_quote(rel)}) does not exist "
-                        "or is not a file")
+        raise PearError(f"{where}: image {resolved} (listed as {_quote(rel)}) does not exist or is not a file")
     return resolved
 
 
@@ -213,8 +215,7 @@ def _parse_list(path: Path, task_dir: Path, num_classes: int | None) -> list[tup
         label = _parse_label(fields[1], where, num_classes)
         items.append((_resolve_image(fields[0], where, task_root), label))
     if not items:
-        raise PearError(f"{path}: list file has no entries; expected lines of "
-                        "'<relative image path> <integer label>'")
+        raise PearError(f"{path}: list file has no entries; expected lines of '<relative image path> <integer label>'")
     return items
 
 
@@ -237,11 +238,13 @@ def _read_class_names(path: Path, task_dir: Path) -> list[str]:
     for lineno, line in enumerate(lines, start=1):
         name = line.strip()
         if not name:
-            raise PearError(f"{path}:{lineno}: empty class name; expected one class name "
-                            "per line (line n names label n-1)")
+            raise PearError(
+                f"{path}:{lineno}: empty class name; expected one class name per line (line n names label n-1)"
+            )
         if name in seen:
-            raise PearError(f"{path}:{lineno}: class name {_quote(name)} repeats line "
-                            f"{seen[name]}; expected distinct names")
+            raise PearError(
+                f"{path}:{lineno}: class name {_quote(name)} repeats line {seen[name]}; expected distinct names"
+            )
         seen[name] = lineno
         names.append(name)
     if not names:
@@ -251,8 +254,9 @@ def _read_class_names(path: Path, task_dir: Path) -> list[str]:
 
 def _task_folder_name(task: str) -> str:
     if not task or task in (".", "..") or "/" in task or "\\" in task or "\x00" in task:
-        raise PearError(f"task {task!r} is not a folder name; expected the name of a folder "
-                        "inside the data root, e.g. 'cifar'")
+        raise PearError(
+            f"task {task!r} is not a folder name; expected the name of a folder inside the data root, e.g. 'cifar'"
+        )
     return task
 
 
@@ -282,19 +286,19 @@ def task_info(root: str | Path, task: str) -> TaskInfo:
     if task_dir is None:
         available = _available_tasks(root)
         listing = ", ".join(available) if available else "none"
-        raise PearError(f"task folder {root / task} does not exist; task folders in "
-                        f"{root}: {listing}")
+        raise PearError(f"task folder {root / task} does not exist; task folders in {root}: {listing}")
     for list_name in _REQUIRED_LISTS:
         if not (task_dir / list_name).is_file():
-            raise PearError(f"task folder {task_dir} has no {list_name}; expected the VTAB "
-                            f"list files {', '.join(s + '.txt' for s in SPLITS)}")
+            raise PearError(
+                f"task folder {task_dir} has no {list_name}; expected the VTAB "
+                f"list files {', '.join(s + '.txt' for s in SPLITS)}"
+            )
     classes_file = task_dir / "classes.txt"
     class_names = _read_class_names(classes_file, task_dir) if classes_file.is_file() else None
     if canonical in VTAB_TASKS:
         num_classes = VTAB_TASKS[canonical]
         if class_names is not None and len(class_names) != num_classes:
-            raise PearError(f"{classes_file} names {len(class_names)} classes; VTAB task "
-                            f"{canonical} has {num_classes}")
+            raise PearError(f"{classes_file} names {len(class_names)} classes; VTAB task {canonical} has {num_classes}")
     elif class_names is not None:
         num_classes = len(class_names)
     else:
@@ -302,25 +306,25 @@ def task_info(root: str | Path, task: str) -> TaskInfo:
             label for name in _REQUIRED_LISTS for _, label in _parse_list(task_dir / name, task_dir, None)
         )
         if num_classes > MAX_INFERRED_CLASSES:
-            raise PearError(f"task folder {task_dir}: its largest label, {num_classes - 1}, would make "
-                            f"{num_classes} classes (more than {MAX_INFERRED_CLASSES}); labels are class "
-                            f"indices from 0. If there really are that many classes, name them in "
-                            f"{task_dir / 'classes.txt'}")
+            raise PearError(
+                f"task folder {task_dir}: its largest label, {num_classes - 1}, would make "
+                f"{num_classes} classes (more than {MAX_INFERRED_CLASSES}); labels are class "
+                f"indices from 0. If there really are that many classes, name them in "
+                f"{task_dir / 'classes.txt'}"
+            )
     return TaskInfo(name=canonical, dir=task_dir, num_classes=num_classes, class_names=class_names)
 
 
 class VtabDataset(Dataset):
     """One split of one VTAB-format task; images are decoded lazily per item."""
 
-    def __init__(self, root: str | Path, task: str, split: str,
-                 transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(self, root: str | Path, task: str, split: str, transform: Callable[[Image.Image], torch.Tensor]):
         if split not in SPLITS:
             raise PearError(f"split {split!r} is unknown; expected one of {', '.join(SPLITS)}")
         self.info = task_info(root, task)
         list_path = self.info.dir / f"{split}.txt"
         if not list_path.is_file():
-            raise PearError(f"task folder {self.info.dir} has no {split}.txt, needed for "
-                            f"split {split!r}")
+            raise PearError(f"task folder {self.info.dir} has no {split}.txt, needed for split {split!r}")
         self.split = split
         self.samples = read_list(list_path, self.info.dir, self.info.num_classes)
         self.transform = transform

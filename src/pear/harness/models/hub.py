@@ -32,35 +32,72 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _LISTED_FILES = 12
 # transformers' ViTConfig defaults, for keys a config.json leaves out.
 _HF_VIT_DEFAULTS = {
-    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-    "hidden_act": "gelu", "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16, "num_channels": 3,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
     "qkv_bias": True,
 }
 # transformers activation name -> timm's (timm.layers.get_act_layer).
-_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                   "quick_gelu": "quick_gelu"}
+_HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "quick_gelu": "quick_gelu",
+}
 _TIMM_LAYER_NORM_EPS = 1e-6
 _NUMBER = (int, float)
 # The types of the config.json fields read, for messages that name the field (jsontypes.wrong_types).
-_HF_FIELDS = {"hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int, "intermediate_size": int,
-              "hidden_act": str, "layer_norm_eps": _NUMBER, "num_channels": int, "qkv_bias": bool}
-_TIMM_FIELDS = {"architecture": str, "model_args": (dict, NONE), "num_classes": int,
-                "pretrained_cfg": (dict, NONE)}
+_HF_FIELDS = {
+    "hidden_size": int,
+    "num_hidden_layers": int,
+    "num_attention_heads": int,
+    "intermediate_size": int,
+    "hidden_act": str,
+    "layer_norm_eps": _NUMBER,
+    "num_channels": int,
+    "qkv_bias": bool,
+}
+_TIMM_FIELDS = {"architecture": str, "model_args": (dict, NONE), "num_classes": int, "pretrained_cfg": (dict, NONE)}
 _TIMM_PRETRAINED_FIELDS = {"mean": (list, *_NUMBER, NONE), "std": (list, *_NUMBER, NONE)}
-_TYPE_WORDS = {int: "an integer", str: "a string", _NUMBER: "a number", bool: "true or false",
-               (dict, NONE): "an object", (list, *_NUMBER, NONE): "a list of 3 numbers"}
+_TYPE_WORDS = {
+    int: "an integer",
+    str: "a string",
+    _NUMBER: "a number",
+    bool: "true or false",
+    (dict, NONE): "an object",
+    (list, *_NUMBER, NONE): "a list of 3 numbers",
+}
 # Generous upper bounds (ViT-22B: width 6144, 48 layers): a config beyond them is damaged, and timm would
 # try to allocate whatever it asks for.
-_HF_MAX_SIZES = {"hidden_size": 16384, "num_hidden_layers": 256, "num_attention_heads": 1024,
-                 "intermediate_size": 65536, "num_channels": 64, "patch_size": 1024, "image_size": 8192}
+_HF_MAX_SIZES = {
+    "hidden_size": 16384,
+    "num_hidden_layers": 256,
+    "num_attention_heads": 1024,
+    "intermediate_size": 65536,
+    "num_channels": 64,
+    "patch_size": 1024,
+    "image_size": 8192,
+}
 _MAX_SIZE = 65536
 _MAX_DEPTH = 256
 _DEPTH_WORDS = ("depth", "layers", "blocks")
 # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN / _STD) when no preprocessor_config.json is there.
 _HF_MEAN = _HF_STD = (0.5, 0.5, 0.5)
 # timm's ViT names by (width, depth, heads), to name a transformers ViT the way timm would.
-_TIMM_VIT_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large",
-                   (1280, 32, 16): "huge"}
+_TIMM_VIT_SIZES = {
+    (192, 12, 3): "tiny",
+    (384, 12, 6): "small",
+    (768, 12, 12): "base",
+    (1024, 24, 16): "large",
+    (1280, 32, 16): "huge",
+}
 _GENERIC_VIT = "vit_base_patch16_224"
 
 # transformers ViT key prefix -> timm VisionTransformer key prefix; q, k and v are joined separately.
@@ -110,7 +147,6 @@ class HubFolder:
     def recorded_name(self) -> str:
         return self.name or self.architecture
 
-
     def to_timm(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The tensors of `weights_file` under timm's key names."""
         return transformers_vit_to_timm(tensors) if self.kind == "transformers" else tensors
@@ -151,19 +187,24 @@ def read_folder(path: str | Path) -> HubFolder:
         kind = "transformers"
     elif "model_type" in config:
         raise _not_a_checkpoint_folder(
-            path, f"its config.json describes a transformers {config['model_type']!r} model "
+            path,
+            f"its config.json describes a transformers {config['model_type']!r} model "
             f"({_architectures(config.get('architectures'))}); "
-            "only model_type 'vit' (ViTModel, ViTForImageClassification) is mapped onto timm")
+            "only model_type 'vit' (ViTModel, ViTForImageClassification) is mapped onto timm",
+        )
     else:
         keys = sorted(config)
         raise _not_a_checkpoint_folder(
-            path, f"its config.json has neither 'architecture' (timm) nor 'model_type' (transformers); "
-            f"its keys: {keys[:_LISTED_FILES]}{' ...' if len(keys) > _LISTED_FILES else ''}")
+            path,
+            f"its config.json has neither 'architecture' (timm) nor 'model_type' (transformers); "
+            f"its keys: {keys[:_LISTED_FILES]}{' ...' if len(keys) > _LISTED_FILES else ''}",
+        )
 
     weights_file = next((path / name for name in _WEIGHT_FILES if (path / name).is_file()), None)
     if weights_file is None:
         raise _not_a_checkpoint_folder(
-            path, f"its config.json is a {kind} one but there is no {' or '.join(_WEIGHT_FILES)}")
+            path, f"its config.json is a {kind} one but there is no {' or '.join(_WEIGHT_FILES)}"
+        )
     if kind == "timm":
         return _timm_folder(path, config, weights_file)
     return _transformers_folder(path, config, weights_file)
@@ -189,8 +230,13 @@ def _timm_folder(path: Path, config: dict, weights_file: Path) -> HubFolder:
     # timm writes the input config under "pretrained_cfg"; older exports kept it at the top level.
     pretrained = config.get("pretrained_cfg") or config
     _check_fields(path, "config.json", config, _TIMM_FIELDS)
-    _check_fields(path, "config.json", pretrained, _TIMM_PRETRAINED_FIELDS,
-                  "pretrained_cfg." if "pretrained_cfg" in config else "")
+    _check_fields(
+        path,
+        "config.json",
+        pretrained,
+        _TIMM_PRETRAINED_FIELDS,
+        "pretrained_cfg." if "pretrained_cfg" in config else "",
+    )
     model_args = config.get("model_args") or {}
     _check_model_args(path, model_args)
     extra = {}
@@ -199,23 +245,33 @@ def _timm_folder(path: Path, config: dict, weights_file: Path) -> HubFolder:
     prefix = "config.json:" + ("pretrained_cfg." if "pretrained_cfg" in config else "")
     mean = _channels(path, prefix + "mean", pretrained.get("mean"), _HF_MEAN)
     std = _channels(path, prefix + "std", pretrained.get("std"), _HF_STD, positive=True)
-    settings = {"config.json:architecture": config["architecture"], "config.json:model_args": model_args,
-                prefix + "mean": list(mean), prefix + "std": list(std)}
+    settings = {
+        "config.json:architecture": config["architecture"],
+        "config.json:model_args": model_args,
+        prefix + "mean": list(mean),
+        prefix + "std": list(std),
+    }
     input_size = pretrained.get("input_size") if isinstance(pretrained, dict) else None
     size = model_args.get("img_size", input_size[-1] if isinstance(input_size, list | tuple) and input_size else None)
     return HubFolder(
-        path=path, kind="timm", architecture=config["architecture"], weights_file=weights_file,
-        model_kwargs={**extra, **model_args}, mean=mean, std=std, settings=settings,
+        path=path,
+        kind="timm",
+        architecture=config["architecture"],
+        weights_file=weights_file,
+        model_kwargs={**extra, **model_args},
+        mean=mean,
+        std=std,
+        settings=settings,
         img_size=_square(size, "img_size", path) if size is not None else None,
-
     )
 
 
 def _check_fields(path: Path, file: str, data: dict, types: dict, where: str = "") -> None:
     for key, expected in types.items():
         if wrong_types(data, {key: expected}):
-            raise PearError(f"weights folder {path}: {file}'s {where}{key} is {data[key]!r}; expected "
-                            f"{_TYPE_WORDS[expected]}")
+            raise PearError(
+                f"weights folder {path}: {file}'s {where}{key} is {data[key]!r}; expected {_TYPE_WORDS[expected]}"
+            )
 
 
 def _check_model_args(path: Path, model_args: dict) -> None:
@@ -226,8 +282,10 @@ def _check_model_args(path: Path, model_args: dict) -> None:
         bound = _MAX_DEPTH if any(word in key for word in _DEPTH_WORDS) else _MAX_SIZE
         for v in values:
             if isinstance(v, int | float) and not isinstance(v, bool) and not (-bound <= v <= bound):
-                raise PearError(f"weights folder {path}: config.json's model_args.{key} is {value!r}, "
-                                f"beyond any real model (at most {bound})")
+                raise PearError(
+                    f"weights folder {path}: config.json's model_args.{key} is {value!r}, "
+                    f"beyond any real model (at most {bound})"
+                )
 
 
 def _transformers_folder(path: Path, config: dict, weights_file: Path) -> HubFolder:
@@ -238,14 +296,22 @@ def _transformers_folder(path: Path, config: dict, weights_file: Path) -> HubFol
     _check_hf_sizes(path, cfg, patch, image)
     act = _HF_ACTIVATIONS.get(cfg["hidden_act"])
     if act is None:
-        raise PearError(f"weights folder {path}: config.json's hidden_act {cfg['hidden_act']!r} has no timm "
-                        f"counterpart here; known: {sorted(_HF_ACTIVATIONS)}")
+        raise PearError(
+            f"weights folder {path}: config.json's hidden_act {cfg['hidden_act']!r} has no timm "
+            f"counterpart here; known: {sorted(_HF_ACTIVATIONS)}"
+        )
     # timm sizes the MLP as int(width * mlp_ratio); the half keeps that exact for any intermediate_size.
     inner = cfg["intermediate_size"]
     mlp_ratio = inner / width if int(width * (inner / width)) == inner else (inner + 0.5) / width
     kwargs: dict[str, Any] = {
-        "embed_dim": width, "depth": depth, "num_heads": heads, "mlp_ratio": mlp_ratio, "patch_size": patch,
-        "img_size": image, "in_chans": cfg["num_channels"], "qkv_bias": cfg["qkv_bias"],
+        "embed_dim": width,
+        "depth": depth,
+        "num_heads": heads,
+        "mlp_ratio": mlp_ratio,
+        "patch_size": patch,
+        "img_size": image,
+        "in_chans": cfg["num_channels"],
+        "qkv_bias": cfg["qkv_bias"],
     }
     if act != "gelu":
         kwargs["act_layer"] = act
@@ -257,32 +323,51 @@ def _transformers_folder(path: Path, config: dict, weights_file: Path) -> HubFol
         kwargs["norm_layer"] = partial(LayerNorm, eps=float(cfg["layer_norm_eps"]))
     mean, std = _hf_normalisation(path)
     settings = {f"config.json:{k}": cfg[k] for k in _HF_VIT_DEFAULTS}
-    settings.update({"preprocessor_config.json:image_mean": list(mean), "preprocessor_config.json:image_std": list(std)})
+    settings.update(
+        {"preprocessor_config.json:image_mean": list(mean), "preprocessor_config.json:image_std": list(std)}
+    )
     name, architecture = _timm_vit_name(width, depth, heads, patch, image)
-    return HubFolder(path=path, kind="transformers", architecture=architecture, weights_file=weights_file,
-                     model_kwargs=kwargs, mean=mean, std=std, settings=settings, name=name, img_size=image)
+    return HubFolder(
+        path=path,
+        kind="transformers",
+        architecture=architecture,
+        weights_file=weights_file,
+        model_kwargs=kwargs,
+        mean=mean,
+        std=std,
+        settings=settings,
+        name=name,
+        img_size=image,
+    )
 
 
 def _check_hf_sizes(path: Path, cfg: dict, patch: int, image: int) -> None:
     """Every size positive and within what a real ViT has, so that no config asks for a model that
     cannot be allocated; the heads must divide the width."""
-    sizes = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                                 "num_channels")}
+    sizes = {
+        k: cfg[k]
+        for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels")
+    }
     for key, value in {**sizes, "patch_size": patch, "image_size": image}.items():
         if not 1 <= value <= _HF_MAX_SIZES[key]:
-            raise PearError(f"weights folder {path}: config.json's {key} is {value}; expected 1 to "
-                            f"{_HF_MAX_SIZES[key]}")
+            raise PearError(
+                f"weights folder {path}: config.json's {key} is {value}; expected 1 to {_HF_MAX_SIZES[key]}"
+            )
     if cfg["hidden_size"] % cfg["num_attention_heads"]:
-        raise PearError(f"weights folder {path}: config.json's num_attention_heads {cfg['num_attention_heads']} "
-                        f"does not divide its hidden_size {cfg['hidden_size']}")
+        raise PearError(
+            f"weights folder {path}: config.json's num_attention_heads {cfg['num_attention_heads']} "
+            f"does not divide its hidden_size {cfg['hidden_size']}"
+        )
     if patch > image:
-        raise PearError(f"weights folder {path}: config.json's patch_size {patch} is larger than its image_size "
-                        f"{image}")
+        raise PearError(
+            f"weights folder {path}: config.json's patch_size {patch} is larger than its image_size {image}"
+        )
     eps = cfg["layer_norm_eps"]
     if not (math.isfinite(eps) and 0 < eps < 1):
-        raise PearError(f"weights folder {path}: config.json's layer_norm_eps is {eps!r}; expected a small "
-                        "positive number such as 1e-12")
-
+        raise PearError(
+            f"weights folder {path}: config.json's layer_norm_eps is {eps!r}; expected a small "
+            "positive number such as 1e-12"
+        )
 
 
 def _square(value: Any, key: str, path: Path) -> int:
@@ -298,11 +383,16 @@ def _channels(path: Path, field: str, value: Any, default: tuple[float, ...], po
     if value is None or value == []:
         return default
     values = [value] * 3 if has_type(value, (int, float)) else value
-    if not (isinstance(values, list | tuple) and len(values) == 3 and all(
-            has_type(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive) for v in values)):
+    if not (
+        isinstance(values, list | tuple)
+        and len(values) == 3
+        and all(has_type(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive) for v in values)
+    ):
         file, _, key = field.partition(":")
-        raise PearError(f"weights folder {path}: {file}'s {key} is {value!r}; expected 3 finite numbers"
-                        f"{' above 0' if positive else ''} (one per RGB channel)")
+        raise PearError(
+            f"weights folder {path}: {file}'s {key} is {value!r}; expected 3 finite numbers"
+            f"{' above 0' if positive else ''} (one per RGB channel)"
+        )
     return tuple(float(v) for v in values)
 
 
@@ -315,10 +405,11 @@ def _hf_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise PearError(f"weights folder {path}: preprocessor_config.json is not readable JSON ({err})") from err
     if not isinstance(cfg, dict):
-        raise PearError(f"weights folder {path}: preprocessor_config.json holds a {type(cfg).__name__}, "
-                        "not an object")
-    return (_channels(path, "preprocessor_config.json:image_mean", cfg.get("image_mean"), _HF_MEAN),
-            _channels(path, "preprocessor_config.json:image_std", cfg.get("image_std"), _HF_STD, positive=True))
+        raise PearError(f"weights folder {path}: preprocessor_config.json holds a {type(cfg).__name__}, not an object")
+    return (
+        _channels(path, "preprocessor_config.json:image_mean", cfg.get("image_mean"), _HF_MEAN),
+        _channels(path, "preprocessor_config.json:image_std", cfg.get("image_std"), _HF_STD, positive=True),
+    )
 
 
 def _timm_vit_name(width: int, depth: int, heads: int, patch: int, image: int) -> tuple[str, str]:

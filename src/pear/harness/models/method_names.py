@@ -48,9 +48,11 @@ def register_method(name: str, *, help: str, aliases: Sequence[str] = (), **trai
     """Decorator: register `prepare(model, config, lora_alpha)` as training method `name`
     (traits: those of `TrainingMethod`; `config` is the one the method trains with, its
     fixed options applied); returns the function unchanged."""
+
     def add(prepare: Callable[..., Any]) -> Callable[..., Any]:
         TRAINING_METHODS.add(name, TrainingMethod(prepare, **traits), help=help, aliases=aliases)
         return prepare
+
     return add
 
 
@@ -81,20 +83,29 @@ def _attach(model, config: PearConfig, lora_alpha: float | None = None):
 
 register_method("adapter", help="Pear adapters, never pruned", pear=True, fixed={"prune_ratio": 0.0})(_attach)
 register_method("pear", help="Pear adapters + prune-and-share + knowledge checkpoint", pear=True, prunes=True)(_attach)
-register_method("prune", help="pear without sharing, the ablation", pear=True, prunes=True,
-                fixed={"share": "none"})(_attach)
+register_method("prune", help="pear without sharing, the ablation", pear=True, prunes=True, fixed={"share": "none"})(
+    _attach
+)
 
 
-@register_method("peft-lora", aliases=("lora",), peft=True, options=("rank",),
-                 help="HuggingFace peft's LoRA at rank --rank, the peer baseline")
+@register_method(
+    "peft-lora",
+    aliases=("lora",),
+    peft=True,
+    options=("rank",),
+    help="HuggingFace peft's LoRA at rank --rank, the peer baseline",
+)
 def _peft_lora(model, config: PearConfig, lora_alpha: float | None = None):
     from .methods import peft_lora
 
     return peft_lora(model, config.rank, lora_alpha)
 
 
-@register_method("peft-lora-eq", peft=True,
-                 help="peft's LoRA at the rank whose trainable parameters come closest to the adapter method's")
+@register_method(
+    "peft-lora-eq",
+    peft=True,
+    help="peft's LoRA at the rank whose trainable parameters come closest to the adapter method's",
+)
 def _peft_lora_eq(model, config: PearConfig, lora_alpha: float | None = None):
     from .methods import lora_rank, peft_lora
 

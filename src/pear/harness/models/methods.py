@@ -52,7 +52,6 @@ def train_head(model: nn.Module) -> None:
         head.requires_grad_(True)
 
 
-
 def lora_targets(model: nn.Module) -> str:
     """peft target regex, as the model's family says (pear.families): qkv of every ViT
     block, or the 1x1 projection convs of a CNN."""
@@ -86,8 +85,13 @@ def peft_lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
     except ImportError:
         raise PearError("method 'peft-lora' needs the optional package peft: pip install 'pear-peft[lora]'") from None
     # peft annotates lora_alpha as int, but only divides by it (scaling = lora_alpha / r): a float is as good.
-    lcfg = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha,  # type: ignore[arg-type]
-                      target_modules=lora_targets(model), lora_dropout=0.0, bias="none")
+    lcfg = LoraConfig(
+        r=rank,
+        lora_alpha=rank if alpha is None else alpha,  # type: ignore[arg-type]
+        target_modules=lora_targets(model),
+        lora_dropout=0.0,
+        bias="none",
+    )
     model = inject_adapter_in_model(lcfg, model)
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
@@ -96,22 +100,33 @@ def peft_lora(model: nn.Module, rank: int, alpha: float | None) -> nn.Module:
     return model
 
 
-
-def build_model(backbone: str | None, num_classes: int, method: str = "pear", config: PearConfig | None = None, *,
-                weights: str | None = None, img_size: int | None = None, model_kwargs: dict | None = None,
-                device: str | torch.device = "cpu", lora_alpha: float | None = None) -> tuple[nn.Module, dict, str]:
+def build_model(
+    backbone: str | None,
+    num_classes: int,
+    method: str = "pear",
+    config: PearConfig | None = None,
+    *,
+    weights: str | None = None,
+    img_size: int | None = None,
+    model_kwargs: dict | None = None,
+    device: str | torch.device = "cpu",
+    lora_alpha: float | None = None,
+) -> tuple[nn.Module, dict, str]:
     """A timm backbone prepared for `method`: (model on `device`, its data config, the
     frozen backbone's fingerprint, taken before any adapter goes in)."""
     from ...checkpoint import fingerprint
     from .backbones import create_backbone  # timm: imported only when a model is built
 
-    model, data_cfg = create_backbone(backbone, num_classes, weights, img_size=img_size,
-                                      model_kwargs=model_kwargs or {})
+    model, data_cfg = create_backbone(
+        backbone, num_classes, weights, img_size=img_size, model_kwargs=model_kwargs or {}
+    )
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if img_size is not None and patch is not None and img_size < max(patch):
-        raise PearError(f"--img-size {img_size} is smaller than the patch size {max(patch)} of {backbone}: the image "
-                        f"would give no tokens; use at least {max(patch)} (the backbone is made for "
-                        f"{data_cfg.get('input_size', ['?'])[-1]})")
+        raise PearError(
+            f"--img-size {img_size} is smaller than the patch size {max(patch)} of {backbone}: the image "
+            f"would give no tokens; use at least {max(patch)} (the backbone is made for "
+            f"{data_cfg.get('input_size', ['?'])[-1]})"
+        )
     fp = fingerprint(model)
     model = prepare(model, method, config or PearConfig(), lora_alpha)
     return model.to(device), data_cfg, fp

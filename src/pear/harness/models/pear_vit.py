@@ -24,13 +24,21 @@ PEAR_VIT_ARGS = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_head
 # SHA-256 of src/pear/weights/pear_vit_tiny6_patch4_32.safetensors, checked on every load.
 PEAR_VIT_SHA256: str | None = "536244621c712bd6d05b3ba11d98b7540b0135e3708395088a1ad1f34de4a345"
 
-default_cfgs = generate_default_cfgs({
-    f"{PEAR_VIT}.lite0_distilled": dict(
-        input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
-        crop_pct=1.0, num_classes=0, first_conv="patch_embed.proj", classifier="head",
-        license="apache-2.0",
-    ),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        f"{PEAR_VIT}.lite0_distilled": dict(
+            input_size=(3, 32, 32),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            interpolation="bicubic",
+            crop_pct=1.0,
+            num_classes=0,
+            first_conv="patch_embed.proj",
+            classifier="head",
+            license="apache-2.0",
+        )
+    }
+)
 
 
 def weights_file() -> Path:
@@ -48,5 +56,6 @@ def pear_vit_tiny6_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransf
 
         check_sha256(weights_file(), PEAR_VIT_SHA256)
         overlay["file"] = str(weights_file())
-    return _create_vision_transformer(PEAR_VIT, pretrained=pretrained, pretrained_cfg_overlay=overlay or None,
-                                      **{**PEAR_VIT_ARGS, **kwargs})
+    return _create_vision_transformer(
+        PEAR_VIT, pretrained=pretrained, pretrained_cfg_overlay=overlay or None, **{**PEAR_VIT_ARGS, **kwargs}
+    )

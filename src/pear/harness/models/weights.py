@@ -29,8 +29,17 @@ from torch import nn
 
 from pear.errors import PearError
 
-__all__ = ["filter_checkpoint", "load_state_dict", "load_weights_file", "map_in_order", "pretrained_cfg",
-           "read_state_dict", "read_weights", "reset_classifier", "stored_values"]
+__all__ = [
+    "filter_checkpoint",
+    "load_state_dict",
+    "load_weights_file",
+    "map_in_order",
+    "pretrained_cfg",
+    "read_state_dict",
+    "read_weights",
+    "reset_classifier",
+    "stored_values",
+]
 
 _STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin")
 _SUPPORTED_SUFFIXES = (".safetensors", *_STATE_DICT_SUFFIXES, ".npz")
@@ -121,8 +130,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # torch.save writes a zip archive (or, before torch 1.6, a pickle, which starts with
     # its protocol byte 0x80); anything else (a text file, an HTML error page) is not one.
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
-        raise PearError(f"weights file {path} is not a PyTorch checkpoint (it starts with {magic!r}, not a zip "
-                        f"archive or a pickle); expected a file written by torch.save, or a .safetensors file")
+        raise PearError(
+            f"weights file {path} is not a PyTorch checkpoint (it starts with {magic!r}, not a zip "
+            f"archive or a pickle); expected a file written by torch.save, or a .safetensors file"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -134,13 +145,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 # What torch's weights_only unpickler says when it refuses something, and what that means for the user.
 _REFUSALS = (
-    (r"unsupported GLOBAL (\S+) whose module \S+ is blocked",
-     "holds code (a call of {}) and was refused: nothing in it was run, since only tensors are loaded (torch.load "
-     "with weights_only=True). Do not use this file unless you trust where it came from; a .safetensors file "
-     "cannot hold code"),
-    (r"Unsupported global: GLOBAL (\S+)",
-     "holds a pickled {} object; only tensors are loaded (torch.load with weights_only=True), nothing else is "
-     "unpickled: save a plain state dict (torch.save(model.state_dict(), ...)) or a .safetensors file"),
+    (
+        r"unsupported GLOBAL (\S+) whose module \S+ is blocked",
+        "holds code (a call of {}) and was refused: nothing in it was run, since only tensors are loaded (torch.load "
+        "with weights_only=True). Do not use this file unless you trust where it came from; a .safetensors file "
+        "cannot hold code",
+    ),
+    (
+        r"Unsupported global: GLOBAL (\S+)",
+        "holds a pickled {} object; only tensors are loaded (torch.load with weights_only=True), nothing else is "
+        "unpickled: save a plain state dict (torch.save(model.state_dict(), ...)) or a .safetensors file",
+    ),
 )
 
 

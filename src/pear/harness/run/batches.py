@@ -30,12 +30,12 @@ class GlobalBatches:
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        chunks = [order[i:i + self.batch] for i in range(0, self.n, self.batch)]
+        chunks = [order[i : i + self.batch] for i in range(0, self.n, self.batch)]
         return [c for c in chunks if len(c) >= self.world]  # a rank with no sample would stall DDP
 
     def batches(self) -> list[list[int]]:
         """This rank's share of each global batch."""
-        return [c[self.rank::self.world] for c in self._global()]
+        return [c[self.rank :: self.world] for c in self._global()]
 
     def global_sizes(self) -> list[int]:
         """The size of each global batch: ranks' shares differ by one when it does not
@@ -126,13 +126,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(fwd, split: Split, device: torch.device, amp: bool, ctx: "D.Context | None" = None,
-             batch_size: int = 256) -> float:
+def evaluate(
+    fwd, split: Split, device: torch.device, amp: bool, ctx: D.Context | None = None, batch_size: int = 256
+) -> float:
     """Top-1 accuracy in percent; each rank scores its shard, counts are summed."""
     ctx = ctx or D.Context()
     fwd.eval()
-    idx = list(range(len(split)))[ctx.rank::ctx.world]
-    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    idx = list(range(len(split)))[ctx.rank :: ctx.world]
+    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     correct = total = 0
     for x, y in split.loader(batches):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

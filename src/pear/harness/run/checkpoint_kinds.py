@@ -48,15 +48,38 @@ def kind_for(method: str) -> str:
     return PEAR if canonical_method(method) in PEAR_METHODS else PLAIN
 
 
-def save_checkpoint(model: nn.Module, directory: Path, *, method: str, backbone: str | None, class_names,
-                    fingerprint_value: str, meta: dict, weights: str | None) -> None:
+def save_checkpoint(
+    model: nn.Module,
+    directory: Path,
+    *,
+    method: str,
+    backbone: str | None,
+    class_names,
+    fingerprint_value: str,
+    meta: dict,
+    weights: str | None,
+) -> None:
     """Write `model`'s checkpoint of the kind `method` saves (atomically)."""
     if kind_for(method) == PEAR:
-        save_task(model, directory, backbone=backbone, class_names=class_names, fingerprint_value=fingerprint_value,
-                  meta=meta, weights=weights)
+        save_task(
+            model,
+            directory,
+            backbone=backbone,
+            class_names=class_names,
+            fingerprint_value=fingerprint_value,
+            meta=meta,
+            weights=weights,
+        )
     else:
-        save_plain(model, directory, method=method, backbone=backbone, class_names=class_names,
-                   fingerprint_value=fingerprint_value, meta=meta)
+        save_plain(
+            model,
+            directory,
+            method=method,
+            backbone=backbone,
+            class_names=class_names,
+            fingerprint_value=fingerprint_value,
+            meta=meta,
+        )
 
 
 def kind_of(ckpt: str | Path) -> str:
@@ -67,8 +90,9 @@ def kind_of(ckpt: str | Path) -> str:
             return kind
     if not ckpt.exists():
         raise PearError(f"checkpoint folder {ckpt} does not exist")
-    raise PearError(f"{ckpt} is not a checkpoint folder: expected {CONFIG_FILE} (Pear task) or "
-                    f"{PLAIN_FILES[1]} (plain run) in it")
+    raise PearError(
+        f"{ckpt} is not a checkpoint folder: expected {CONFIG_FILE} (Pear task) or {PLAIN_FILES[1]} (plain run) in it"
+    )
 
 
 @dataclass(frozen=True)
@@ -101,8 +125,9 @@ class SavedCheckpoint:
             return load_task(self.path, backbone, backbone_name=backbone_name)
         self._check_backbone(backbone)
         meta = self.info.get("meta") or {}
-        model = prepare(backbone, self.info.get("method", "linear"), PearConfig(rank=meta.get("rank", 8)),
-                        meta.get("lora_alpha"))
+        model = prepare(
+            backbone, self.info.get("method", "linear"), PearConfig(rank=meta.get("rank", 8)), meta.get("lora_alpha")
+        )
         fill_model(model, self.tensors, self.path)
         return model
 

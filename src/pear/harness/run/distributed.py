@@ -40,14 +40,18 @@ def setup(device: str = "auto") -> Context:
         return Context()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device not in ("auto", "cpu", "cuda"):
-        raise PearError(f"--device {device}: under torchrun each process takes the GPU cuda:LOCAL_RANK; pass "
-                        f"--device cuda, auto or cpu (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+        raise PearError(
+            f"--device {device}: under torchrun each process takes the GPU cuda:LOCAL_RANK; pass "
+            f"--device cuda, auto or cpu (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+        )
     if device == "cuda" and not torch.cuda.is_available():
         raise PearError(f"--device {device}: CUDA is not available on this machine")
     if device != "cpu" and torch.cuda.is_available():
         if local >= torch.cuda.device_count():
-            raise PearError(f"local rank {local} has no GPU: {torch.cuda.device_count()} visible on this node; "
-                            f"start at most that many processes per node (torchrun --nproc-per-node)")
+            raise PearError(
+                f"local rank {local} has no GPU: {torch.cuda.device_count()} visible on this node; "
+                f"start at most that many processes per node (torchrun --nproc-per-node)"
+            )
         torch.cuda.set_device(local)
         dev, backend = torch.device("cuda", local), "nccl"
     else:
@@ -113,8 +117,10 @@ def check_same(value, what: str, ctx: Context, hint: str = "") -> None:
     values = [None] * ctx.world
     dist.all_gather_object(values, value)
     if any(v != values[0] for v in values):
-        raise PearError(f"{what} differ across ranks ({', '.join(f'rank {r}: {v}' for r, v in enumerate(values))})"
-                        f"{'; ' + hint if hint else ''}")
+        raise PearError(
+            f"{what} differ across ranks ({', '.join(f'rank {r}: {v}' for r, v in enumerate(values))})"
+            f"{'; ' + hint if hint else ''}"
+        )
 
 
 def check_same_plan(plan, ctx: Context) -> str:

@@ -42,10 +42,25 @@ def trainable(model: nn.Module) -> int:
 def save_run_checkpoint(run: _Run, directory: Path) -> None:
     """The run's model as a checkpoint in `directory`, with what `pear eval` needs to rebuild it."""
     cfg, info = run.cfg, run.info
-    meta = {"method": cfg.method, "task": info.name, "img_size": cfg.img_size, "model_kwargs": cfg.model_kwargs,
-            "seed": cfg.seed, "rank": cfg.pear.rank, "lora_alpha": cfg.lora_alpha}
-    save_checkpoint(run.model, directory, method=cfg.method, backbone=cfg.backbone, class_names=info.class_names,
-                    fingerprint_value=run.fp, meta=meta, weights=_weights_used(cfg))
+    meta = {
+        "method": cfg.method,
+        "task": info.name,
+        "img_size": cfg.img_size,
+        "model_kwargs": cfg.model_kwargs,
+        "seed": cfg.seed,
+        "rank": cfg.pear.rank,
+        "lora_alpha": cfg.lora_alpha,
+    }
+    save_checkpoint(
+        run.model,
+        directory,
+        method=cfg.method,
+        backbone=cfg.backbone,
+        class_names=info.class_names,
+        fingerprint_value=run.fp,
+        meta=meta,
+        weights=_weights_used(cfg),
+    )
 
 
 def keep_if_best(run: _Run, epoch: int, record: dict) -> None:
@@ -85,8 +100,15 @@ def write_results(run: _Run, test_acc: float) -> dict:
     guarded(lambda: save_run_checkpoint(run, ckpt), ckpt)
     pear = kind_for(cfg.method) == PEAR
     if pear:  # the card again, with the test accuracy and the command
-        write_text(ckpt / CARD_FILE, render_card(open_checkpoint(ckpt).info, test_acc=test_acc,
-                                                 command=_command(cfg), file_bytes=(ckpt / TENSORS_FILE).stat().st_size))
+        write_text(
+            ckpt / CARD_FILE,
+            render_card(
+                open_checkpoint(ckpt).info,
+                test_acc=test_acc,
+                command=_command(cfg),
+                file_bytes=(ckpt / TENSORS_FILE).stat().st_size,
+            ),
+        )
     stored = sum(f.stat().st_size for f in ckpt.iterdir() if f.name != CARD_FILE)  # as pear inspect counts
     rep = report(model) if pear else None
     metrics = _metrics(run, test_acc, stored, rep)
@@ -107,15 +129,24 @@ def _metrics(run: _Run, test_acc: float, stored: int, rep: dict | None) -> dict:
     train_time = sum(r.get("seconds", 0.0) for r in run.history)
     images_seen = sum(r.get("images", 0) for r in run.history)
     metrics = {
-        "task": run.info.name, "method": cfg.method, "backbone": cfg.backbone, "seed": cfg.seed,
-        "test_acc": test_acc, "trainable_params": n_trainable,
+        "task": run.info.name,
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "seed": cfg.seed,
+        "test_acc": test_acc,
+        "trainable_params": n_trainable,
         "trainable_params_before": rep["totals"]["trainable_params_before"] if rep else n_trainable,
-        "checkpoint_file_bytes": stored, "epochs": cfg.epochs, "img_size": cfg.img_size,
+        "checkpoint_file_bytes": stored,
+        "epochs": cfg.epochs,
+        "img_size": cfg.img_size,
         "train_seconds": train_time,
         "images_per_second": images_seen / train_time if train_time else None,
-        "world_size": run.ctx.world, "device": str(run.device), "plan_digest": run.plan.digest() if run.plan else None,
+        "world_size": run.ctx.world,
+        "device": str(run.device),
+        "plan_digest": run.plan.digest() if run.plan else None,
         "selected_epoch": run.best["epoch"] if run.best and cfg.select_on else None,
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "precision": run.precision.to_dict(),
     }
     if rep:
@@ -136,8 +167,14 @@ def _weights_used(cfg: TrainConfig) -> str:
 def _command(cfg: TrainConfig) -> str:
     """A `pear train` command for this run (every option is in RUN/args.yaml)."""
     parts = ["pear", "train", "--data", str(cfg.data), "--task", cfg.task, "--method", cfg.method]
-    for flag, value in (("--backbone", cfg.backbone), ("--weights", cfg.weights), ("--img-size", cfg.img_size),
-                        ("--epochs", cfg.epochs), ("--seed", cfg.seed), ("--out", cfg.out)):
+    for flag, value in (
+        ("--backbone", cfg.backbone),
+        ("--weights", cfg.weights),
+        ("--img-size", cfg.img_size),
+        ("--epochs", cfg.epochs),
+        ("--seed", cfg.seed),
+        ("--out", cfg.out),
+    ):
         if value is not None:
             parts += [flag, str(value)]
     return shlex.join(parts)

@@ -61,8 +61,10 @@ def json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PearError(f"--model-kwargs {text!r} is not valid JSON ({exc}); expected an object such as "
-                        "'{\"depth\": 2, \"embed_dim\": 32}'") from None
+        raise PearError(
+            f"--model-kwargs {text!r} is not valid JSON ({exc}); expected an object such as "
+            '\'{"depth": 2, "embed_dim": 32}\''
+        ) from None
     if not isinstance(value, dict):
         raise PearError(f"--model-kwargs {text!r} must be a JSON object of timm.create_model arguments")
     return value

@@ -41,16 +41,27 @@ class TrainConfig:
     data: str = _opt(help="VTAB-format data root")
     task: str = _opt(help="task folder name under --data")
     out: str = _opt(help="run folder to create")
-    backbone: str | None = _opt(None, "timm model name (default: the architecture a --weights folder's config.json "
-                                      "names, else tf_efficientnet_lite0 with its built-in ImageNet weights)")
-    weights: str | None = _opt(None, "local pretrained weights: .safetensors, .pth or Google .npz, or a HuggingFace "
-                                     "transformers ViT / timm hub folder (config.json + model.safetensors)")
-    model_kwargs: dict = field(default_factory=dict, metadata={
-        "help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True})
+    backbone: str | None = _opt(
+        None,
+        "timm model name (default: the architecture a --weights folder's config.json "
+        "names, else tf_efficientnet_lite0 with its built-in ImageNet weights)",
+    )
+    weights: str | None = _opt(
+        None,
+        "local pretrained weights: .safetensors, .pth or Google .npz, or a HuggingFace "
+        "transformers ViT / timm hub folder (config.json + model.safetensors)",
+    )
+    model_kwargs: dict = field(
+        default_factory=dict,
+        metadata={"help": "JSON object of extra timm.create_model arguments, e.g. '{\"depth\": 2}'", "cli": True},
+    )
     method: str = _opt("pear", "training method", choices=TRAINING_METHODS)
-    img_size: int | None = _opt(None, "input resolution (default: the one a --weights folder's config.json "
-                                      "gives, else the backbone's own: 224 for ViT-B/16 and Lite0, 32 for "
-                                      "pear_vit_tiny6_patch4_32)")
+    img_size: int | None = _opt(
+        None,
+        "input resolution (default: the one a --weights folder's config.json "
+        "gives, else the backbone's own: 224 for ViT-B/16 and Lite0, 32 for "
+        "pear_vit_tiny6_patch4_32)",
+    )
     epochs: int = _opt(100, "training epochs")
     warmup_epochs: int | None = _opt(None, "linear LR warm-up epochs (default: 10% of epochs, at least 1)")
     batch_size: int = _opt(64, "global batch size")
@@ -63,22 +74,33 @@ class TrainConfig:
     prune_epoch: int | None = _opt(None, "epoch at which to prune (default: the end of the warm-up)")
     lora_alpha: float | None = _opt(None, "alpha of the peft-lora baselines (default: their rank, a scale of 1)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool | None = _opt(None, "bf16 autocast (default: on with CUDA and on a CPU with bf16 matrix "
-                                   "instructions, AMX or AVX512-BF16; --no-amp: fp32)")
-    compile: bool = _opt(False, "torch.compile the model (wrapped again after pruning; a few graphs, never one "
-                                "per step)")
+    amp: bool | None = _opt(
+        None,
+        "bf16 autocast (default: on with CUDA and on a CPU with bf16 matrix "
+        "instructions, AMX or AVX512-BF16; --no-amp: fp32)",
+    )
+    compile: bool = _opt(
+        False, "torch.compile the model (wrapped again after pruning; a few graphs, never one per step)"
+    )
     workers: int = _opt(2, "data loader worker processes")
     cache_gb: float = _opt(4.0, "keep preprocessed images in memory up to this many GB")
     deterministic: bool = _opt(False, "torch.use_deterministic_algorithms(True)")
     progress: bool = _opt(True, "progress bar (on a terminal; elsewhere a plain line every few seconds)")
-    tensorboard: bool = _opt(False, "write TensorBoard event files to RUN/tensorboard: loss, train/val accuracy, "
-                                    "learning rate, images/s, trainable parameters before and after pruning, the "
-                                    "pruning map (needs the tensorboard package)")
+    tensorboard: bool = _opt(
+        False,
+        "write TensorBoard event files to RUN/tensorboard: loss, train/val accuracy, "
+        "learning rate, images/s, trainable parameters before and after pruning, the "
+        "pruning map (needs the tensorboard package)",
+    )
     overwrite: bool = _opt(False, "replace an existing run folder")
     resume: bool = _opt(False, "continue the run in --out from its last complete epoch")
     eval_batch_size: int = _opt(256, "evaluation batch size")
-    task_lists: str | None = _opt(None, "SHA-256 of the task's list files, recorded by the run: a run folder "
-                                        "moved elsewhere takes any --data that holds the same lists", cli=False)
+    task_lists: str | None = _opt(
+        None,
+        "SHA-256 of the task's list files, recorded by the run: a run folder "
+        "moved elsewhere takes any --data that holds the same lists",
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.pear, dict):
@@ -119,19 +141,24 @@ class TrainConfig:
             self.prune_epoch = max(1, self.warmup_epochs)
         if self.method in PRUNING_METHODS and not 1 <= self.prune_epoch < self.epochs:
             if defaulted_prune_epoch:
-                raise PearError(f"--method {self.method} prunes after a scoring epoch (by default at the end of the "
-                                f"warm-up, epoch {self.prune_epoch}) and then trains on, so it needs --epochs "
-                                f"{self.prune_epoch + 1} or more; got --epochs {self.epochs}. Pass --epochs "
-                                f"{self.prune_epoch + 1} or more, or --method adapter (no pruning)")
-            raise PearError(f"--prune-epoch must be in [1, epochs) = [1, {self.epochs}) so there is a scoring "
-                            f"window before pruning and training after it; got {self.prune_epoch}")
+                raise PearError(
+                    f"--method {self.method} prunes after a scoring epoch (by default at the end of the "
+                    f"warm-up, epoch {self.prune_epoch}) and then trains on, so it needs --epochs "
+                    f"{self.prune_epoch + 1} or more; got --epochs {self.epochs}. Pass --epochs "
+                    f"{self.prune_epoch + 1} or more, or --method adapter (no pruning)"
+                )
+            raise PearError(
+                f"--prune-epoch must be in [1, epochs) = [1, {self.epochs}) so there is a scoring "
+                f"window before pruning and training after it; got {self.prune_epoch}"
+            )
         if self.select_on not in (None, "val200"):
             raise PearError(f"--select-on must be 'val200' if given, got {self.select_on!r}")
         if self.select_on:
             self.train_split = "train800"
         if not 0 < self.lr < math.inf or not 0 <= self.wd < math.inf:
-            raise PearError(f"--lr must be a finite number > 0 and --wd a finite number >= 0, got lr={self.lr}, "
-                            f"wd={self.wd}")
+            raise PearError(
+                f"--lr must be a finite number > 0 and --wd a finite number >= 0, got lr={self.lr}, wd={self.wd}"
+            )
         # The run's seed also seeds the 'random' importance control.
         self.pear = _pear_from_dict({**self.pear.to_dict(), "seed": self.seed})
 
@@ -151,7 +178,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """From a mapping such as args.yaml; Pear options may be nested under 'pear' or,
         as in earlier args.yaml files, given flat."""
         d = dict(d)
@@ -203,7 +230,7 @@ def _pear_from_dict(d: dict) -> PearConfig:
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
 
 
-def _check_types(cfg: "TrainConfig") -> None:
+def _check_types(cfg: TrainConfig) -> None:
     """Every option holds a value of its declared type, whether it came from a flag, YAML
     or the suite: a YAML `overwrite: "no"` is a string, not false, and `lr: "0.01"` is
     refused here instead of failing deep inside training. Integers are accepted as floats."""
@@ -224,8 +251,10 @@ def _check_types(cfg: "TrainConfig") -> None:
             setattr(cfg, f.name, value)
         if not ok:
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-            raise PearError(f"{flag_name(f.name)} must be {_KINDS.get(base, base.__name__)}"
-                            f"{' or unset' if optional else ''}, got {shown} ({type(value).__name__})")
+            raise PearError(
+                f"{flag_name(f.name)} must be {_KINDS.get(base, base.__name__)}"
+                f"{' or unset' if optional else ''}, got {shown} ({type(value).__name__})"
+            )
 
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
@@ -234,8 +263,7 @@ _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 def check_device(name, flag: str = "--device") -> None:
     """--device of every command (and each of `pear suite --devices`): auto, cpu, cuda, cuda:N or mps."""
     if not isinstance(name, str) or not _DEVICE_RE.fullmatch(name):
-        raise PearError(f"{flag} {name!r} is not a device this Pear runs on; expected auto, cpu, cuda, cuda:N "
-                        f"or mps")
+        raise PearError(f"{flag} {name!r} is not a device this Pear runs on; expected auto, cpu, cuda, cuda:N or mps")
 
 
 def flat_options(d: dict) -> dict:
@@ -251,12 +279,25 @@ def flat_options(d: dict) -> dict:
 # same run (to resume, to skip as finished, to list or aggregate) under options that differ
 # from its recorded ones in these, in nothing else. The data root compares by what it holds
 # (`other_data`): its path changes when folders move between machines.
-EXECUTION_FIELDS = ("out", "task_lists", "device", "workers", "cache_gb", "progress", "overwrite", "resume",
-                    "eval_batch_size", "compile", "deterministic", "tensorboard")
+EXECUTION_FIELDS = (
+    "out",
+    "task_lists",
+    "device",
+    "workers",
+    "cache_gb",
+    "progress",
+    "overwrite",
+    "resume",
+    "eval_batch_size",
+    "compile",
+    "deterministic",
+    "tensorboard",
+)
 
 
-def changed_options(recorded: dict, cfg: TrainConfig,
-                    ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any, str | None]]:
+def changed_options(
+    recorded: dict, cfg: TrainConfig, ignore: tuple[str, ...] = ()
+) -> dict[str, tuple[Any, Any, str | None]]:
     """The same-run rule: {option: (recorded value, value in `cfg`, why or None)} for every
     option that changes the result and differs (`ignore`: options not to compare). Both sides
     are read as TrainConfig, so an option added later compares with its default and an earlier
@@ -289,8 +330,10 @@ def changed_options(recorded: dict, cfg: TrainConfig,
 
 def differences(recorded: dict, cfg: TrainConfig) -> list[str]:
     """`changed_options` as '--flag VALUE (the run has RECORDED)', one per option."""
-    return [why or f"{flag_name(key)} {value!r} (the run has {before!r})"
-            for key, (before, value, why) in changed_options(recorded, cfg).items()]
+    return [
+        why or f"{flag_name(key)} {value!r} (the run has {before!r})"
+        for key, (before, value, why) in changed_options(recorded, cfg).items()
+    ]
 
 
 def task_lists_digest(root: str | Path, task: str) -> str | None:
@@ -317,8 +360,10 @@ def other_data(recorded: str, recorded_digest: str | None, given: str, task: str
         return None
     want = recorded_digest or task_lists_digest(recorded, task)
     if want is None:
-        return (f"--data {given!r}: the run's data root {recorded!r} is gone and its args.yaml (written by an "
-                f"earlier Pear) records no digest of its task lists to check {given!r} against")
+        return (
+            f"--data {given!r}: the run's data root {recorded!r} is gone and its args.yaml (written by an "
+            f"earlier Pear) records no digest of its task lists to check {given!r} against"
+        )
     if task_lists_digest(given, task) != want:
         return f"--data {given!r} holds other task lists for {task!r} than the run's data root {recorded!r}"
     return None
@@ -335,8 +380,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     pear = parser.add_argument_group("Pear options (pear.PearConfig)")
     for f in fields(PearConfig):
         if f.name in PEAR_FIELDS:
-            pear.add_argument(flag_name(f.name), dest=f.name, type=arg_type(PearConfig, f.name), default=None,
-                              help=help_text(f), **metavar(f))
+            pear.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                type=arg_type(PearConfig, f.name),
+                default=None,
+                help=help_text(f),
+                **metavar(f),
+            )
 
 
 def add_run_arguments(run: argparse._ActionsContainer, names) -> None:
@@ -345,11 +396,17 @@ def add_run_arguments(run: argparse._ActionsContainer, names) -> None:
         if not f.metadata.get("cli", True) or f.name not in names:
             continue
         if f.name == "amp":
-            run.add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None,
-                             help=help_text(f))
+            run.add_argument(
+                "--amp", dest="amp", action=argparse.BooleanOptionalAction, default=None, help=help_text(f)
+            )
         elif f.name == "progress":
-            run.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                             help="no progress bar (default: a progress bar)")
+            run.add_argument(
+                "--no-progress",
+                dest="progress",
+                action="store_false",
+                default=None,
+                help="no progress bar (default: a progress bar)",
+            )
         elif type_hint(TrainConfig, f.name) is bool:
             run.add_argument(flag_name(f.name), dest=f.name, action="store_true", default=None, help=help_text(f))
         else:  # model_kwargs stays text here: bad JSON is a PearError, not an argparse usage error
@@ -361,8 +418,7 @@ def train_config_from_args(values: dict) -> TrainConfig:
     """TrainConfig from -c YAML values (`values`) with the given flags on top."""
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
-        raise PearError(f"pear train needs {', '.join(flag_name(m) for m in missing)} "
-                        "(or set them in -c CONFIG)")
+        raise PearError(f"pear train needs {', '.join(flag_name(m) for m in missing)} (or set them in -c CONFIG)")
     if isinstance(values.get("model_kwargs"), str):  # a YAML string
         values["model_kwargs"] = json_object(values["model_kwargs"])
     try:

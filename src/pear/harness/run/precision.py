@@ -30,8 +30,17 @@ from torch import nn
 
 from ...errors import PearError
 
-__all__ = ["Precision", "cpu_has_bf16_matmul", "has_attention", "choose", "legacy", "keep_started", "apply_attention",
-           "hold_frozen_bf16", "apply_precision"]
+__all__ = [
+    "Precision",
+    "apply_attention",
+    "apply_precision",
+    "choose",
+    "cpu_has_bf16_matmul",
+    "has_attention",
+    "hold_frozen_bf16",
+    "keep_started",
+    "legacy",
+]
 
 log = logging.getLogger("pear")
 
@@ -45,7 +54,7 @@ def cpu_has_bf16_matmul() -> bool:
         return False
     try:
         found = caps()
-    except Exception:  # noqa: BLE001 - a probe that fails means "unknown", i.e. fp32
+    except Exception:
         return False
     return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
 
@@ -63,12 +72,19 @@ class Precision:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: object, where: str) -> "Precision":
+    def from_dict(cls, d: object, where: str) -> Precision:
         """A recorded choice (state.json, metrics.json); PearError naming `where` if malformed."""
-        if not (isinstance(d, dict) and isinstance(d.get("amp"), bool) and isinstance(d.get("frozen_bf16"), bool)
-                and d.get("attention") in ATTENTION and isinstance(d.get("reason", ""), str)):
-            raise PearError(f"{where}: 'precision' must be an object with booleans 'amp' and 'frozen_bf16' and "
-                            f"'attention' one of {', '.join(ATTENTION)}; got {str(d)[:80]}")
+        if not (
+            isinstance(d, dict)
+            and isinstance(d.get("amp"), bool)
+            and isinstance(d.get("frozen_bf16"), bool)
+            and d.get("attention") in ATTENTION
+            and isinstance(d.get("reason", ""), str)
+        ):
+            raise PearError(
+                f"{where}: 'precision' must be an object with booleans 'amp' and 'frozen_bf16' and "
+                f"'attention' one of {', '.join(ATTENTION)}; got {str(d)[:80]}"
+            )
         return cls(d["amp"], d["attention"], d["frozen_bf16"], d.get("reason", ""))
 
 
@@ -88,8 +104,10 @@ def keep_started(recorded: object, amp: bool | None, before: Precision, where: s
         made = "bf16 autocast (--amp)" if p.amp else "fp32 (--no-amp)"
         if recorded is None:
             made += ", before the precision was recorded"
-        raise PearError(f"{where} was made in {made}; a resumed run keeps the precision it started with: leave out "
-                        f"{'--amp' if amp else '--no-amp'}, or start anew in another folder")
+        raise PearError(
+            f"{where} was made in {made}; a resumed run keeps the precision it started with: leave out "
+            f"{'--amp' if amp else '--no-amp'}, or start anew in another folder"
+        )
     return p
 
 
@@ -98,8 +116,9 @@ def has_attention(model: nn.Module) -> bool:
     return any(hasattr(m, "fused_attn") for m in model.modules())
 
 
-def choose(amp: bool | None, device: torch.device, model: nn.Module | None = None,
-           distributed: bool = False) -> Precision:
+def choose(
+    amp: bool | None, device: torch.device, model: nn.Module | None = None, distributed: bool = False
+) -> Precision:
     """The precision a run uses on `device`, given the user's --amp (None: automatic).
     `model`: on the CPU only a transformer gains from bf16 (measured: the built-in ViT's
     step 1.8-2x faster, EfficientNet-Lite0's depthwise convolutions no faster), so a model
@@ -116,8 +135,11 @@ def choose(amp: bool | None, device: torch.device, model: nn.Module | None = Non
         on, reason = False, "CPU, a model without attention: fp32 (bf16 is no faster for its convolutions)"
     elif amp is None:
         on = cpu_has_bf16_matmul()
-        reason = ("CPU has bf16 matrix instructions (AMX/AVX512-BF16): bf16 autocast" if on
-                  else "CPU without bf16 matrix instructions: fp32")
+        reason = (
+            "CPU has bf16 matrix instructions (AMX/AVX512-BF16): bf16 autocast"
+            if on
+            else "CPU without bf16 matrix instructions: fp32"
+        )
     else:
         on, reason = amp, "--amp given" if amp else "--no-amp given"
     return Precision(on, "matmul" if on else "sdpa", on and not distributed, reason)
@@ -168,5 +190,10 @@ def apply_precision(model: nn.Module, p: Precision) -> None:
     apply_attention(model, p.attention)
     if p.frozen_bf16:
         hold_frozen_bf16(model)
-    log.info("precision: bf16 autocast %s, attention %s, frozen weights in bf16 %s (%s)", p.amp, p.attention,
-             p.frozen_bf16, p.reason)
+    log.info(
+        "precision: bf16 autocast %s, attention %s, frozen weights in bf16 %s (%s)",
+        p.amp,
+        p.attention,
+        p.frozen_bf16,
+        p.reason,
+    )

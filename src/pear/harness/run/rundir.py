@@ -145,11 +145,15 @@ def lock_folder(folder: Path, what: str, shared: bool = False) -> int:
         sharers = not shared and _shared_by_others(fd)
         os.close(fd)
         if sharers:
-            raise PearError(f"{what} {folder} is in use by other Pear processes that share it (PID {holder} among "
-                            f"them, e.g. `pear suite --index` runs); wait for them to end or stop them, or choose "
-                            f"another folder") from None
-        raise PearError(f"{what} {folder} is in use by another Pear process (PID {holder}); wait for it to end or "
-                        f"stop it, or choose another folder") from None
+            raise PearError(
+                f"{what} {folder} is in use by other Pear processes that share it (PID {holder} among "
+                f"them, e.g. `pear suite --index` runs); wait for them to end or stop them, or choose "
+                f"another folder"
+            ) from None
+        raise PearError(
+            f"{what} {folder} is in use by another Pear process (PID {holder}); wait for it to end or "
+            f"stop it, or choose another folder"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd
@@ -164,15 +168,19 @@ def _open_lock(path: Path, what: str, folder: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise PearError(f"{path} is a symbolic link; Pear will not write its lock through it. Remove it (it "
-                            f"is not Pear's) and try again") from None
+            raise PearError(
+                f"{path} is a symbolic link; Pear will not write its lock through it. Remove it (it "
+                f"is not Pear's) and try again"
+            ) from None
         raise PearError(f"cannot write to {what} {folder}: {exc.strerror or exc}") from None
     st = os.fstat(fd)
     head = os.pread(fd, 64, 0) if stat.S_ISREG(st.st_mode) else b""
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _PID_LINE.fullmatch(head):
         os.close(fd)
-        raise PearError(f"{path} is not a lock file Pear made (a lock file is a plain file holding a PID); "
-                        f"Pear will not write over it. Move it away and try again")
+        raise PearError(
+            f"{path} is not a lock file Pear made (a lock file is a plain file holding a PID); "
+            f"Pear will not write over it. Move it away and try again"
+        )
     return fd
 
 
@@ -233,6 +241,7 @@ class RunFolder:
         """Put a staged run in place of the old one: one atomic swap (`atomic_dir_write`),
         then the old run is removed."""
         if self.staged:
+
             def move_in(tmp: Path) -> None:
                 for p in list(self.path.iterdir()):  # listed before any entry moves
                     os.replace(p, tmp / p.name)
@@ -253,7 +262,7 @@ class RunFolder:
         self.locks.clear()
 
 
-def prepare_run_dir(cfg, ctx: "D.Context") -> RunFolder:
+def prepare_run_dir(cfg, ctx: D.Context) -> RunFolder:
     """Rank 0 checks, locks and creates the run folder; the other ranks wait for its
     verdict and stop with a one-line error of their own when it failed, instead of
     losing their connection to rank 0 in the next collective."""
@@ -267,15 +276,16 @@ def prepare_run_dir(cfg, ctx: "D.Context") -> RunFolder:
     if error is not None:
         raise error
     if verdict is None:
-        raise PearError(f"rank {ctx.rank} stopped: rank 0 could not prepare the run folder {cfg.out} (its error is "
-                        f"above)")
+        raise PearError(
+            f"rank {ctx.rank} stopped: rank 0 could not prepare the run folder {cfg.out} (its error is above)"
+        )
     return folder if folder is not None else RunFolder(Path(verdict), Path(cfg.out))
 
 
 def _make_run_dir(cfg) -> RunFolder:
     out = Path(cfg.out)
     outside_data(out, Path(cfg.data))
-    if out.is_symlink() and not out.is_dir() or out.exists() and not out.is_dir():
+    if (out.is_symlink() and not out.is_dir()) or (out.exists() and not out.is_dir()):
         raise PearError(f"run folder {out} exists and is not a folder")
     existing = out.is_dir() and any(out.iterdir())
     if existing and not (cfg.overwrite or cfg.resume):
@@ -310,9 +320,11 @@ def _make_run_dir(cfg) -> RunFolder:
 def outside_data(out: Path, data: Path, what: str = "a run folder") -> None:
     o, d = out.resolve(), data.resolve()
     if o == d or d.is_relative_to(o) or o.is_relative_to(d):
-        raise PearError(f"--out {out} is {'the data root' if o == d else 'inside' if o.is_relative_to(d) else 'a parent of'} "
-                        f"--data {data}; {what} must lie outside the data root, whose files Pear never "
-                        f"writes or removes")
+        raise PearError(
+            f"--out {out} is {'the data root' if o == d else 'inside' if o.is_relative_to(d) else 'a parent of'} "
+            f"--data {data}; {what} must lie outside the data root, whose files Pear never "
+            f"writes or removes"
+        )
 
 
 def _remove_stale_stages(out: Path) -> None:
@@ -333,16 +345,20 @@ def check_same_run(out: Path, cfg) -> None:
     args = run.args
     if not args.is_file():
         if run.state.exists() or run.metrics.exists():
-            raise PearError(f"run folder {out} has no args.yaml, so --resume cannot check that it continues the same "
-                            f"run; start again with --overwrite")
+            raise PearError(
+                f"run folder {out} has no args.yaml, so --resume cannot check that it continues the same "
+                f"run; start again with --overwrite"
+            )
         return
     try:
         diff = differences(read_mapping(args, "run options"), cfg)
     except PearError as exc:
         raise PearError(f"{args}: {exc}") from None
     if diff:
-        raise PearError(f"--resume continues the run in {out} with its own options, but these differ: "
-                        f"{'; '.join(diff)}. Resume with the run's options, or train into another --out")
+        raise PearError(
+            f"--resume continues the run in {out} with its own options, but these differ: "
+            f"{'; '.join(diff)}. Resume with the run's options, or train into another --out"
+        )
 
 
 def log_failure(exc: BaseException) -> None:
@@ -362,8 +378,9 @@ def guarded(write, path: Path) -> None:
     try:
         write()
     except OSError as exc:
-        raise PearError(f"could not write {path}: {exc.strerror or exc}. The previous complete "
-                        f"{path.name} (if any) is intact.") from None
+        raise PearError(
+            f"could not write {path}: {exc.strerror or exc}. The previous complete {path.name} (if any) is intact."
+        ) from None
 
 
 class _LogFile(logging.FileHandler):
@@ -373,15 +390,16 @@ class _LogFile(logging.FileHandler):
         return open_append(Path(self.baseFilename))
 
 
-def setup_logging(out: Path, ctx: "D.Context") -> None:
+def setup_logging(out: Path, ctx: D.Context) -> None:
     """Rank 0 logs everything to stdout and RUN/train.log; other ranks only warnings,
     tagged with their rank, to stdout (torchrun merges every rank's output)."""
     log.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    fmt = logging.Formatter("%(asctime)s %(message)s" if ctx.is_main else f"%(asctime)s [rank {ctx.rank}] %(message)s",
-                            "%H:%M:%S")
+    fmt = logging.Formatter(
+        "%(asctime)s %(message)s" if ctx.is_main else f"%(asctime)s [rank {ctx.rank}] %(message)s", "%H:%M:%S"
+    )
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)
     log.addHandler(stream)

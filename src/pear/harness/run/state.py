@@ -51,16 +51,29 @@ def fill_model(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) 
         raise PearError(f"{where}: stored tensors do not fit this model: missing {missing}, unexpected {unexpected}")
     bad = [k for k in want if want[k].shape != tensors[k].shape]
     if bad:
-        raise PearError(f"{where}: tensor {bad[0]!r} has shape {list(tensors[bad[0]].shape)}, "
-                        f"the model expects {list(want[bad[0]].shape)}")
+        raise PearError(
+            f"{where}: tensor {bad[0]!r} has shape {list(tensors[bad[0]].shape)}, "
+            f"the model expects {list(want[bad[0]].shape)}"
+        )
     unwrap(model).load_state_dict(tensors, strict=False)
 
 
 # ---------------------------------------------------------------- resumable state
 
-def save_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, tracker, *, epoch: int,
-               step: int, history: list, plan: PrunePlan | None, best: dict | None,
-               precision: dict | None = None) -> None:
+
+def save_state(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tracker,
+    *,
+    epoch: int,
+    step: int,
+    history: list,
+    plan: PrunePlan | None,
+    best: dict | None,
+    precision: dict | None = None,
+) -> None:
     tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
     opt = optimizer.state_dict()
     opt_values: dict[str, dict] = {}
@@ -78,12 +91,17 @@ def save_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     np_state = np.random.get_state(legacy=True)
     assert isinstance(np_state, tuple), "the legacy MT19937 state is a tuple"
     info = {
-        "format": STATE_FORMAT, "format_version": FORMAT_VERSION,
-        "epoch": epoch, "step": step, "history": history, "best": best,
+        "format": STATE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+        "best": best,
         "plan": plan.to_dict() if plan else None,
         "precision": precision,
         "tracker": tracker.state_dict() if tracker is not None else None,
-        "optim_groups": opt["param_groups"], "optim_state_keys": sorted(opt["state"]),
+        "optim_groups": opt["param_groups"],
+        "optim_state_keys": sorted(opt["state"]),
         "optim_values": opt_values,
         "rng_python": _jsonable(random.getstate()),
         "rng_numpy": [np_state[0], np_state[1].tolist(), *map(_jsonable, np_state[2:])],
@@ -115,7 +133,7 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         for idx in info["optim_state_keys"]:
             st = dict(info["optim_values"].get(str(idx), {}))
             prefix = f"optim.{idx}."
-            st.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            st.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
             state[int(idx)] = st
         optimizer.load_state_dict({"state": state, "param_groups": info["optim_groups"]})
         if tracker is not None and info.get("tracker"):
@@ -130,8 +148,9 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     except PearError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError, AttributeError) as exc:
-        raise PearError(f"{directory}: the saved training state is inconsistent ({exc!r}); "
-                        f"start again with --overwrite") from None
+        raise PearError(
+            f"{directory}: the saved training state is inconsistent ({exc!r}); start again with --overwrite"
+        ) from None
     model.to(device)
     # 'precision' (how the run computes) is absent from states written before it was recorded.
     return {**{k: info[k] for k in ("epoch", "step", "history", "plan", "best")}, "precision": info.get("precision")}
@@ -149,16 +168,25 @@ def _is_number(v) -> bool:
 _STATE_FIELDS = {
     "epoch": ("a count", _is_count),
     "step": ("a count", _is_count),
-    "history": ("a list of epoch records (objects of numbers)",
-                lambda v: isinstance(v, list) and all(isinstance(r, dict) and all(
-                    _is_number(x) or x is None for x in r.values()) for r in v)),
-    "best": ("null or an object with a count 'epoch' and a number 'val_acc'",
-             lambda v: v is None or (isinstance(v, dict) and _is_count(v.get("epoch")) and _is_number(v.get("val_acc")))),
+    "history": (
+        "a list of epoch records (objects of numbers)",
+        lambda v: (
+            isinstance(v, list)
+            and all(isinstance(r, dict) and all(_is_number(x) or x is None for x in r.values()) for r in v)
+        ),
+    ),
+    "best": (
+        "null or an object with a count 'epoch' and a number 'val_acc'",
+        lambda v: v is None or (isinstance(v, dict) and _is_count(v.get("epoch")) and _is_number(v.get("val_acc"))),
+    ),
     "plan": ("null or a prune plan object", lambda v: v is None or isinstance(v, dict)),
     "tracker": ("null or an importance tracker object", lambda v: v is None or isinstance(v, dict)),
     "optim_groups": ("a list of objects", lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v)),
     "optim_state_keys": ("a list of counts", lambda v: isinstance(v, list) and all(_is_count(k) for k in v)),
-    "optim_values": ("an object of objects", lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())),
+    "optim_values": (
+        "an object of objects",
+        lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+    ),
     "rng_python": ("a list", lambda v: isinstance(v, list)),
     "rng_numpy": ("a list", lambda v: isinstance(v, list)),
 }
@@ -172,22 +200,38 @@ def _check_state_info(info: dict, path: Path) -> None:
             raise PearError(f"{path}: has no {key!r}; start again with --overwrite")
         if not ok(info[key]):
             shown = repr(info[key])
-            raise PearError(f"{path}: {key!r} must be {what}, got {shown[:60] + ('...' if len(shown) > 60 else '')}; "
-                            f"start again with --overwrite")
+            raise PearError(
+                f"{path}: {key!r} must be {what}, got {shown[:60] + ('...' if len(shown) > 60 else '')}; "
+                f"start again with --overwrite"
+            )
 
 
 # ---------------------------------------------------------------- plain runs
 
-def save_plain(model: nn.Module, directory: Path, *, method: str, backbone: str | None, class_names, fingerprint_value: str,
-               meta: dict) -> None:
+
+def save_plain(
+    model: nn.Module,
+    directory: Path,
+    *,
+    method: str,
+    backbone: str | None,
+    class_names,
+    fingerprint_value: str,
+    meta: dict,
+) -> None:
     """Checkpoint of a linear / full / lora run: its trainable tensors (all for full)."""
     base = unwrap(model)
     head, names = head_name(base), head_names(base)
-    info = {"format": PLAIN_FORMAT, "format_version": FORMAT_VERSION, "method": method,
-            "backbone": {"name": backbone, "fingerprint": fingerprint_value, **settings_field(base)},
-            "head": names if len(names) > 1 else head,
-            "num_classes": int(base.get_parameter(f"{head}.weight").shape[0]) if head else None,
-            "class_names": class_names, "meta": meta}
+    info = {
+        "format": PLAIN_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "backbone": {"name": backbone, "fingerprint": fingerprint_value, **settings_field(base)},
+        "head": names if len(names) > 1 else head,
+        "num_classes": int(base.get_parameter(f"{head}.weight").shape[0]) if head else None,
+        "class_names": class_names,
+        "meta": meta,
+    }
     write_tensor_dir(directory, model_tensors(base), info, *PLAIN_FILES)
 
 

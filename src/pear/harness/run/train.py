@@ -47,19 +47,29 @@ from .schedule import lr_factor, make_optimizer
 from .state import STATE_FILES, load_state, save_state
 from .watch import Board, progress, require_tensorboard
 
-__all__ = ["TrainConfig", "train", "build", "make_optimizer", "lr_factor", "prepare_run_dir"]
+__all__ = ["TrainConfig", "build", "lr_factor", "make_optimizer", "prepare_run_dir", "train"]
 
 log = logging.getLogger("pear")
 
 
 # ---------------------------------------------------------------- the run
 
+
 def build(cfg: TrainConfig, num_classes: int, device: torch.device, backbone_file: Path | None = None):
     """Backbone + method; returns (model, data_config, backbone fingerprint).
     backbone_file: weights to load instead of cfg.weights (a resumed run's random backbone)."""
     weights = str(backbone_file) if backbone_file else cfg.weights
-    return build_model(cfg.backbone, num_classes, cfg.method, cfg.pear_config(), weights=weights, img_size=cfg.img_size,
-                       model_kwargs=cfg.model_kwargs, device=device, lora_alpha=cfg.lora_alpha)
+    return build_model(
+        cfg.backbone,
+        num_classes,
+        cfg.method,
+        cfg.pear_config(),
+        weights=weights,
+        img_size=cfg.img_size,
+        model_kwargs=cfg.model_kwargs,
+        device=device,
+        lora_alpha=cfg.lora_alpha,
+    )
 
 
 def train(cfg: TrainConfig) -> dict | None:
@@ -82,7 +92,7 @@ class _Run:
     """What one run carries from epoch to epoch (and saves in RUN/state)."""
 
     cfg: TrainConfig
-    ctx: "D.Context"
+    ctx: D.Context
     folder: RunFolder
     device: torch.device
     precision: Precision
@@ -128,7 +138,7 @@ class _Run:
         return self.cfg.method in PRUNING_METHODS and self.cfg.pear_config().prune_ratio > 0
 
 
-def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
+def _train(cfg: TrainConfig, ctx: D.Context) -> dict | None:
     device, model, fp, info, splits = _validate(cfg, ctx)
     folder = prepare_run_dir(cfg, ctx)
     try:
@@ -140,7 +150,7 @@ def _train(cfg: TrainConfig, ctx: "D.Context") -> dict | None:
         folder.close()
 
 
-def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
+def _run(run: _Run, splits: dict[str, Split]) -> dict | None:
     cfg, ctx = run.cfg, run.ctx
     keep_random_backbone(run)
     _resume(run)
@@ -172,7 +182,7 @@ def _run(run: "_Run", splits: dict[str, Split]) -> dict | None:
     return metrics
 
 
-def _validate(cfg: TrainConfig, ctx: "D.Context"):
+def _validate(cfg: TrainConfig, ctx: D.Context):
     """Everything a run needs that can be wrong (device, data, lists, backbone, weights),
     checked before its folder is created or an old run touched: (device, model,
     fingerprint, task info, splits)."""
@@ -191,25 +201,53 @@ def _validate(cfg: TrainConfig, ctx: "D.Context"):
     assert cfg.img_size is not None  # TrainConfig.__post_init__ resolves it
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     names = {"train": cfg.train_split, **({"val": "val200"} if cfg.select_on else {}), "test": "test"}
-    splits = {k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
-              for k, split in names.items()}
+    splits = {
+        k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
+        for k, split in names.items()
+    }
     return device, model, fp, info, splits
 
 
-def _start(cfg: TrainConfig, ctx: "D.Context", folder: RunFolder, device: torch.device, model: nn.Module, fp: str,
-           info, splits: dict[str, Split]) -> _Run:
+def _start(
+    cfg: TrainConfig,
+    ctx: D.Context,
+    folder: RunFolder,
+    device: torch.device,
+    model: nn.Module,
+    fp: str,
+    info,
+    splits: dict[str, Split],
+) -> _Run:
     """Log, args.yaml and optimizer of a fresh run in its folder."""
     out = folder.path
     setup_logging(out, ctx)
     if ctx.is_main:
         write_text(folder.dir.args, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        log.info("run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
-                 out, cfg.method, cfg.data, info.name, cfg.backbone, len(splits["train"]), len(splits["test"]),
-                 device, ctx.world)
-    run = _Run(cfg, ctx, folder, device, precision=choose(cfg.amp, device, model, distributed=ctx.enabled), info=info, fp=fp,
-               model=model, optimizer=make_optimizer(model, cfg.lr, cfg.wd),
-               sampler=GlobalBatches(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.rank, ctx.world),
-               tracker=None)
+        log.info(
+            "run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
+            out,
+            cfg.method,
+            cfg.data,
+            info.name,
+            cfg.backbone,
+            len(splits["train"]),
+            len(splits["test"]),
+            device,
+            ctx.world,
+        )
+    run = _Run(
+        cfg,
+        ctx,
+        folder,
+        device,
+        precision=choose(cfg.amp, device, model, distributed=ctx.enabled),
+        info=info,
+        fp=fp,
+        model=model,
+        optimizer=make_optimizer(model, cfg.lr, cfg.wd),
+        sampler=GlobalBatches(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.rank, ctx.world),
+        tracker=None,
+    )
     run.tracker = ImportanceTracker(model) if run.pruning else None
     return run
 
@@ -235,8 +273,11 @@ def _resume(run: _Run) -> None:
     if cfg.resume and state_dir.is_dir():
         st = load_state(state_dir, run.model, run.optimizer, run.tracker, run.device)
         run.start_epoch, run.step, run.history, run.best = st["epoch"] + 1, st["step"], st["history"], st.get("best")
-        run.precision = (Precision.from_dict(st["precision"], str(state_dir / STATE_FILES[1])) if st["precision"]
-                         else legacy(cfg.amp, run.device))
+        run.precision = (
+            Precision.from_dict(st["precision"], str(state_dir / STATE_FILES[1]))
+            if st["precision"]
+            else legacy(cfg.amp, run.device)
+        )
         run.plan = PrunePlan.from_dict(st["plan"]) if st.get("plan") else None
         if run.plan is not None and run.tracker is not None:
             run.tracker.close()
@@ -245,9 +286,12 @@ def _resume(run: _Run) -> None:
     elif cfg.resume:
         log.info("fresh start at epoch 1 (nothing saved to resume from yet)")
     if cfg.resume:
-        D.check_same((run.start_epoch, run.step, run.plan.digest() if run.plan else None),
-                     "resume points (epoch, step, plan)", ctx,
-                     f"every rank reads {state_dir}: put --out on a filesystem that all nodes share")
+        D.check_same(
+            (run.start_epoch, run.step, run.plan.digest() if run.plan else None),
+            "resume points (epoch, step, plan)",
+            ctx,
+            f"every rank reads {state_dir}: put --out on a filesystem that all nodes share",
+        )
 
 
 def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -> None:
@@ -258,17 +302,25 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
         run.tracker = None
         if run.board is not None:
             run.board.params(run.step, trainable(run.model))
-            run.board.pruning_map(run.step, {"method": cfg.method, "task": run.info.name,
-                                             "backbone": {"name": cfg.backbone}, **report(run.model)})
+            run.board.pruning_map(
+                run.step,
+                {"method": cfg.method, "task": run.info.name, "backbone": {"name": cfg.backbone}, **report(run.model)},
+            )
         run.fwd = _wrap(run.model, cfg, ctx, run.fwd)  # DDP over the new parameter set; compile once more
     run.sampler.epoch = epoch
     t0 = time.perf_counter()
     loss_sum, correct, seen = _train_epoch(run, train_split, epoch)
     dt = time.perf_counter() - t0
     _check_finite(run.model, cfg, epoch)
-    rec = {"epoch": epoch, "loss": loss_sum / max(1, seen), "train_acc": 100.0 * correct / max(1, seen),
-           "images_per_second": seen / dt, "images": seen, "seconds": dt,
-           "lr": run.optimizer.param_groups[0]["lr"]}
+    rec = {
+        "epoch": epoch,
+        "loss": loss_sum / max(1, seen),
+        "train_acc": 100.0 * correct / max(1, seen),
+        "images_per_second": seen / dt,
+        "images": seen,
+        "seconds": dt,
+        "lr": run.optimizer.param_groups[0]["lr"],
+    }
     if val_split is not None:
         rec["val_acc"] = evaluate(run.fwd, val_split, run.device, run.amp, ctx, cfg.eval_batch_size)
     keep_if_best(run, epoch, rec)
@@ -276,17 +328,34 @@ def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -
     if run.board is not None:
         run.board.epoch(run.step, rec)
     if ctx.is_main:
-        log.info("epoch %d/%d  loss %.4f  train acc %.2f%%  %.1f img/s%s", epoch + 1, cfg.epochs, rec["loss"],
-                 rec["train_acc"], rec["images_per_second"],
-                 f"  val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else "")
-        guarded(lambda: save_state(run.dir.state, run.model, run.optimizer, run.tracker, epoch=epoch,
-                                   step=run.step, history=run.history, plan=run.plan, best=run.best,
-                                   precision=run.precision.to_dict()),
-                run.dir.state)
+        log.info(
+            "epoch %d/%d  loss %.4f  train acc %.2f%%  %.1f img/s%s",
+            epoch + 1,
+            cfg.epochs,
+            rec["loss"],
+            rec["train_acc"],
+            rec["images_per_second"],
+            f"  val acc {rec['val_acc']:.2f}%" if "val_acc" in rec else "",
+        )
+        guarded(
+            lambda: save_state(
+                run.dir.state,
+                run.model,
+                run.optimizer,
+                run.tracker,
+                epoch=epoch,
+                step=run.step,
+                history=run.history,
+                plan=run.plan,
+                best=run.best,
+                precision=run.precision.to_dict(),
+            ),
+            run.dir.state,
+        )
     D.barrier()
 
 
-def _wrap(model: nn.Module, cfg: TrainConfig, ctx: "D.Context", previous: nn.Module | None = None) -> nn.Module:
+def _wrap(model: nn.Module, cfg: TrainConfig, ctx: D.Context, previous: nn.Module | None = None) -> nn.Module:
     fwd = D.wrap_ddp(model, ctx, previous)
     if cfg.compile:
         fwd = cast(nn.Module, torch.compile(fwd))  # an OptimizedModule; the stub says Callable
@@ -313,8 +382,15 @@ def _prune(run: _Run, split: Split) -> PrunePlan:
             inputs = capture_inputs(model, (x.to(run.device) for x, _ in split.loader(first)))
     prune_and_share(model, p, inputs=inputs)
     dropped = prune_optimizer(run.optimizer, model)
-    log.info("pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
-             len(p.pruned), len(p.pruned) + len(p.kept), p.policy, state.config.knowledge, dropped, digest)
+    log.info(
+        "pruned %d of %d adapters (%s sharing, knowledge %s); optimizer dropped %d tensors; plan %s",
+        len(p.pruned),
+        len(p.pruned) + len(p.kept),
+        p.policy,
+        state.config.knowledge,
+        dropped,
+        digest,
+    )
     if ctx.enabled:
         log.info("plan %s checked: identical on all %d ranks", digest, ctx.world)
     return p
@@ -342,8 +418,10 @@ def _train_epoch(run: _Run, split: Split, epoch: int) -> tuple[float, int, int]:
             loss_total = loss_fn(logits.float(), y)
         value = loss_total.item()
         if not math.isfinite(value):
-            raise PearError(f"loss became {value} at epoch {epoch + 1}, step {i + 1} (global step {run.step + 1}); "
-                            f"stopped. {_last_good(cfg, epoch)}; try a lower --lr")
+            raise PearError(
+                f"loss became {value} at epoch {epoch + 1}, step {i + 1} (global step {run.step + 1}); "
+                f"stopped. {_last_good(cfg, epoch)}; try a lower --lr"
+            )
         run.optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks; this scale makes that average the gradient
         # of the global batch's mean loss, as in one process.
@@ -375,8 +453,11 @@ def _check_finite(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
     """The loss is checked before each step, so the last step of an epoch can still
     leave inf/NaN weights (an inf gradient); saving them would overwrite the last
     good state with one that cannot train."""
-    bad = next((n for n, p in unwrap(model).named_parameters() if p.requires_grad and not torch.isfinite(p).all()),
-               None)
+    bad = next(
+        (n for n, p in unwrap(model).named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None
+    )
     if bad is not None:
-        raise PearError(f"parameter {bad!r} became non-finite during epoch {epoch + 1} (the loss was still finite); "
-                        f"stopped. {_last_good(cfg, epoch)}; try a lower --lr")
+        raise PearError(
+            f"parameter {bad!r} became non-finite during epoch {epoch + 1} (the loss was still finite); "
+            f"stopped. {_last_good(cfg, epoch)}; try a lower --lr"
+        )

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import PearError
 
-__all__ = ["PLAIN_SECONDS", "Progress", "progress", "Board", "require_tensorboard"]
+__all__ = ["PLAIN_SECONDS", "Board", "Progress", "progress", "require_tensorboard"]
 
 PLAIN_SECONDS = 10.0
 # The scalars the HPARAMS tab shows beside each run's options.
@@ -62,8 +62,11 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= PLAIN_SECONDS and self.done < self.total:
             self.last = now
-            print(f"{self.desc}  step {self.done}/{self.total}  loss {loss:.3f}  acc {acc:.1f}%  {img_s:.0f} img/s",
-                  file=self.stream, flush=True)
+            print(
+                f"{self.desc}  step {self.done}/{self.total}  loss {loss:.3f}  acc {acc:.1f}%  {img_s:.0f} img/s",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -87,8 +90,10 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise PearError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                        "(or pip install 'pear-peft[tensorboard]')") from None
+        raise PearError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or pip install 'pear-peft[tensorboard]')"
+        ) from None
     return SummaryWriter
 
 
@@ -105,8 +110,12 @@ class Board:
         self.writer.add_scalar("train/lr", lr, step)
 
     def epoch(self, step: int, record: dict) -> None:
-        for key, tag in (("loss", "epoch/loss"), ("train_acc", "accuracy/train"), ("val_acc", "accuracy/val"),
-                         ("images_per_second", "speed/images_per_second")):
+        for key, tag in (
+            ("loss", "epoch/loss"),
+            ("train_acc", "accuracy/train"),
+            ("val_acc", "accuracy/val"),
+            ("images_per_second", "speed/images_per_second"),
+        ):
             if key in record:
                 self.writer.add_scalar(tag, record[key], step)
         self.writer.flush()

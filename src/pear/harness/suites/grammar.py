@@ -25,10 +25,12 @@ from ..run.options import PEAR_FIELDS
 def _choice(field: str, choices: Sequence[str], aliases: Mapping[str, str] | None = None):
     """An ablation over the names `choices` holds when a name is read (a registry's live
     view, so a registered scorer or policy is an ablation too), or an earlier name of one."""
+
     def parse(text: str) -> str:
         if text not in choices and text not in (aliases or {}):
             raise ValueError(text)
         return text
+
     return field, parse, lambda: "{" + ",".join(choices) + "}"
 
 
@@ -68,7 +70,7 @@ def method_overrides(name: str) -> dict:
     for prefix, (field, parse, _) in ABLATIONS.items():
         if name.startswith(prefix):
             try:
-                return {"method": "pear", field: parse(name[len(prefix):])}
+                return {"method": "pear", field: parse(name[len(prefix) :])}
             except ValueError:
                 break
     if "@" in name and "/" not in name:
@@ -80,12 +82,16 @@ def method_overrides(name: str) -> dict:
 
 def _check_characters(name: str) -> None:
     if len(name) > MAX_NAME_LENGTH:
-        raise PearError(f"suite method {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME_LENGTH} "
-                        f"(the name is the run's folder)")
+        raise PearError(
+            f"suite method {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME_LENGTH} "
+            f"(the name is the run's folder)"
+        )
     bad = next((c for c in name if not c.isprintable() or c.isspace() or c in _TABLE_BREAKERS), None)
     if bad is not None:
-        raise PearError(f"suite method {name!r}: {bad!r} cannot be in a method name (the name is the run's folder "
-                        f"and a cell of results.md's tables)")
+        raise PearError(
+            f"suite method {name!r}: {bad!r} cannot be in a method name (the name is the run's folder "
+            f"and a cell of results.md's tables)"
+        )
 
 
 def _settings(name: str, method: str, settings: list[str]) -> dict:
@@ -107,7 +113,9 @@ def _setting(name: str, text: str) -> tuple[str, object]:
     """'rank=4' -> ('rank', 4), parsed as `pear train --rank 4` would be."""
     field, eq, value = text.partition("=")
     if not eq or field not in PEAR_FIELDS:
-        raise PearError(f"suite method {name!r}: {text!r} is not FIELD=VALUE with FIELD one of {', '.join(PEAR_FIELDS)}")
+        raise PearError(
+            f"suite method {name!r}: {text!r} is not FIELD=VALUE with FIELD one of {', '.join(PEAR_FIELDS)}"
+        )
     try:
         return field, value_parser(PearConfig, field)(value)
     except ValueError:

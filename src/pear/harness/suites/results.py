@@ -24,9 +24,28 @@ from ..trained.runs import read_metrics
 from . import tuning
 from .grammar import method_overrides
 
-CSV_FIELDS = ("task", "method", "seed", "test_acc", "trainable_params", "trainable_params_before",
-              "checkpoint_file_bytes", "adapter_params", "adapter_bytes", "train_seconds", "images_per_second",
-              "epochs", "img_size", "backbone", "device", "world_size", "plan_digest", "torch", "tuned", "run")
+CSV_FIELDS = (
+    "task",
+    "method",
+    "seed",
+    "test_acc",
+    "trainable_params",
+    "trainable_params_before",
+    "checkpoint_file_bytes",
+    "adapter_params",
+    "adapter_bytes",
+    "train_seconds",
+    "images_per_second",
+    "epochs",
+    "img_size",
+    "backbone",
+    "device",
+    "world_size",
+    "plan_digest",
+    "torch",
+    "tuned",
+    "run",
+)
 
 
 def aggregate(out: str | Path, command: str | None = None, missing: Sequence[str] = ()) -> list[dict]:
@@ -35,8 +54,10 @@ def aggregate(out: str | Path, command: str | None = None, missing: Sequence[str
     have not finished) and accuracy_vs_bytes.png. Returns the rows, sorted by task, method
     and seed."""
     out = Path(out)
-    rows = sorted((_read_metrics(p, out) for p in out.glob("runs/*/*/seed*/metrics.json")),
-                  key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
+    rows = sorted(
+        (_read_metrics(p, out) for p in out.glob("runs/*/*/seed*/metrics.json")),
+        key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]),
+    )
     choices = tuning.read_choices(out)
     _mark_tuned(rows, choices)
     buf = io.StringIO()
@@ -65,19 +86,36 @@ def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
 # edited); test_acc is required, task and seed may be missing (older files: the folders say
 # them), and the rest may be missing or null.
 _NUMBER = (int, float, NONE)
-METRICS_FIELDS = {"task": str, "seed": int, "test_acc": (int, float),
-                  **{k: _NUMBER for k in ("trainable_params", "trainable_params_before", "checkpoint_file_bytes",
-                                          "adapter_params", "adapter_bytes", "train_seconds", "images_per_second",
-                                          "epochs", "img_size", "world_size")},
-                  **{k: (str, NONE) for k in ("backbone", "device", "plan_digest", "torch")}}
+METRICS_FIELDS = {
+    "task": str,
+    "seed": int,
+    "test_acc": (int, float),
+    **dict.fromkeys(
+        (
+            "trainable_params",
+            "trainable_params_before",
+            "checkpoint_file_bytes",
+            "adapter_params",
+            "adapter_bytes",
+            "train_seconds",
+            "images_per_second",
+            "epochs",
+            "img_size",
+            "world_size",
+        ),
+        _NUMBER,
+    ),
+    **dict.fromkeys(("backbone", "device", "plan_digest", "torch"), (str, NONE)),
+}
 
 
 def _read_metrics(path: Path, out: Path) -> dict:
     try:
         m = read_metrics(path)
     except PearError as exc:
-        raise PearError(f"{path} is not a readable metrics file ({exc}); delete its run folder and run the suite "
-                        f"again") from None
+        raise PearError(
+            f"{path} is not a readable metrics file ({exc}); delete its run folder and run the suite again"
+        ) from None
     problems = wrong_types(m, METRICS_FIELDS, required=("test_acc",))
     problems += [f"{k} is {m[k]!r}" for k in METRICS_FIELDS if has_type(m.get(k), float) and not math.isfinite(m[k])]
     seed_dir = path.parent
@@ -87,17 +125,23 @@ def _read_metrics(path: Path, out: Path) -> dict:
         if seed is None:
             problems.append(f"it has no seed, and its folder {seed_dir.name!r} is not seed<N>")
     if problems:
-        raise PearError(f"{path} is not a readable metrics file: {'; '.join(problems)}; delete its run folder "
-                        f"and run the suite again")
+        raise PearError(
+            f"{path} is not a readable metrics file: {'; '.join(problems)}; delete its run folder "
+            f"and run the suite again"
+        )
     # The method is the suite's name for it (the folder): an ablation trains method 'pear'.
     row = {k: m.get(k) for k in CSV_FIELDS}
-    row.update(task=m.get("task") or TASK_ALIASES.get(seed_dir.parent.parent.name, seed_dir.parent.parent.name),
-               method=seed_dir.parent.name, seed=seed, run=str(seed_dir.relative_to(out)))
+    row.update(
+        task=m.get("task") or TASK_ALIASES.get(seed_dir.parent.parent.name, seed_dir.parent.parent.name),
+        method=seed_dir.parent.name,
+        seed=seed,
+        run=str(seed_dir.relative_to(out)),
+    )
     return row
 
 
 def _folder_seed(name: str) -> int | None:
-    digits = name[len("seed"):]
+    digits = name[len("seed") :]
     return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
@@ -136,8 +180,10 @@ def _summary(means: dict[str, float], keys: list[str], unit: str = "tasks") -> s
 
 def _machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{platform.platform()}, {os.cpu_count()} CPUs, GPU {gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return (
+        f"{platform.platform()}, {os.cpu_count()} CPUs, GPU {gpu}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def _vtab(tasks: list[str]) -> list[tuple[str, list[str]]]:
@@ -149,8 +195,7 @@ def _vtab(tasks: list[str]) -> list[tuple[str, list[str]]]:
 
 def _group_cells(means: dict[str, float], vtab: list[tuple[str, list[str]]]) -> list[str]:
     """Each group's mean of its tasks' means, then the mean of the group means."""
-    gmeans = {g: statistics.fmean(means[t] for t in ts if t in means) for g, ts in vtab
-              if any(t in means for t in ts)}
+    gmeans = {g: statistics.fmean(means[t] for t in ts if t in means) for g, ts in vtab if any(t in means for t in ts)}
     return [_summary(means, ts) for _, ts in vtab] + [_summary(gmeans, [g for g, _ in vtab], "groups")]
 
 
@@ -192,27 +237,55 @@ def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (
     header = ["method", *tasks, "Mean over tasks"]
     if vtab:
         header += [f"{g} mean" for g, _ in vtab] + ["Mean of group means"]
-    lines += ["", "## Test accuracy (%)", "",
-              "Mean ± sample standard deviation over seeds (n seeds). *Mean over tasks* averages the per-task "
-              "means" + ("; each VTAB group mean averages its tasks' means, and *Mean of group means* (the "
-                         "usual VTAB-1k summary) averages the group means." if vtab else "."), "",
-              _row(header), _row(["---"] * len(header))]
+    lines += [
+        "",
+        "## Test accuracy (%)",
+        "",
+        "Mean ± sample standard deviation over seeds (n seeds). *Mean over tasks* averages the per-task "
+        "means"
+        + (
+            "; each VTAB group mean averages its tasks' means, and *Mean of group means* (the "
+            "usual VTAB-1k summary) averages the group means."
+            if vtab
+            else "."
+        ),
+        "",
+        _row(header),
+        _row(["---"] * len(header)),
+    ]
     for m in methods:
         means = {t: acc[(t, m)] for t in tasks if (t, m) in acc}
-        cells = [m, *(_acc_cell([r["test_acc"] for r in groups[(t, m)]]) if (t, m) in groups else "–"
-                      for t in tasks), _summary(means, tasks)]
+        cells = [
+            m,
+            *(_acc_cell([r["test_acc"] for r in groups[(t, m)]]) if (t, m) in groups else "–" for t in tasks),
+            _summary(means, tasks),
+        ]
         if vtab:
             cells += _group_cells(means, vtab)
         lines.append(_row(cells))
 
     lines += tuning.markdown(list(choices))
 
-    header = ["task", "method", "test acc (%)", "trainable params", "checkpoint bytes", "adapter bytes",
-              "adapter bytes / adapter's"]
-    lines += ["", "## Cost per task", "",
-              "Trainable parameters after pruning (before → after where pruning changed them); checkpoint "
-              "bytes: the size of the task checkpoint's files on disk; the last column compares unique adapter "
-              "bytes with the unpruned `adapter` method on the same task.", "", _row(header), _row(["---"] * len(header))]
+    header = [
+        "task",
+        "method",
+        "test acc (%)",
+        "trainable params",
+        "checkpoint bytes",
+        "adapter bytes",
+        "adapter bytes / adapter's",
+    ]
+    lines += [
+        "",
+        "## Cost per task",
+        "",
+        "Trainable parameters after pruning (before → after where pruning changed them); checkpoint "
+        "bytes: the size of the task checkpoint's files on disk; the last column compares unique adapter "
+        "bytes with the unpruned `adapter` method on the same task.",
+        "",
+        _row(header),
+        _row(["---"] * len(header)),
+    ]
     for t in tasks:
         ref = _mean_of(groups.get((t, "adapter"), []), "adapter_bytes")
         for m in methods:
@@ -223,8 +296,19 @@ def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (
             params = _count(after) if before in (None, after) else f"{_count(before)} → {_count(after)}"
             adapter = _mean_of(runs, "adapter_bytes")
             ratio = f"{adapter / ref:.2f}×" if adapter is not None and ref else "–"
-            lines.append(_row([t, m, _acc_cell([r["test_acc"] for r in runs]), params,
-                               _count(_mean_of(runs, "checkpoint_file_bytes")), _count(adapter), ratio]))
+            lines.append(
+                _row(
+                    [
+                        t,
+                        m,
+                        _acc_cell([r["test_acc"] for r in runs]),
+                        params,
+                        _count(_mean_of(runs, "checkpoint_file_bytes")),
+                        _count(adapter),
+                        ratio,
+                    ]
+                )
+            )
     lines += ["", "![accuracy vs checkpoint bytes](accuracy_vs_bytes.png)", ""]
     return "\n".join(lines)
 
@@ -260,8 +344,11 @@ def _plot(rows: list[dict], path: Path) -> None:
     markers = "os^Dv<>pP*Xh"
     points: dict[str, list[tuple[float, float]]] = {}  # method -> per task (checkpoint bytes, test accuracy)
     for m in sorted({r["method"] for r in rows}, key=_method_key):
-        per_task = [(size, _mean_acc(runs)) for t in tasks
-                    if (runs := groups.get((t, m))) and (size := _mean_of(runs, "checkpoint_file_bytes"))]
+        per_task = [
+            (size, _mean_acc(runs))
+            for t in tasks
+            if (runs := groups.get((t, m))) and (size := _mean_of(runs, "checkpoint_file_bytes"))
+        ]
         if per_task:
             points[m] = per_task
     # A mean over fewer tasks is not comparable with the others: where some methods ran on

@@ -19,8 +19,15 @@ HEADER = "#!/bin/bash\n# pear suite as a job array"
 SCRIPT = OutputKind("Slurm script", HEADER.encode("ascii"))
 
 
-def emit_slurm(path: str | Path, command: list[str], runs: int, tuning_runs: int, out: str | Path,
-               data: str | Path, gres: str = "gpu:1") -> Path:
+def emit_slurm(
+    path: str | Path,
+    command: list[str],
+    runs: int,
+    tuning_runs: int,
+    out: str | Path,
+    data: str | Path,
+    gres: str = "gpu:1",
+) -> Path:
     """Write `slurm_script` to the user-named `path` (`pear.harness.outputs.write_output`:
     never into `data`, over a folder or over a file that is not such a script), and make
     OUT/logs, where sbatch puts the logs but does not create the folder."""
@@ -34,9 +41,15 @@ def emit_slurm(path: str | Path, command: list[str], runs: int, tuning_runs: int
     return write_output(path, lambda fh: fh.write(script.encode("utf-8")), SCRIPT, data)
 
 
-
-def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Path, workdir: str | Path,
-                 path: str | Path, gres: str = "gpu:1") -> str:
+def slurm_script(
+    command: list[str],
+    runs: int,
+    tuning_runs: int,
+    out: str | Path,
+    workdir: str | Path,
+    path: str | Path,
+    gres: str = "gpu:1",
+) -> str:
     """The sbatch script `path` for `command` (a `pear suite` command line without --emit-slurm,
     run in `workdir`); `tuning_runs`: how many of the `runs` indices are --tune's, which must
     finish first; `gres`: each task's generic resources (--gres), '' for none."""
@@ -47,24 +60,31 @@ def slurm_script(command: list[str], runs: int, tuning_runs: int, out: str | Pat
     logs = _sbatch_quote(str(workdir / out / "logs").replace("%", "%%") + "/slurm-%A_%a.log")
     me = shlex.quote(str(path))
     first = f"0-{tuning_runs - 1}" if tuning_runs else f"0-{runs - 1}"
-    lines = [HEADER + f": {runs} runs, one per array task (`{_line(cmd)} --list` shows them).",
-             "# Add your site's --partition / --account / --time below.",
-             "#SBATCH --job-name=pear-suite",
-             f"#SBATCH --array={first}",
-             *([f"#SBATCH --gres={gres}"] if gres else []),
-             "#SBATCH --cpus-per-task=8",
-             f"#SBATCH --output={logs}",  # sbatch resolves --output where it is called: an absolute path
-             "#"]
+    lines = [
+        HEADER + f": {runs} runs, one per array task (`{_line(cmd)} --list` shows them).",
+        "# Add your site's --partition / --account / --time below.",
+        "#SBATCH --job-name=pear-suite",
+        f"#SBATCH --array={first}",
+        *([f"#SBATCH --gres={gres}"] if gres else []),
+        "#SBATCH --cpus-per-task=8",
+        f"#SBATCH --output={logs}",  # sbatch resolves --output where it is called: an absolute path
+        "#",
+    ]
     if tuning_runs:
-        lines += [f"# --tune: indices 0-{tuning_runs - 1} choose each method's option on val200; the real runs",
-                  f"# ({tuning_runs}-{runs - 1}) need them finished. Submit twice:",
-                  f"#   jid=$(sbatch --parsable {_line(me)})",
-                  f"#   sbatch --dependency=afterok:$jid --array={tuning_runs}-{runs - 1} {_line(me)}"]
-    lines += ["# When all have finished (or at any time, for the table so far):",
-              f"#   {_line(cmd)} --aggregate",
-              "set -euo pipefail",
-              f"cd {shlex.quote(str(workdir))}",
-              f'{cmd} --index "$SLURM_ARRAY_TASK_ID"', ""]
+        lines += [
+            f"# --tune: indices 0-{tuning_runs - 1} choose each method's option on val200; the real runs",
+            f"# ({tuning_runs}-{runs - 1}) need them finished. Submit twice:",
+            f"#   jid=$(sbatch --parsable {_line(me)})",
+            f"#   sbatch --dependency=afterok:$jid --array={tuning_runs}-{runs - 1} {_line(me)}",
+        ]
+    lines += [
+        "# When all have finished (or at any time, for the table so far):",
+        f"#   {_line(cmd)} --aggregate",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        f'{cmd} --index "$SLURM_ARRAY_TASK_ID"',
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -73,8 +93,10 @@ def _sbatch_quote(text: str) -> str:
     lines on whitespace), with a backslash before '"', '\\' and '#' (an unescaped '#' starts a
     comment). A line break cannot be written in an #SBATCH line at all."""
     if "\n" in text or "\r" in text:
-        raise PearError(f"the Slurm log path {text!r} holds a line break, which an #SBATCH line cannot; run "
-                        f"from a folder without one")
+        raise PearError(
+            f"the Slurm log path {text!r} holds a line break, which an #SBATCH line cannot; run "
+            f"from a folder without one"
+        )
     return '"' + re.sub(r'(["\\#])', r"\\\1", text) + '"'
 
 

@@ -58,9 +58,10 @@ from .suite_runs import Run, check_folders, check_same_options, list_runs, run_d
 PRESETS: dict[str, dict] = {
     # The paper-style VTAB-1k recipe: 100 epochs, AdamW lr 1e-3, wd 1e-4, batch 64, cosine
     # with 10 warm-up epochs (the scoring window before Pear prunes), 224 px.
-    "vtab1k": {"tasks": list(VTAB_TASKS),
-               "recipe": {"epochs": 100, "warmup_epochs": 10, "lr": 1e-3, "wd": 1e-4, "batch_size": 64,
-                          "img_size": 224}},
+    "vtab1k": {
+        "tasks": list(VTAB_TASKS),
+        "recipe": {"epochs": 100, "warmup_epochs": 10, "lr": 1e-3, "wd": 1e-4, "batch_size": 64, "img_size": 224},
+    }
 }
 
 
@@ -87,13 +88,28 @@ class Suite:
 
     def __post_init__(self) -> None:
         tasks, methods, seeds, base = suite_runs.checked(self.tasks, self.methods, self.seeds, self.base)
-        for name, value in (("data", str(self.data)), ("out", str(self.out)), ("tasks", tasks),
-                            ("methods", methods), ("seeds", seeds), ("base", base)):
+        for name, value in (
+            ("data", str(self.data)),
+            ("out", str(self.out)),
+            ("tasks", tasks),
+            ("methods", methods),
+            ("seeds", seeds),
+            ("base", base),
+        ):
             object.__setattr__(self, name, value)  # frozen: the checked values, set once
 
     @classmethod
-    def configure(cls, data: str, tasks: list[str] | None, methods: list[str] | None, seeds: list[int],
-                  out: str | None, base: dict | None = None, tune: bool = False, preset: str | None = None) -> Suite:
+    def configure(
+        cls,
+        data: str,
+        tasks: list[str] | None,
+        methods: list[str] | None,
+        seeds: list[int],
+        out: str | None,
+        base: dict | None = None,
+        tune: bool = False,
+        preset: str | None = None,
+    ) -> Suite:
         """`pear suite`'s Suite: with a `preset` (`PRESETS`), its tasks (every folder checked), method pear,
         folder suites/PRESET and recipe, under whatever is given; without one, tasks, methods and out
         are required."""
@@ -105,8 +121,9 @@ class Suite:
         missing = [flag for flag, v in (("--tasks", tasks), ("--methods", methods), ("--out", out)) if not v]
         if missing:
             raise PearError(f"pear suite needs {', '.join(missing)} (or --preset vtab1k)")
-        return cls(data, tuple(tasks or ()), tuple(methods or ()), tuple(seeds), str(out), {**recipe, **(base or {})},
-                   tune)
+        return cls(
+            data, tuple(tasks or ()), tuple(methods or ()), tuple(seeds), str(out), {**recipe, **(base or {})}, tune
+        )
 
     @cached_property
     def runs(self) -> list[Run]:
@@ -114,8 +131,9 @@ class Suite:
         a tuned run holds its task's recorded choice, if there is one yet (`suite_runs.planned`)."""
         return suite_runs.planned(self)
 
-    def run(self, devices: list[str] | None = None, build_missing: bool = False,
-            command: str | None = None) -> list[dict]:
+    def run(
+        self, devices: list[str] | None = None, build_missing: bool = False, command: str | None = None
+    ) -> list[dict]:
         """Train every run not finished yet, then `aggregate(out)`; returns the table's rows.
 
         devices: with several, one subprocess per device at a time (`python -m pear train`);
@@ -146,9 +164,10 @@ class Suite:
         finally:
             unlock(lock)
         if failures:
-            raise PearError(f"{len(failures)} of {len(todo)} runs failed (the others are in "
-                            f"{Path(self.out) / 'results.md'}; run the suite again to retry):\n  "
-                            + "\n  ".join(failures))
+            raise PearError(
+                f"{len(failures)} of {len(todo)} runs failed (the others are in "
+                f"{Path(self.out) / 'results.md'}; run the suite again to retry):\n  " + "\n  ".join(failures)
+            )
         return rows
 
     def _tune(self, runs: list[Run], devices: list[str]) -> list[Run]:
@@ -156,17 +175,22 @@ class Suite:
         and return the real runs, each tuned one with its task's choice."""
         tuning_runs = [r for r in runs if r.tuning]
         todo = _pending(tuning_runs)
-        print(f"suite: tuning, {len(tuning_runs)} runs, {len(tuning_runs) - len(todo)} finished, {len(todo)} to run",
-              flush=True)
+        print(
+            f"suite: tuning, {len(tuning_runs)} runs, {len(tuning_runs) - len(todo)} finished, {len(todo)} to run",
+            flush=True,
+        )
         failures = _execute(todo, devices, Path(self.out))
         if failures:
-            raise PearError(f"{len(failures)} tuning runs failed; run the suite again to retry:\n  "
-                            + "\n  ".join(failures))
+            raise PearError(
+                f"{len(failures)} tuning runs failed; run the suite again to retry:\n  " + "\n  ".join(failures)
+            )
         grids = dict.fromkeys(r.tuned_by for r in runs if r.tuned_by)
         records = {(t, g): tuning.choose(self.out, t, g) for t, g in grids}
         for c in records.values():
-            print(f"suite: {c['task']}/{c['method']}: {c['option']} = {c['chosen']:g} (val200 {c['val200_acc']})",
-                  flush=True)
+            print(
+                f"suite: {c['task']}/{c['method']}: {c['option']} = {c['chosen']:g} (val200 {c['val200_acc']})",
+                flush=True,
+            )
         for i, r in enumerate(runs):  # `runs` holds each tuned run with its choice from now on
             if r.tuned_by:
                 runs[i] = suite_runs.with_choice(self, r, tuning.chosen_option(records[r.tuned_by]))
@@ -179,8 +203,10 @@ class Suite:
         suite may not), the run folder alone (by `train`)."""
         runs = self.runs
         if not 0 <= index < len(runs):
-            raise PearError(f"--index {index} is out of range: this suite has {len(runs)} runs "
-                            f"(0-{len(runs) - 1}); `--list` shows them")
+            raise PearError(
+                f"--index {index} is out of range: this suite has {len(runs)} runs "
+                f"(0-{len(runs) - 1}); `--list` shows them"
+            )
         run = runs[index]
         if self.base.get("tensorboard"):
             require_tensorboard()
@@ -212,8 +238,9 @@ class Suite:
         (`check_folders`), as --index, --list and --aggregate check."""
         runs = self.runs
         check_folders(runs)
-        written = slurm.emit_slurm(path, command, len(runs), sum(r.tuning for r in runs), self.out, self.data,
-                                   gres=gres)
+        written = slurm.emit_slurm(
+            path, command, len(runs), sum(r.tuning for r in runs), self.out, self.data, gres=gres
+        )
         print(f"wrote {path}: {len(runs)} runs as a job array; submit with `sbatch {path}`")
         return written
 
@@ -222,8 +249,9 @@ class Suite:
         return list_runs(self.runs)
 
 
-def run_suite(*spec, devices: list[str] | None = None, build_missing: bool = False, command: str | None = None,
-              **fields) -> list[dict]:
+def run_suite(
+    *spec, devices: list[str] | None = None, build_missing: bool = False, command: str | None = None, **fields
+) -> list[dict]:
     """`Suite(*spec, **fields).run(devices, build_missing, command)`, as scripts called a suite before
     it was a value."""
     return Suite(*spec, **fields).run(devices, build_missing, command)
@@ -259,10 +287,12 @@ def _choice(run: Run, runs: list[Run], out: str) -> dict:
         folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}
         waiting = [f"{i} ({r.label})" for i, r in enumerate(runs) if r.dir in folders and not r.finished]
         if waiting:
-            raise PearError(f"run {runs.index(run)} ({run.label}) trains with the {option} that --tune chooses on "
-                            f"val200, and tuning runs {', '.join(waiting)} have not finished yet; run those indices "
-                            f"first (with Slurm: submit the tuning indices, then this one with "
-                            f"--dependency=afterok:JOBID)")
+            raise PearError(
+                f"run {runs.index(run)} ({run.label}) trains with the {option} that --tune chooses on "
+                f"val200, and tuning runs {', '.join(waiting)} have not finished yet; run those indices "
+                f"first (with Slurm: submit the tuning indices, then this one with "
+                f"--dependency=afterok:JOBID)"
+            )
         tuning.choose(out, task, grid)
     return tuning.chosen_option(tuning.read_choice(record))
 
@@ -273,8 +303,9 @@ def finish(runs: list[Run], out: str, command: str | None = None) -> list[dict]:
     check_folders(runs)
     missing = [f"{i} {r.label}" for i, r in enumerate(runs) if not r.finished]
     rows = aggregate(out, command=command, missing=missing)
-    print(f"suite: aggregated {len(runs) - len(missing)} of {len(runs)} runs into {Path(out) / 'results.md'}",
-          flush=True)
+    print(
+        f"suite: aggregated {len(runs) - len(missing)} of {len(runs)} runs into {Path(out) / 'results.md'}", flush=True
+    )
     if missing:
         print(f"suite: {len(missing)} not finished (index, run):\n  " + "\n  ".join(missing), flush=True)
     _print_vtab_means(rows)
@@ -300,9 +331,11 @@ def check_preset(name: str, data: str) -> list[str]:
     missing = [t for t in tasks if not any((root / s).is_dir() for s in spellings[t])]
     if missing:
         shown = ", ".join(" or ".join(spellings[t]) for t in missing)
-        raise PearError(f"--preset {name}: {root} lacks {len(missing)} of the {len(tasks)} task folders: {shown}. "
-                        f"Lay each out as {root}/<task>/{{train800,val200,train800val200,test}}.txt + images/ "
-                        f"(README: VTAB-1k in one command)")
+        raise PearError(
+            f"--preset {name}: {root} lacks {len(missing)} of the {len(tasks)} task folders: {shown}. "
+            f"Lay each out as {root}/<task>/{{train800,val200,train800val200,test}}.txt + images/ "
+            f"(README: VTAB-1k in one command)"
+        )
     return tasks
 
 
@@ -332,8 +365,10 @@ def _ensure_data(data: str, tasks, build_missing: bool) -> None:
     for task in tasks:
         if task in BUILTIN_DATASETS and not (Path(data) / task).exists():
             if not build_missing:
-                raise PearError(f"built-in dataset {task} is not in {data}; pass --build (build_missing=True) "
-                                f"to write it, or `pear data build {task} --out {data}`")
+                raise PearError(
+                    f"built-in dataset {task} is not in {data}; pass --build (build_missing=True) "
+                    f"to write it, or `pear data build {task} --out {data}`"
+                )
             print(f"suite: building {task} into {data}", flush=True)
             build_dataset(task, data, if_missing=True)  # another --index may be building it too
         task_info(data, task)
@@ -345,8 +380,9 @@ def _spawn(run: Run, device: str, config_file: Path, out: Path) -> tuple:
     log_path = out / "logs" / run.task / run.method / f"seed{run.seed}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open_append(log_path)  # a resumed run appends to its earlier output
-    proc = subprocess.Popen(_train_command(config_file, device), stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_command(config_file, device), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     return proc, run, log_file
 
 

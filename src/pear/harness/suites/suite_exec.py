@@ -28,7 +28,7 @@ def run_here(todo: list[Run], train: Callable) -> list[str]:
         print(f"suite: [{i}/{len(todo)}] {run.label}{' (resuming)' if run.cfg.resume else ''}", flush=True)
         try:
             train(run.cfg)
-        except Exception as exc:  # noqa: BLE001  one bad run (a diverged loss, a bug) must not stop the rest
+        except Exception as exc:
             if not isinstance(exc, PearError):
                 traceback.print_exc()
             failures.append(f"{run.label}: {type(exc).__name__}: {exc}")
@@ -50,8 +50,11 @@ def run_queue(todo: list[Run], devices: list[str], out: Path, spawn: Spawn) -> l
                         run = pending.pop(0)
                         started += 1
                         busy[slot] = spawn(run, device, Path(tmp) / f"{started}.yaml", out)
-                        print(f"suite: [{started}/{len(todo)}] {run.label} on {device}"
-                              f"{' (resuming)' if run.cfg.resume else ''}", flush=True)
+                        print(
+                            f"suite: [{started}/{len(todo)}] {run.label} on {device}"
+                            f"{' (resuming)' if run.cfg.resume else ''}",
+                            flush=True,
+                        )
                 for slot, job in enumerate(busy):
                     if job is not None and job[0].poll() is not None:
                         busy[slot] = None

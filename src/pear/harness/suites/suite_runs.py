@@ -113,10 +113,17 @@ def tuning_runs(suite: Suite) -> list[Run]:
     grids = list(dict.fromkeys((t, g) for t in suite.tasks for m in suite.methods if (g := grid_of(m))))
     _check_tunable(suite, [g for _, g in grids])
     seed = tuning.TUNE_SEED
-    return [Run(t, f"{g}@{tuning.GRIDS[g][0]}={v:g}", seed,
-                config(suite, t, g, seed, tuning.tune_overrides(g, v), tuning.tune_run_dir(suite.out, t, g, v)),
-                tuning=True)
-            for t, g in grids for v in tuning.GRIDS[g][1]]
+    return [
+        Run(
+            t,
+            f"{g}@{tuning.GRIDS[g][0]}={v:g}",
+            seed,
+            config(suite, t, g, seed, tuning.tune_overrides(g, v), tuning.tune_run_dir(suite.out, t, g, v)),
+            tuning=True,
+        )
+        for t, g in grids
+        for v in tuning.GRIDS[g][1]
+    ]
 
 
 def recorded_choices(suite: Suite) -> dict[tuple[str, str], dict]:
@@ -141,14 +148,24 @@ def _check_tunable(suite: Suite, grids: list[str]) -> None:
         grid = grid_of(m)
         option = tuning.GRIDS[grid][0] if grid else None
         if option in overrides:
-            raise PearError(f"--tune chooses {option} on val200, but suite method {m!r} sets it; drop "
-                            f"@{option}={overrides[option]:g} or --tune")
+            raise PearError(
+                f"--tune chooses {option} on val200, but suite method {m!r} sets it; drop "
+                f"@{option}={overrides[option]:g} or --tune"
+            )
 
 
 def config(suite: Suite, task: str, method: str, seed: int, options: dict, folder: Path | None = None) -> TrainConfig:
     """The TrainConfig of one run: the suite's shared options, then `options`, then the method's."""
-    values = {**suite.base, **options, **method_overrides(method), "data": str(suite.data), "task": task,
-              "seed": seed, "out": str(folder or run_dir(suite.out, task, method, seed)), "progress": False}
+    values = {
+        **suite.base,
+        **options,
+        **method_overrides(method),
+        "data": str(suite.data),
+        "task": task,
+        "seed": seed,
+        "out": str(folder or run_dir(suite.out, task, method, seed)),
+        "progress": False,
+    }
     try:
         return TrainConfig.from_dict(values)
     except TypeError as exc:
@@ -190,8 +207,10 @@ def check_same_options(run: Run) -> None:
         raise PearError(f"{args}: {exc}; delete that run folder to train it again") from None
     if diff:
         shown = ", ".join(why or f"{k}: {a!r} there, {b!r} now" for k, (a, b, why) in sorted(diff.items()))
-        raise PearError(f"run folder {run.dir} was made with other options ({shown}); use another suite "
-                        f"folder, or delete that run folder to train it again")
+        raise PearError(
+            f"run folder {run.dir} was made with other options ({shown}); use another suite "
+            f"folder, or delete that run folder to train it again"
+        )
 
 
 def list_runs(runs: list[Run]) -> str:

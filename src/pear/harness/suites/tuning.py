@@ -68,8 +68,9 @@ def val_score(run: Path) -> float:
         epochs = json.loads(RunDir(run).history.read_text(encoding="utf-8"))
         return float(epochs[-1]["val_acc"])
     except (OSError, UnicodeDecodeError, ValueError, LookupError, TypeError, AttributeError):
-        raise PearError(f"tuning run {run} has no val200 accuracy in {RunDir.HISTORY}; delete it and run the suite "
-                        "again") from None
+        raise PearError(
+            f"tuning run {run} has no val200 accuracy in {RunDir.HISTORY}; delete it and run the suite again"
+        ) from None
 
 
 def choose(out: str | Path, task: str, method: str) -> dict:
@@ -77,9 +78,16 @@ def choose(out: str | Path, task: str, method: str) -> dict:
     option, grid = GRIDS[method]
     scores = {f"{v:g}": val_score(tune_run_dir(out, task, method, v)) for v in grid}
     best = max(grid, key=lambda v: (scores[f"{v:g}"], -grid.index(v)))
-    record = {"task": task, "method": method, "option": option, "grid": list(grid), "val200_acc": scores,
-              "chosen": best, "seed": TUNE_SEED,
-              "protocol": "train800 -> val200 accuracy after the last epoch; best value used on train800val200"}
+    record = {
+        "task": task,
+        "method": method,
+        "option": option,
+        "grid": list(grid),
+        "val200_acc": scores,
+        "chosen": best,
+        "seed": TUNE_SEED,
+        "protocol": "train800 -> val200 accuracy after the last epoch; best value used on train800val200",
+    }
     atomic_write_text(grid_dir(out, task, method) / CHOICE_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -93,14 +101,22 @@ def read_choice(path: str | Path) -> dict:
     record = read_mapping(path, "tuning record")
     problems = wrong_types(record, CHOICE_FIELDS, required=tuple(CHOICE_FIELDS))
     if not problems:  # the checks below read inside these fields
-        problems = [f"{where} is {v!r}" for where, v in [("chosen", record["chosen"])] + [
-            (f"val200_acc[{k!r}]", v) for k, v in record["val200_acc"].items()] if not _finite(v)]
+        problems = [
+            f"{where} is {v!r}"
+            for where, v in [("chosen", record["chosen"])]
+            + [(f"val200_acc[{k!r}]", v) for k, v in record["val200_acc"].items()]
+            if not _finite(v)
+        ]
         if record["method"] not in GRIDS or record["option"] != GRIDS[record["method"]][0]:
-            problems.append(f"method and option are {record['method']!r} and {record['option']!r}, which --tune "
-                            f"does not tune (it tunes {', '.join(f'{m}: {o}' for m, (o, _) in GRIDS.items())})")
+            problems.append(
+                f"method and option are {record['method']!r} and {record['option']!r}, which --tune "
+                f"does not tune (it tunes {', '.join(f'{m}: {o}' for m, (o, _) in GRIDS.items())})"
+            )
     if problems:
-        raise PearError(f"tuning record {path}: {'; '.join(problems)}; expected the fields {', '.join(CHOICE_FIELDS)} "
-                        f"as `pear suite --tune` writes them (delete the file to choose again)")
+        raise PearError(
+            f"tuning record {path}: {'; '.join(problems)}; expected the fields {', '.join(CHOICE_FIELDS)} "
+            f"as `pear suite --tune` writes them (delete the file to choose again)"
+        )
     return record
 
 
@@ -122,13 +138,20 @@ def markdown(records: list[dict]) -> list[str]:
     """The results.md section that shows the protocol's grid, scores and choices."""
     if not records:
         return []
-    lines = ["", "## Tuning (val200)", "",
-             f"Each value trained on train800 (seed {TUNE_SEED}) and scored on val200 after its last epoch; the "
-             "best value (bold) trained every seed on train800val200. Pear ablations use `pear`'s choice.", "",
-             "| task | method | option | val200 accuracy per value (%) | chosen |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "## Tuning (val200)",
+        "",
+        f"Each value trained on train800 (seed {TUNE_SEED}) and scored on val200 after its last epoch; the "
+        "best value (bold) trained every seed on train800val200. Pear ablations use `pear`'s choice.",
+        "",
+        "| task | method | option | val200 accuracy per value (%) | chosen |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in records:
         chosen = f"{r['chosen']:g}"
-        cells = ", ".join(f"**{v}: {acc:.1f}**" if v == chosen else f"{v}: {acc:.1f}"
-                          for v, acc in r["val200_acc"].items())
+        cells = ", ".join(
+            f"**{v}: {acc:.1f}**" if v == chosen else f"{v}: {acc:.1f}" for v, acc in r["val200_acc"].items()
+        )
         lines.append(f"| {r['task']} | {r['method']} | {r['option']} | {cells} | {chosen} |")
     return lines

@@ -43,7 +43,9 @@ def inspect_path(path: str | Path, plot: str | Path | None = None) -> dict:
     info["metrics"] = read_metrics(run.metrics) if run and run.finished else None
     if plot is not None:
         if info["kind"] != PEAR:
-            raise PearError(f"{saved.path} is a plain {info['method']!r} checkpoint: it has no adapter positions to plot")
+            raise PearError(
+                f"{saved.path} is a plain {info['method']!r} checkpoint: it has no adapter positions to plot"
+            )
         plot_pruning_map(info, plot)
         info["plot"] = str(plot)
     return info
@@ -57,9 +59,15 @@ def _described(saved: SavedCheckpoint) -> dict:
     """What both kinds of checkpoint say about themselves."""
     info, kind = saved.info, saved.kind
     meta = info.get("meta") or {}
-    return {"kind": kind, "checkpoint": str(saved.path), "method": info.get("method") or meta.get("method") or kind,
-            "task": meta.get("task"), "backbone": info.get("backbone"), "num_classes": info.get("num_classes"),
-            "class_names": info.get("class_names")}
+    return {
+        "kind": kind,
+        "checkpoint": str(saved.path),
+        "method": info.get("method") or meta.get("method") or kind,
+        "task": meta.get("task"),
+        "backbone": info.get("backbone"),
+        "num_classes": info.get("num_classes"),
+        "class_names": info.get("class_names"),
+    }
 
 
 def _inspect_pear(saved: SavedCheckpoint) -> dict:
@@ -102,6 +110,7 @@ def _inspect_plain(saved: SavedCheckpoint) -> dict:
 
 # ---------------------------------------------------------------- text
 
+
 def _short(name: str | None) -> str:
     """'blocks.3.mlp' -> 'b3.mlp' (plot labels have little room)."""
     return "b" + name.removeprefix("blocks.") if name and name.startswith("blocks.") else str(name)
@@ -120,40 +129,57 @@ def _value(v) -> str:
 
 def _header(info: dict) -> list[str]:
     bb = info.get("backbone") or {}
-    lines = [f"checkpoint  {info['checkpoint']}",
-             f"method      {info['method']}" + (f"   task {info['task']}" if info.get("task") else ""),
-             f"backbone    {bb.get('name') or '-'}   fingerprint {bb.get('fingerprint') or '-'}",
-             f"classes     {_num(info.get('num_classes'))}"]
+    lines = [
+        f"checkpoint  {info['checkpoint']}",
+        f"method      {info['method']}" + (f"   task {info['task']}" if info.get("task") else ""),
+        f"backbone    {bb.get('name') or '-'}   fingerprint {bb.get('fingerprint') or '-'}",
+        f"classes     {_num(info.get('num_classes'))}",
+    ]
     if info["kind"] == PEAR:
         c = info["config"]
-        lines.append(f"pear        {c['adapter']} adapters, rank {c['rank']}, scale {c['scale']}, importance "
-                     f"{c['importance']}, prune ratio {c['prune_ratio']} ({c.get('prune_scope', 'global')}), share "
-                     f"{_PUBLIC_SHARE.get(c['share'], c['share'])}, knowledge "
-                     f"{c['knowledge']}")
+        lines.append(
+            f"pear        {c['adapter']} adapters, rank {c['rank']}, scale {c['scale']}, importance "
+            f"{c['importance']}, prune ratio {c['prune_ratio']} ({c.get('prune_scope', 'global')}), share "
+            f"{_PUBLIC_SHARE.get(c['share'], c['share'])}, knowledge "
+            f"{c['knowledge']}"
+        )
     return lines
 
 
 def _pear_table(info: dict) -> list[str]:
     head = ("position", "kind", "importance", "state", "shares", "params", "frozen")
-    cells = [(r["name"], r["kind"], "-" if r["importance"] is None else f"{r['importance']:.4g}", r["state"],
-              r["shares"] or "-", _num(r["params"]), _num(r["frozen_params"])) for r in info["positions"]]
+    cells = [
+        (
+            r["name"],
+            r["kind"],
+            "-" if r["importance"] is None else f"{r['importance']:.4g}",
+            r["state"],
+            r["shares"] or "-",
+            _num(r["params"]),
+            _num(r["frozen_params"]),
+        )
+        for r in info["positions"]
+    ]
     widths = [max(len(str(row[i])) for row in [head, *cells]) for i in range(len(head))]
     right = {2, 5, 6}  # numeric columns
 
     def fmt(row) -> str:
-        return "  ".join(str(v).rjust(w) if i in right else str(v).ljust(w)
-                         for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+        return "  ".join(
+            str(v).rjust(w) if i in right else str(v).ljust(w) for i, (v, w) in enumerate(zip(row, widths))
+        ).rstrip()
 
     t = info["totals"]
     ratio = f" ({100 * t['adapter_ratio']:.1f}%)" if t["adapter_ratio"] is not None else ""
     return [
-        fmt(head), fmt(["-" * w for w in widths]), *map(fmt, cells), "",
+        fmt(head),
+        fmt(["-" * w for w in widths]),
+        *map(fmt, cells),
+        "",
         f"positions         {t['positions']}: {t['pruned']} pruned, {t['shared']} of them shared",
         f"trainable params  {_num(t['trainable_params'])} (adapters {_num(t['adapter_params'])} + head "
         f"{_num(t['head_params'])}); {_num(t['trainable_params_before'])} before pruning",
         f"adapter bytes     {_num(t['adapter_bytes'])} of {_num(t['adapter_bytes_unpruned'])} unpruned{ratio}",
-        f"frozen bytes      {_num(t['frozen_bytes'])} ({_num(t['frozen_params'])} params of knowledge "
-        f"checkpoints)",
+        f"frozen bytes      {_num(t['frozen_bytes'])} ({_num(t['frozen_params'])} params of knowledge checkpoints)",
         f"head bytes        {_num(t['head_bytes'])}",
     ]
 
@@ -162,7 +188,7 @@ def _plain_table(info: dict) -> list[str]:
     t = info["totals"]
     return [
         f"stored tensors    {t['tensors']}: {_num(t['stored_params'])} params (head {_num(t['head_params'])}, "
-        f"other {_num(t['other_params'])}), {_num(t['tensor_bytes'])} bytes",
+        f"other {_num(t['other_params'])}), {_num(t['tensor_bytes'])} bytes"
     ]
 
 
@@ -185,14 +211,16 @@ def render_table(info: dict) -> str:
 
 # ---------------------------------------------------------------- plot
 
+
 def _title(info: dict) -> str:
     t = info["totals"]
-    what = " · ".join(str(x) for x in (info.get("task"), info["method"], (info.get("backbone") or {}).get("name"))
-                      if x)
+    what = " · ".join(str(x) for x in (info.get("task"), info["method"], (info.get("backbone") or {}).get("name")) if x)
     ratio = f" ({100 * t['adapter_ratio']:.1f}%)" if t["adapter_ratio"] is not None else ""
-    return (f"{what}\n{t['pruned']} of {t['positions']} positions pruned, {t['shared']} shared, trainable "
-            f"{t['trainable_params']:,} params\nadapter bytes {t['adapter_bytes']:,} of "
-            f"{t['adapter_bytes_unpruned']:,} unpruned{ratio}")
+    return (
+        f"{what}\n{t['pruned']} of {t['positions']} positions pruned, {t['shared']} shared, trainable "
+        f"{t['trainable_params']:,} params\nadapter bytes {t['adapter_bytes']:,} of "
+        f"{t['adapter_bytes_unpruned']:,} unpruned{ratio}"
+    )
 
 
 def plot_pruning_map(info: dict, path: str | Path) -> Path:
@@ -221,8 +249,15 @@ def plot_pruning_map(info: dict, path: str | Path) -> Path:
         h = r["importance"] or 0.0
         colour = _KIND_COLOURS.get(r["kind"], "#7f7f7f")
         pruned = r["state"] == "pruned"
-        ax.bar(x, h, width * 0.92, color="#d9d9d9" if pruned else colour, edgecolor=colour,
-               hatch="///" if pruned else None, linewidth=1.2)
+        ax.bar(
+            x,
+            h,
+            width * 0.92,
+            color="#d9d9d9" if pruned else colour,
+            edgecolor=colour,
+            hatch="///" if pruned else None,
+            linewidth=1.2,
+        )
         if pruned:
             if r["shares"]:
                 label = f"<- {_short(r['shares'])}" + (" +frozen" if r["frozen_params"] else "")
@@ -232,22 +267,28 @@ def plot_pruning_map(info: dict, path: str | Path) -> Path:
     ax.set_xticks(range(len(depths)))
     cnn = kinds == ["block"]
     names = {r["depth"]: _short(r["name"]) for r in rows}
-    ax.set_xticklabels([names[d] for d in depths] if cnn else [str(d) for d in depths],
-                       rotation=90 if cnn else 0, fontsize=8)
+    ax.set_xticklabels(
+        [names[d] for d in depths] if cnn else [str(d) for d in depths], rotation=90 if cnn else 0, fontsize=8
+    )
     ax.set_xlabel("block (stage.index)" if cnn else "block")
     ax.set_ylabel("importance")
     # Room above the tallest bar for its rotated share label.
     ax.set_ylim(0, top * 1.45)
     ax.set_xlim(-0.6, len(depths) - 0.4)
     if not scored:
-        ax.text(0.5, 0.5, "no importance scores (this checkpoint was never pruned)", transform=ax.transAxes,
-                ha="center", va="center", color="#404040")
+        ax.text(
+            0.5,
+            0.5,
+            "no importance scores (this checkpoint was never pruned)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="#404040",
+        )
     pruned_any = info["totals"]["pruned"] > 0
-    handles = [Patch(facecolor=_KIND_COLOURS.get(k, "#7f7f7f"), label=f"{k}: kept" if pruned_any else k)
-               for k in kinds]
+    handles = [Patch(facecolor=_KIND_COLOURS.get(k, "#7f7f7f"), label=f"{k}: kept" if pruned_any else k) for k in kinds]
     if pruned_any:
-        handles.append(Patch(facecolor="#d9d9d9", edgecolor="#404040", hatch="///",
-                             label="pruned (<- shared adapter)"))
+        handles.append(Patch(facecolor="#d9d9d9", edgecolor="#404040", hatch="///", label="pruned (<- shared adapter)"))
     ax.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles))
     ax.set_title(_title(info), fontsize=10)
     ax.grid(axis="y", alpha=0.3)

@@ -41,8 +41,16 @@ def image_files(images) -> list[Path]:
     return out
 
 
-def predict(ckpt: str | Path, images, *, backbone: str | None = None, weights: str | None = None, top_k: int = 5,
-            batch_size: int = 32, device: str = "auto") -> list[dict]:
+def predict(
+    ckpt: str | Path,
+    images,
+    *,
+    backbone: str | None = None,
+    weights: str | None = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    device: str = "auto",
+) -> list[dict]:
     """Top-k predictions of the task checkpoint `ckpt` for each image (files, or
     folders of images). `weights` must be the backbone weights used in training (the
     checkpoint's fingerprint refuses others). Returns, per image, its path and a list
@@ -58,15 +66,21 @@ def predict(ckpt: str | Path, images, *, backbone: str | None = None, weights: s
     names = info.get("class_names")
     results = []
     for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
+        chunk = files[i : i + batch_size]
         x = torch.stack([load_image(f, transform) for f in chunk]).to(dev)
         with torch.inference_mode():
             probs = model(x).float().softmax(-1).cpu()
         values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         for f, vs, ix in zip(chunk, values.tolist(), indices.tolist()):
-            results.append({"image": str(f), "predictions": [
-                {"index": j, "class": names[j] if names and j < len(names) else f"class {j}", "probability": v}
-                for j, v in zip(ix, vs)]})
+            results.append(
+                {
+                    "image": str(f),
+                    "predictions": [
+                        {"index": j, "class": names[j] if names and j < len(names) else f"class {j}", "probability": v}
+                        for j, v in zip(ix, vs)
+                    ],
+                }
+            )
     return results
 
 

@@ -24,8 +24,9 @@ def random_backbone(name: str | None, weights: str | Path | None) -> bool:
 
     from ..models.backbones import BUILTIN_WEIGHTS
 
-    return weights == "random" or (weights is None and name is not None
-                                   and split_model_name_tag(name)[0] not in BUILTIN_WEIGHTS)
+    return weights == "random" or (
+        weights is None and name is not None and split_model_name_tag(name)[0] not in BUILTIN_WEIGHTS
+    )
 
 
 def saved_backbone(run: Path, name: str | None, weights: str | Path | None) -> Path | None:
@@ -36,8 +37,9 @@ def saved_backbone(run: Path, name: str | None, weights: str | Path | None) -> P
     return path if random_backbone(name, weights) and path.is_file() else None
 
 
-def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | None = None,
-            device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
+def rebuild(
+    ckpt: str | Path, *, backbone: str | None = None, weights: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict, dict]:
     """(model in eval mode, checkpoint info, data config) from a checkpoint folder.
     The backbone defaults to the one recorded in the checkpoint; `weights` must be the
     file used in training (the checkpoint's fingerprint check enforces it), and defaults
@@ -65,8 +67,9 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
     torch.manual_seed(int(meta.get("seed", 0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init warning: the fingerprint check decides
-        model, data_cfg = create_backbone(name, info.get("num_classes"), str(kept) if kept else weights,
-                                          img_size=img_size, model_kwargs=kwargs)
+        model, data_cfg = create_backbone(
+            name, info.get("num_classes"), str(kept) if kept else weights, img_size=img_size, model_kwargs=kwargs
+        )
     # Only a checkpoint trained on a random backbone (or one that does not say) gets the
     # redrawn-backbone explanation; one trained on a weights file now missing gets the
     # fingerprint check's own message, which asks for that file.
@@ -79,8 +82,13 @@ def rebuild(ckpt: str | Path, *, backbone: str | None = None, weights: str | Non
 
 # The fields `rebuild` reads before any model exists, besides those every checkpoint has
 # (`pear.jsontypes.checkpoint_problems`), and their types when present.
-_META_FIELDS = {"img_size": (int, NONE), "model_kwargs": (dict, NONE), "seed": int, "rank": int,
-                "lora_alpha": (int, float, NONE)}
+_META_FIELDS = {
+    "img_size": (int, NONE),
+    "model_kwargs": (dict, NONE),
+    "seed": int,
+    "rank": int,
+    "lora_alpha": (int, float, NONE),
+}
 
 
 def _validated_info(saved: SavedCheckpoint) -> dict:
@@ -115,12 +123,14 @@ def _check_redrawn_backbone(ckpt: Path, info: dict, model: nn.Module) -> None:
     got = fingerprint(model) if want and info.get("method") != "full" else want
     if got == want:
         return
-    raise PearError(f"{ckpt} was trained on a randomly initialised backbone (fingerprint {want}), and drawing it "
-                    f"again from the run's seed gave other bits here ({got}): torch's CPU random "
-                    f"kernels differ between machines. Pear keeps such a backbone in the run folder as "
-                    f"{RunDir.BACKBONE}, beside the checkpoint folder: keep the checkpoint in its run folder or pass "
-                    f"that file as --weights. A run without it evaluates only on a machine like the one that "
-                    f"trained it")
+    raise PearError(
+        f"{ckpt} was trained on a randomly initialised backbone (fingerprint {want}), and drawing it "
+        f"again from the run's seed gave other bits here ({got}): torch's CPU random "
+        f"kernels differ between machines. Pear keeps such a backbone in the run folder as "
+        f"{RunDir.BACKBONE}, beside the checkpoint folder: keep the checkpoint in its run folder or pass "
+        f"that file as --weights. A run without it evaluates only on a machine like the one that "
+        f"trained it"
+    )
 
 
 # metrics.json keys renamed since older runs wrote them: old name -> today's.
@@ -163,7 +173,6 @@ def _eval_precision(amp: bool | None, device, metrics: dict, where: Path, model:
 
 
 def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None = None) -> dict:
-
     """Recompute a run's test accuracy from its saved checkpoint and compare it with
     the accuracy recorded in metrics.json. `data`: another data root than the recorded one
     (a run folder moved to another machine), which must hold the same task lists."""
@@ -173,7 +182,6 @@ def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None 
     from ..run.options import TrainConfig, other_data
     from ..run.precision import apply_attention
 
-
     run = Path(run)
     cfg = TrainConfig.from_dict({**load_run_config(run), "resume": False, "overwrite": False})
     if data is not None:
@@ -182,7 +190,7 @@ def evaluate_run(run: str | Path, device: str = "auto", data: str | Path | None 
             raise PearError(f"{run}: {problem}")
         cfg.data = str(data)
     dev = resolve_device(device)
-    model, info, data_cfg = rebuild(RunDir(run).checkpoint, weights=cfg.weights, device=dev)
+    model, _info, data_cfg = rebuild(RunDir(run).checkpoint, weights=cfg.weights, device=dev)
     assert cfg.img_size is not None, "TrainConfig fills in the default image size"
     transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
     split = Split(VtabDataset(cfg.data, cfg.task, "test", transform), cfg.cache_gb * 2**30, cfg.workers)
