@@ -144,19 +144,7 @@ def save(
         "pear_config": state.config.to_dict(),
         "pruned": state.pruned,
         "unpruned_adapter_params": state.unpruned_adapter_params,
-        "positions": [
-            {
-                "name": n,
-                "kind": s.info.kind,
-                "depth": s.info.depth,
-                "signature": list(s.info.signature),
-                "pruned": s.info.pruned,
-                "source": s.info.source if s.adapter is not None else None,
-                "frozen": s.frozen is not None,
-                "importance": s.info.importance,
-            }
-            for n, s in slots(base).items()
-        ],
+        "positions": _positions_field(base),
         "share_map": {n: s.info.source for n, s in slots(base).items() if s.adapter is not None and s.info.source != n},
         "head": head_field,
         "num_classes": num_classes,
@@ -178,6 +166,23 @@ def save(
 
     write_tensor_dir(directory, tensors, info, extra=card)
     return Path(directory)
+
+
+def _positions_field(base: nn.Module) -> list[dict]:
+    """The checkpoint's "positions": each slot's kind, depth, signature, pruning, source and importance."""
+    return [
+        {
+            "name": n,
+            "kind": s.info.kind,
+            "depth": s.info.depth,
+            "signature": list(s.info.signature),
+            "pruned": s.info.pruned,
+            "source": s.info.source if s.adapter is not None else None,
+            "frozen": s.frozen is not None,
+            "importance": s.info.importance,
+        }
+        for n, s in slots(base).items()
+    ]
 
 
 def _submodule_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -200,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one (task, method) run")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+    for add in (_add_eval_parser, _add_data_parser, _add_demo_parser, _add_inspect_parser, _add_predict_parser):
+        add(sub)
+    _add_suite_parser(sub)
+    return parser
 
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="recompute a run's test accuracy from its saved checkpoint")
     p.add_argument("--run", required=True, help="run folder written by pear train")
     p.add_argument(
@@ -212,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="built-in datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="write a built-in real dataset in VTAB-1k format")
@@ -222,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing task folder")
     b.set_defaults(func=cmd_data)
 
+
+def _add_demo_parser(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="the built-in default: Pear's own ViT (pear_vit_tiny6_patch4_32) + Fashion-MNIST 1k at 32 px, method pear",
@@ -240,12 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run folder and train again")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_inspect_parser(sub) -> None:
     p = sub.add_parser("inspect", help="per-position importance, pruning and sharing, stored bytes")
     p.add_argument("path", help="run folder or checkpoint folder")
     p.add_argument("--plot", default=None, help="write a PNG of the pruning map")
     p.add_argument("--json", action="store_true", help="print everything as JSON instead of the table")
     p.set_defaults(func=cmd_inspect)
 
+
+def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes for images with a task checkpoint")
     p.add_argument("--ckpt", required=True, help="task checkpoint folder (RUN/checkpoint)")
     p.add_argument("--backbone", default=None, help="timm name (default: the checkpoint's)")
@@ -256,9 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(func=cmd_predict)
-
-    _add_suite_parser(sub)
-    return parser
 
 
 def _add_suite_parser(sub) -> None:
@@ -311,7 +322,12 @@ def _add_suite_parser(sub) -> None:
         help="VTAB's protocol: first choose each method's adapter scale "
         "(LoRA: alpha) on val200 from runs on train800 (seed 0), then train every seed with it",
     )
-    sched = p.add_argument_group("on a cluster's scheduler (one run per job-array task)")
+    _add_scheduler_arguments(p.add_argument_group("on a cluster's scheduler (one run per job-array task)"))
+    p.set_defaults(func=cmd_suite)
+
+
+def _add_scheduler_arguments(sched) -> None:
+    """`pear suite`'s flags for a cluster's job array: --list, --index, --aggregate, --emit-slurm."""
     sched.add_argument("--list", action="store_true", help="print the runs with their indices and states")
     sched.add_argument(
         "--index",
@@ -339,7 +355,6 @@ def _add_suite_parser(sub) -> None:
         metavar="GRES",
         help="the script's #SBATCH --gres, e.g. gpu:a100:1; '' for none (default gpu:1)",
     )
-    p.set_defaults(func=cmd_suite)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from pear.atomic import atomic_dir_write, check_replaceable
 from pear.errors import PearError
 from pear.harness.datasets.vtab import read_at_most
-from pear.harness.run.rundir import waiting_for
+from pear.harness.run.locks import waiting_for
 
 BUILTIN_DATASETS = ("fashion_mnist", "sprites_loc", "sprites_ori")
 
@@ -314,7 +314,7 @@ def build_dataset(
     An existing destination is refused unless `overwrite`; with `if_missing` it is returned
     as it is (`pear suite --build`, whose array tasks may all start the same build at once).
     One build per data root at a time: a second process waits for the first (an flock on
-    the data root, `pear.harness.run.rundir.waiting_for`), then finds its result.
+    the data root, `pear.harness.run.locks.waiting_for`), then finds its result.
     """
     if name not in BUILTIN_DATASETS:
         raise PearError(f"dataset {name!r} is not built in; expected one of {', '.join(BUILTIN_DATASETS)}")

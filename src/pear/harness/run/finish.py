@@ -29,7 +29,7 @@ from .options import TrainConfig
 from .rundir import guarded, write_text
 
 if TYPE_CHECKING:
-    from .train import _Run
+    from .start import _Run
 
 log = logging.getLogger("pear")
 

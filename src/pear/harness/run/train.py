@@ -8,7 +8,9 @@ and training goes on. Every epoch a resumable state is written atomically.
 
 Options: `options.TrainConfig`; the optimizer and LR schedule: `schedule`; batches,
 loading and evaluation: `batches`; the run folder, its layout and its log: `rundir`; the
-checkpoints (the best epoch's too) and the results a run writes: `finish`.
+checkpoints (the best epoch's too) and the results a run writes: `finish`; the model it
+builds, the checks before its folder is made, its state (`_Run`) and its start or resume:
+`start`.
 """
 
 from __future__ import annotations
@@ -17,35 +19,29 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 import torch
-import yaml
 from torch import nn
 
 from ...adapters import pear_state, unwrap
-from ...atomic import recover_dir
 from ...errors import PearError
-from ...importance import ImportanceTracker
+from ...importance import ImportanceTracker  # noqa: F401  (tests reach it as train.ImportanceTracker)
 from ...knowledge import KNOWLEDGE
 from ...norms import freeze_norm_stats
 from ...pruning import PrunePlan, capture_inputs, make_plan, prune_and_share, prune_optimizer
 from ...report import report
-from ..datasets.images import build_transform
-from ..datasets.vtab import TaskInfo, VtabDataset, task_info
-from ..models.methods import PRUNING_METHODS, build_model
-from ..trained.runs import saved_backbone
 from . import distributed as D
-from .batches import GlobalBatches, Split, evaluate, resolve_device
+from .batches import Split, evaluate
 from .finish import keep_if_best, keep_random_backbone, restore_best, trainable, write_results
-from .options import TrainConfig, task_lists_digest
-from .precision import Precision, apply_precision, choose, legacy
-from .rundir import RunDir, RunFolder, guarded, log_failure, prepare_run_dir, setup_logging, write_text
+from .options import TrainConfig
+from .precision import apply_precision
+from .rundir import RunDir, guarded, log_failure, prepare_run_dir
 from .schedule import lr_factor, make_optimizer
-from .state import STATE_FILES, load_state, save_state
-from .watch import Board, progress, require_tensorboard
+from .start import _board, _resume, _Run, _start, _validate, build
+from .state import save_state
+from .watch import progress
 
 __all__ = ["TrainConfig", "build", "lr_factor", "make_optimizer", "prepare_run_dir", "train"]
 
@@ -53,23 +49,6 @@ log = logging.getLogger("pear")
 
 
 # ---------------------------------------------------------------- the run
-
-
-def build(cfg: TrainConfig, num_classes: int, device: torch.device, backbone_file: Path | None = None):
-    """Backbone + method; returns (model, data_config, backbone fingerprint).
-    backbone_file: weights to load instead of cfg.weights (a resumed run's random backbone)."""
-    weights = str(backbone_file) if backbone_file else cfg.weights
-    return build_model(
-        cfg.backbone,
-        num_classes,
-        cfg.method,
-        cfg.pear_config(),
-        weights=weights,
-        img_size=cfg.img_size,
-        model_kwargs=cfg.model_kwargs,
-        device=device,
-        lora_alpha=cfg.lora_alpha,
-    )
 
 
 def train(cfg: TrainConfig) -> dict | None:
@@ -85,57 +64,6 @@ def train(cfg: TrainConfig) -> dict | None:
             return _train(cfg, ctx)
     finally:
         D.teardown(ctx)
-
-
-@dataclass
-class _Run:
-    """What one run carries from epoch to epoch (and saves in RUN/state)."""
-
-    cfg: TrainConfig
-    ctx: D.Context
-    folder: RunFolder
-    device: torch.device
-    precision: Precision
-    info: TaskInfo
-    fp: str  # the backbone's fingerprint
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    sampler: GlobalBatches
-    tracker: ImportanceTracker | None
-    fwd: nn.Module | None = None  # the model as trained: DDP- and compile-wrapped
-    step: int = 0
-    start_epoch: int = 0
-    history: list = field(default_factory=list)
-    plan: PrunePlan | None = None
-    best: dict | None = None
-    board: Board | None = None  # rank 0 of a run with --tensorboard
-
-    @property
-    def amp(self) -> bool:
-        return self.precision.amp
-
-    @property
-    def out(self) -> Path:
-        """The folder the run writes into (a staging folder while --overwrite replaces a run)."""
-        return self.folder.path
-
-    @property
-    def dir(self) -> RunDir:
-        """The layout of the folder the run writes into (`out`)."""
-        return self.folder.dir
-
-    @property
-    def total_steps(self) -> int:
-        return len(self.sampler) * self.cfg.epochs
-
-    @property
-    def warmup_steps(self) -> int:
-        assert self.cfg.warmup_epochs is not None  # TrainConfig.__post_init__ resolves it
-        return len(self.sampler) * self.cfg.warmup_epochs
-
-    @property
-    def pruning(self) -> bool:
-        return self.cfg.method in PRUNING_METHODS and self.cfg.pear_config().prune_ratio > 0
 
 
 def _train(cfg: TrainConfig, ctx: D.Context) -> dict | None:
@@ -180,118 +108,6 @@ def _run(run: _Run, splits: dict[str, Split]) -> dict | None:
         guarded(run.folder.finish, run.folder.dest)
     D.barrier()  # when train() returns on any rank, the run folder is complete
     return metrics
-
-
-def _validate(cfg: TrainConfig, ctx: D.Context):
-    """Everything a run needs that can be wrong (device, data, lists, backbone, weights),
-    checked before its folder is created or an old run touched: (device, model,
-    fingerprint, task info, splits)."""
-    device = ctx.device if ctx.enabled and ctx.device is not None else resolve_device(cfg.device)
-    if cfg.tensorboard and ctx.is_main:  # only rank 0 writes event files
-        require_tensorboard()
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    torch.manual_seed(cfg.seed)
-    info = task_info(cfg.data, cfg.task)
-    cfg.task_lists = task_lists_digest(cfg.data, cfg.task)  # recorded: a moved run's --data is checked by it
-    # A resumed run on a random backbone continues on the one it drew, not on one drawn again here.
-    kept = saved_backbone(Path(cfg.out), cfg.backbone, cfg.weights) if cfg.resume else None
-    model, data_cfg, fp = build(cfg, info.num_classes, device, kept)
-
-    assert cfg.img_size is not None  # TrainConfig.__post_init__ resolves it
-    transform = build_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
-    names = {"train": cfg.train_split, **({"val": "val200"} if cfg.select_on else {}), "test": "test"}
-    splits = {
-        k: Split(VtabDataset(cfg.data, cfg.task, split, transform), cfg.cache_gb * 2**30, cfg.workers)
-        for k, split in names.items()
-    }
-    return device, model, fp, info, splits
-
-
-def _start(
-    cfg: TrainConfig,
-    ctx: D.Context,
-    folder: RunFolder,
-    device: torch.device,
-    model: nn.Module,
-    fp: str,
-    info,
-    splits: dict[str, Split],
-) -> _Run:
-    """Log, args.yaml and optimizer of a fresh run in its folder."""
-    out = folder.path
-    setup_logging(out, ctx)
-    if ctx.is_main:
-        write_text(folder.dir.args, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        log.info(
-            "run %s: %s on %s/%s, backbone %s, %d train / %d test images, device %s, world %d",
-            out,
-            cfg.method,
-            cfg.data,
-            info.name,
-            cfg.backbone,
-            len(splits["train"]),
-            len(splits["test"]),
-            device,
-            ctx.world,
-        )
-    run = _Run(
-        cfg,
-        ctx,
-        folder,
-        device,
-        precision=choose(cfg.amp, device, model, distributed=ctx.enabled),
-        info=info,
-        fp=fp,
-        model=model,
-        optimizer=make_optimizer(model, cfg.lr, cfg.wd),
-        sampler=GlobalBatches(len(splits["train"]), cfg.batch_size, cfg.seed, ctx.rank, ctx.world),
-        tracker=None,
-    )
-    run.tracker = ImportanceTracker(model) if run.pruning else None
-    return run
-
-
-def _board(run: _Run) -> Board | None:
-    """Rank 0's TensorBoard writer with --tensorboard; a fresh run logs its trainable
-    parameters before pruning at step 0."""
-    if not (run.cfg.tensorboard and run.ctx.is_main):
-        return None
-    board = Board(run.dir.tensorboard, purge_step=run.step if run.start_epoch else None)
-    if run.start_epoch == 0:
-        board.params(0, trainable(run.model))
-        board.hparams(run.cfg.to_dict())
-    return board
-
-
-def _resume(run: _Run) -> None:
-    """With --resume, continue from RUN/state when there is one (every rank must agree)."""
-    cfg, ctx, state_dir = run.cfg, run.ctx, run.dir.state
-    if cfg.resume and ctx.is_main:
-        recover_dir(state_dir)
-    D.barrier()
-    if cfg.resume and state_dir.is_dir():
-        st = load_state(state_dir, run.model, run.optimizer, run.tracker, run.device)
-        run.start_epoch, run.step, run.history, run.best = st["epoch"] + 1, st["step"], st["history"], st.get("best")
-        run.precision = (
-            Precision.from_dict(st["precision"], str(state_dir / STATE_FILES[1]))
-            if st["precision"]
-            else legacy(cfg.amp, run.device)
-        )
-        run.plan = PrunePlan.from_dict(st["plan"]) if st.get("plan") else None
-        if run.plan is not None and run.tracker is not None:
-            run.tracker.close()
-            run.tracker = None
-        log.info("resumed from %s at epoch %d (step %d)", state_dir, run.start_epoch, run.step)
-    elif cfg.resume:
-        log.info("fresh start at epoch 1 (nothing saved to resume from yet)")
-    if cfg.resume:
-        D.check_same(
-            (run.start_epoch, run.step, run.plan.digest() if run.plan else None),
-            "resume points (epoch, step, plan)",
-            ctx,
-            f"every rank reads {state_dir}: put --out on a filesystem that all nodes share",
-        )
 
 
 def _epoch(run: _Run, epoch: int, train_split: Split, val_split: Split | None) -> None:

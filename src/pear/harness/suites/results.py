@@ -231,13 +231,21 @@ def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (
     groups = _groups(rows)
     tasks = sorted({r["task"] for r in rows}, key=_task_key)
     methods = sorted({r["method"] for r in rows}, key=_method_key)
+    lines += _accuracy_table(groups, tasks, methods)
+    lines += tuning.markdown(list(choices))
+    lines += _cost_table(groups, tasks, methods)
+    lines += ["", "![accuracy vs checkpoint bytes](accuracy_vs_bytes.png)", ""]
+    return "\n".join(lines)
+
+
+def _accuracy_table(groups: dict[tuple[str, str], list[dict]], tasks: list[str], methods: list[str]) -> list[str]:
+    """results.md's "Test accuracy" section: a method per row, a task per column, then the means."""
     acc = {key: _mean_acc(runs) for key, runs in groups.items()}
     vtab = _vtab(tasks)
-
     header = ["method", *tasks, "Mean over tasks"]
     if vtab:
         header += [f"{g} mean" for g, _ in vtab] + ["Mean of group means"]
-    lines += [
+    lines = [
         "",
         "## Test accuracy (%)",
         "",
@@ -263,9 +271,11 @@ def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (
         if vtab:
             cells += _group_cells(means, vtab)
         lines.append(_row(cells))
+    return lines
 
-    lines += tuning.markdown(list(choices))
 
+def _cost_table(groups: dict[tuple[str, str], list[dict]], tasks: list[str], methods: list[str]) -> list[str]:
+    """results.md's "Cost per task" section: parameters and bytes of each (task, method)."""
     header = [
         "task",
         "method",
@@ -275,7 +285,7 @@ def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (
         "adapter bytes",
         "adapter bytes / adapter's",
     ]
-    lines += [
+    lines = [
         "",
         "## Cost per task",
         "",
@@ -309,8 +319,7 @@ def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (
                     ]
                 )
             )
-    lines += ["", "![accuracy vs checkpoint bytes](accuracy_vs_bytes.png)", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _row(cells: list[str]) -> str:

@@ -45,8 +45,8 @@ from ...atomic import open_append
 from ...errors import PearError
 from ..datasets.builders import BUILTIN_DATASETS, build_dataset
 from ..datasets.vtab import TASK_ALIASES, VTAB_TASKS, task_info
+from ..run.locks import lock_folder, unlock
 from ..run.options import check_device
-from ..run.rundir import lock_folder, unlock
 from ..run.train import train
 from ..run.watch import require_tensorboard
 from . import slurm, suite_runs, tuning
@@ -268,7 +268,7 @@ def run_index(index: int, *spec, build_missing: bool = False, **fields) -> dict 
 
 
 def hold(out: str | Path, shared: bool = False) -> int:
-    """Create the suite folder and lock it (`pear.harness.run.rundir.lock_folder`): alone for a
+    """Create the suite folder and lock it (`pear.harness.run.locks.lock_folder`): alone for a
     whole suite, shared for one index; returns the lock for `unlock`."""
     try:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ method, `pear.harness.suites.tuning`), then the real runs, seed-major, so that a
 still has every (task, method) for the seeds it finished. Building them checks every
 configuration and task name and writes nothing. A run folder already on disk counts as its
 run only when it was made with the same options (`check_folders`, the same-run rule of
-`pear.harness.run.options.changed_options`).
+`pear.harness.run.same_run.changed_options`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from ...errors import PearError
 from ..datasets.vtab import _task_folder_name as task_folder_name  # training's own rule
 from ..files import read_mapping
-from ..run.options import TrainConfig, changed_options
+from ..run.options import TrainConfig
 from ..run.rundir import outside_data
+from ..run.same_run import changed_options
 from . import tuning
 from .grammar import method_overrides
 
@@ -196,7 +197,7 @@ def check_folders(runs: list[Run]) -> None:
 
 def check_same_options(run: Run) -> None:
     """Refuse to mix a run folder made with other options into this suite's table (the same-run
-    rule of `pear train --resume`, `pear.harness.run.options.changed_options`)."""
+    rule of `pear train --resume`, `pear.harness.run.same_run.changed_options`)."""
     args = run.dir / "args.yaml"
     if not args.is_file():
         return

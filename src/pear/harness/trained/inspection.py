@@ -230,40 +230,18 @@ def plot_pruning_map(info: dict, path: str | Path) -> Path:
     checkpoint beside it), 'frozen only' or 'no adapter'. Written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     rows = info["positions"]
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
     depths = sorted({r["depth"] for r in rows})
     x_of = {d: i for i, d in enumerate(depths)}
-    width = 0.8 / len(kinds)
     scored = [r["importance"] for r in rows if r["importance"] is not None]
     top = max(scored, default=0.0) or 1.0
 
     fig = Figure(figsize=(max(8.0, 0.55 * len(depths) * len(kinds) + 2), 5.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for r in rows:
-        k = kinds.index(r["kind"])
-        x = x_of[r["depth"]] + (k - (len(kinds) - 1) / 2) * width
-        h = r["importance"] or 0.0
-        colour = _KIND_COLOURS.get(r["kind"], "#7f7f7f")
-        pruned = r["state"] == "pruned"
-        ax.bar(
-            x,
-            h,
-            width * 0.92,
-            color="#d9d9d9" if pruned else colour,
-            edgecolor=colour,
-            hatch="///" if pruned else None,
-            linewidth=1.2,
-        )
-        if pruned:
-            if r["shares"]:
-                label = f"<- {_short(r['shares'])}" + (" +frozen" if r["frozen_params"] else "")
-            else:
-                label = "frozen only" if r["frozen_params"] else "no adapter"
-            ax.text(x, h + 0.02 * top, label, rotation=90, ha="center", va="bottom", fontsize=8, color="#404040")
+    _draw_bars(ax, rows, kinds, x_of, top)
     ax.set_xticks(range(len(depths)))
     cnn = kinds == ["block"]
     names = {r["depth"]: _short(r["name"]) for r in rows}
@@ -285,15 +263,50 @@ def plot_pruning_map(info: dict, path: str | Path) -> Path:
             va="center",
             color="#404040",
         )
-    pruned_any = info["totals"]["pruned"] > 0
-    handles = [Patch(facecolor=_KIND_COLOURS.get(k, "#7f7f7f"), label=f"{k}: kept" if pruned_any else k) for k in kinds]
-    if pruned_any:
-        handles.append(Patch(facecolor="#d9d9d9", edgecolor="#404040", hatch="///", label="pruned (<- shared adapter)"))
-    ax.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles))
+    _legend(ax, kinds, pruned_any=info["totals"]["pruned"] > 0)
     ax.set_title(_title(info), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     return _save_png(fig, Path(path))
+
+
+def _draw_bars(ax, rows: list[dict], kinds: list[str], x_of: dict[int, int], top: float) -> None:
+    """One bar per position, grouped by block; a pruned one hatched and labelled with what it shares."""
+    width = 0.8 / len(kinds)
+    for r in rows:
+        k = kinds.index(r["kind"])
+        x = x_of[r["depth"]] + (k - (len(kinds) - 1) / 2) * width
+        h = r["importance"] or 0.0
+        colour = _KIND_COLOURS.get(r["kind"], "#7f7f7f")
+        pruned = r["state"] == "pruned"
+        ax.bar(
+            x,
+            h,
+            width * 0.92,
+            color="#d9d9d9" if pruned else colour,
+            edgecolor=colour,
+            hatch="///" if pruned else None,
+            linewidth=1.2,
+        )
+        if pruned:
+            label = _pruned_label(r)
+            ax.text(x, h + 0.02 * top, label, rotation=90, ha="center", va="bottom", fontsize=8, color="#404040")
+
+
+def _pruned_label(r: dict) -> str:
+    """'<- b3.mlp' (+frozen), 'frozen only' or 'no adapter': what a pruned position keeps."""
+    if r["shares"]:
+        return f"<- {_short(r['shares'])}" + (" +frozen" if r["frozen_params"] else "")
+    return "frozen only" if r["frozen_params"] else "no adapter"
+
+
+def _legend(ax, kinds: list[str], *, pruned_any: bool) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=_KIND_COLOURS.get(k, "#7f7f7f"), label=f"{k}: kept" if pruned_any else k) for k in kinds]
+    if pruned_any:
+        handles.append(Patch(facecolor="#d9d9d9", edgecolor="#404040", hatch="///", label="pruned (<- shared adapter)"))
+    ax.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles))
 
 
 def _save_png(fig, path: Path) -> Path:
