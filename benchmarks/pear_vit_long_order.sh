@@ -11,7 +11,8 @@ TASKS=sprites_loc long claim
 TASKS=sprites_loc RATIOS=0.5 long curve
 TASKS=sprites_loc ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" long ablations
 long gate
-TASKS=fashion_mnist,sprites_ori RATIOS="0.5 0.75" long curve
+TASKS=fashion_mnist,sprites_ori RATIOS=0.75 long curve
+TASKS=fashion_mnist,sprites_ori RATIOS=0.5 long curve
 TASKS=fashion_mnist,sprites_ori RATIOS=0.9 long curve
 long gate_test
 TASKS=sprites_loc ABLATIONS="share=nearest share=top1 share=none importance=magnitude importance=random" long ablations
