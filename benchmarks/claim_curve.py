@@ -169,15 +169,15 @@ def ablation_lines(table, seeds) -> list[str]:
         return []
     lines = ["", "## Ablations (pear, s = 1, prune ratio 0.75; one component changed)", "",
              "Over the tasks on which the ablation and the default both have every seed.", "",
-             "| component | value | tasks | accuracy | default (same tasks) | value - default (paired) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| component | value | tasks | accuracy | default (same tasks) | value - default (paired) | stored bytes |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for comp, value, m in rows:
         ts = common_tasks(table, [m, default], seeds)
         if not ts:
             continue
         lines.append(f"| {comp} | {value} | {', '.join(ts)} | {fmt(*stat(seed_means(table, m, ts, seeds)))} | "
                      f"{DEFAULTS.get(comp, '?')}: {fmt(*stat(seed_means(table, default, ts, seeds)))} | "
-                     f"{fmt(*paired(table, m, default, ts, seeds))} |")
+                     f"{fmt(*paired(table, m, default, ts, seeds))} | {stored_bytes(table, m, ts):,.0f} |")
     return lines
 
 

@@ -1,0 +1,74 @@
+"""benchmarks/claim_curve.py on a results.csv written here: per-seed means over the tasks, the
+paired pear - prune differences, the ablation rows, the targets' verdicts and the plot."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+FIELDS = ["task", "method", "seed", "test_acc", "checkpoint_file_bytes", "adapter_bytes"]
+
+
+@pytest.fixture(scope="module")
+def claim(load_script):
+    return load_script("benchmarks/claim_curve.py")
+
+
+def write(path, accs: dict[str, list[float]], tasks=("a", "b")) -> None:
+    """accs: method -> accuracy per seed, the same on every task (task b 10 points lower)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        for t, offset in zip(tasks, (0.0, -10.0)):
+            for m, values in accs.items():
+                for seed, acc in enumerate(values):
+                    bytes_ = 1000 if m.startswith("linear") else 50_000
+                    w.writerow({"task": t, "method": m, "seed": seed, "test_acc": acc + offset,
+                                "checkpoint_file_bytes": bytes_, "adapter_bytes": "" if m == "linear" else 40_000})
+
+
+def test_means_pairs_ablations_and_targets(claim, tmp_path):
+    csv_path = tmp_path / "results.csv"
+    write(csv_path, {
+        "linear": [10, 11, 12],
+        "adapter@scale=1": [40, 41, 42],
+        "pear@scale=1@prune_ratio=0.5": [40, 40.5, 41],
+        "prune@scale=1@prune_ratio=0.5": [39, 40, 41],
+        "pear@scale=1@prune_ratio=0.75": [33, 35, 34],
+        "prune@scale=1@prune_ratio=0.75": [31, 33, 32],
+        "pear@scale=1@prune_ratio=0.75@knowledge=none": [30, 31, 32],
+        "pear@scale=1@prune_ratio=0.75@share=top1": [34, 34, 34],
+    })
+    claim.main([str(csv_path), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "claim.md").read_text()
+    assert (tmp_path / "out" / "claim.png").stat().st_size > 0
+    # seed means over tasks a and b (b is 10 lower): pear 0.75 -> 28, 30, 29
+    assert "| pear@scale=1@prune_ratio=0.75 | 29.00 ± 1.00 | 34.00 ± 1.00 | 24.00 ± 1.00 |" in md
+    assert "| 0.75 | 2.00 ± 0.00 |" in md and "| 0.5 | 0.50 ± 0.50 |" in md  # paired differences
+    assert "| knowledge | none | a, b | 26.00 ± 1.00 | merge: 29.00 ± 1.00 | -3.00 ± 1.00 | 50,000 |" in md
+    assert "| share | top1 |" in md
+    assert "pear 35.50, adapter 36.00, difference -0.50: **met**" in md  # exactly adapter - 0.5 counts as met
+    assert "0.75: +2.00: **met**" in md
+    assert "merge 29.00 ± 1.00, none 26.00 ± 1.00: **met**" in md
+
+
+def test_only_tasks_with_every_seed_of_every_method_count(claim, tmp_path):
+    csv_path = tmp_path / "results.csv"
+    write(csv_path, {"pear@scale=1@prune_ratio=0.9": [20, 21, 22], "prune@scale=1@prune_ratio=0.9": [20, 20, 20]})
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not (r["task"] == "b" and r["seed"] == "2")]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    claim.main([str(csv_path), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "claim.md").read_text()
+    assert "Tasks averaged: a;" in md and "0.9: +1.00: **met**" in md
+
+
+def test_a_run_in_two_files_is_refused(claim, tmp_path):
+    write(tmp_path / "one.csv", {"linear": [1, 2, 3]})
+    write(tmp_path / "two.csv", {"linear": [1, 2, 3]})
+    with pytest.raises(SystemExit, match="appears in two of the files"):
+        claim.main([str(tmp_path / "one.csv"), str(tmp_path / "two.csv"), "--out", str(tmp_path / "out")])
