@@ -94,7 +94,8 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         G=pear@scale=1@prune_ratio=0.75
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long_gate_val200" "${RECIPE[@]}" \
             -c benchmarks/configs/select_val200.yaml --methods "$G,$G@gate=scalar"
-        keep "$SUITES/long_gate_val200" "$RESULTS/gate_val200" ;;
+        keep "$SUITES/long_gate_val200" "$RESULTS/gate_val200"  # results.md there: the test split, for reference
+        $PY benchmarks/recipe_curve.py "$SUITES/long_gate_val200" --out "$RESULTS/gate_val200/val200.md" ;;
     gate_test)  # the gate on the test split, beside the claim's pear at 0.75
         G=pear@scale=1@prune_ratio=0.75
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$G@gate=scalar"
