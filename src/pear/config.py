@@ -41,6 +41,15 @@ GATES = ("none", "scalar", "channel")
 ADDED_DEFAULTS = {"gate": "none"}
 
 
+_GATE_HELP = (
+    "Ours (not in the paper): a learned gate on the shared adapter at each position that "
+    "shares one: 'none' (plain sharing, the paper's), 'scalar' (one learned factor per shared "
+    "position) or 'channel' (one per output channel of the adapter), multiplying the shared "
+    "adapter's output there; made by prune_and_share at 1.0, so pruning changes nothing at first, "
+    "then trained and stored with the task (kept positions have none)."
+)
+
+
 @dataclass
 class PearConfig:
     """Configuration of adapters, importance scoring and prune-and-share."""
@@ -92,16 +101,7 @@ class PearConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the 'random' importance control."})
-    gate: str = field(
-        default="none",
-        metadata={
-            "help": "Ours (not in the paper): a learned gate on the shared adapter at each position that "
-            "shares one: 'none' (plain sharing, the paper's), 'scalar' (one learned factor per shared "
-            "position) or 'channel' (one per output channel of the adapter), multiplying the shared "
-            "adapter's output there; made by prune_and_share at 1.0, so pruning changes nothing at first, "
-            "then trained and stored with the task (kept positions have none)."
-        },
-    )
+    gate: str = field(default="none", metadata={"help": _GATE_HELP})
 
     def __post_init__(self) -> None:
         try:

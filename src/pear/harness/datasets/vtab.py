@@ -102,23 +102,24 @@ def _quote(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def _inside(path: Path, task_root: Path, what: str) -> Path:
+def _inside(path: Path, task_root: Path, what: str, where: str = "") -> Path:
     """`path` resolved, refused unless it lies inside the (resolved) task folder: a list
-    or classes.txt that is a symlink to /etc/passwd is never read."""
+    or classes.txt that is a symlink to /etc/passwd is never read. `what` names the path in
+    the message, `where` (a list's file:line) comes first."""
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop on Python < 3.13
-        raise PearError(f"cannot resolve {what} {path}: {e}") from None
+        raise PearError(f"{where}cannot resolve {what}: {e}") from None
     if not resolved.is_relative_to(task_root):
         raise PearError(
-            f"{what} {path} resolves to {resolved}, outside the task folder {task_root}; Pear reads "
+            f"{where}{what} resolves to {resolved}, outside the task folder {task_root}; Pear reads "
             f"only files inside the task folder"
         )
     return resolved
 
 
 def _read_text(path: Path, what: str, task_root: Path) -> str:
-    path = _inside(path, task_root, what)
+    path = _inside(path, task_root, f"{what} {path}")
     try:
         size = path.stat().st_size
         if size > MAX_LIST_BYTES:
@@ -173,15 +174,7 @@ def _resolve_image(rel: str, where: str, task_root: Path) -> Path:
         raise PearError(
             f"{where}: image path {_quote(rel)} is absolute; expected a path relative to the task folder {task_root}"
         )
-    try:
-        resolved = (task_root / rel).resolve()
-    except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop on Python < 3.13
-        raise PearError(f"{where}: cannot resolve image path {_quote(rel)}: {e}") from None
-    if not resolved.is_relative_to(task_root):
-        raise PearError(
-            f"{where}: image path {_quote(rel)} resolves to {resolved}, outside the "
-            f"task folder {task_root}; expected a path inside it"
-        )
+    resolved = _inside(task_root / rel, task_root, f"image path {_quote(rel)}", f"{where}: ")
     try:
         is_file = resolved.is_file()
     except OSError as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,38 +49,13 @@ def kind_for(method: str) -> str:
     return PEAR if canonical_method(method) in PEAR_METHODS else PLAIN
 
 
-def save_checkpoint(
-    model: nn.Module,
-    directory: Path,
-    *,
-    method: str,
-    backbone: str | None,
-    class_names,
-    fingerprint_value: str,
-    meta: dict,
-    weights: str | None,
-) -> None:
-    """Write `model`'s checkpoint of the kind `method` saves (atomically)."""
+def save_checkpoint(model: nn.Module, directory: Path, *, method: str, weights: str | None, **fields: Any) -> None:
+    """Write `model`'s checkpoint of the kind `method` saves (atomically). `fields`: backbone,
+    class_names, fingerprint_value and meta, which both kinds record."""
     if kind_for(method) == PEAR:
-        save_task(
-            model,
-            directory,
-            backbone=backbone,
-            class_names=class_names,
-            fingerprint_value=fingerprint_value,
-            meta=meta,
-            weights=weights,
-        )
+        save_task(model, directory, weights=weights, **fields)
     else:
-        save_plain(
-            model,
-            directory,
-            method=method,
-            backbone=backbone,
-            class_names=class_names,
-            fingerprint_value=fingerprint_value,
-            meta=meta,
-        )
+        save_plain(model, directory, method=method, **fields)
 
 
 def kind_of(ckpt: str | Path) -> str:

@@ -24,28 +24,15 @@ from ..trained.runs import read_metrics
 from . import tuning
 from .grammar import method_overrides
 
+# The numeric columns of results.csv, in their order there.
+_COUNTS = (
+    "trainable_params", "trainable_params_before", "checkpoint_file_bytes", "adapter_params", "adapter_bytes",
+    "train_seconds", "images_per_second", "epochs", "img_size",
+)  # fmt: skip
 CSV_FIELDS = (
-    "task",
-    "method",
-    "seed",
-    "test_acc",
-    "trainable_params",
-    "trainable_params_before",
-    "checkpoint_file_bytes",
-    "adapter_params",
-    "adapter_bytes",
-    "train_seconds",
-    "images_per_second",
-    "epochs",
-    "img_size",
-    "backbone",
-    "device",
-    "world_size",
-    "plan_digest",
-    "torch",
-    "tuned",
-    "run",
-)
+    "task", "method", "seed", "test_acc", *_COUNTS, "backbone", "device", "world_size", "plan_digest", "torch",
+    "tuned", "run",
+)  # fmt: skip
 
 
 def aggregate(out: str | Path, command: str | None = None, missing: Sequence[str] = ()) -> list[dict]:
@@ -90,21 +77,7 @@ METRICS_FIELDS = {
     "task": str,
     "seed": int,
     "test_acc": (int, float),
-    **dict.fromkeys(
-        (
-            "trainable_params",
-            "trainable_params_before",
-            "checkpoint_file_bytes",
-            "adapter_params",
-            "adapter_bytes",
-            "train_seconds",
-            "images_per_second",
-            "epochs",
-            "img_size",
-            "world_size",
-        ),
-        _NUMBER,
-    ),
+    **dict.fromkeys((*_COUNTS, "world_size"), _NUMBER),
     **dict.fromkeys(("backbone", "device", "plan_digest", "torch"), (str, NONE)),
 }
 
