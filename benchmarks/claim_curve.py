@@ -152,11 +152,15 @@ def report(table, tasks, seeds, pear, prune, curve, sources) -> list[str]:
         lines.append(f"| {m} | {fmt(*stat(seed_means(table, m, tasks, seeds)))} | " + " | ".join(per_task)
                      + f" | {stored_bytes(table, m, tasks):,.0f} | {'–' if ab is None else f'{ab:,.0f}'} |")
     lines += ["", "## Sharing against pruning (paired: same task, same seed)", "",
-              "| prune ratio | pear - prune (points) |", "| --- | --- |"]
+              "Over every task on which both have all seeds (which may be more than the table's).", "",
+              "| prune ratio | tasks | pear | prune | pear - prune (points) |", "| --- | --- | --- | --- | --- |"]
     prunes = dict(prune)
     for r, m in pear:
-        if r in prunes:
-            lines.append(f"| {r} | {fmt(*paired(table, m, prunes[r], tasks, seeds))} |")
+        ts = common_tasks(table, [m, prunes[r]], seeds) if r in prunes else []
+        if ts:
+            lines.append(f"| {r} | {', '.join(ts)} | {fmt(*stat(seed_means(table, m, ts, seeds)))} | "
+                         f"{fmt(*stat(seed_means(table, prunes[r], ts, seeds)))} | "
+                         f"{fmt(*paired(table, m, prunes[r], ts, seeds))} |")
     lines += ablation_lines(table, seeds)
     lines += target_lines(table, tasks, seeds, dict(pear), prunes)
     return lines
@@ -184,16 +188,21 @@ def ablation_lines(table, seeds) -> list[str]:
 def target_lines(table, tasks, seeds, pear: dict, prunes: dict) -> list[str]:
     lines = ["", "## Targets", ""]
     adapter = "adapter@scale=1"
-    if 0.5 in pear and adapter in table:
-        p, a = stat(seed_means(table, pear[0.5], tasks, seeds))[0], stat(seed_means(table, adapter, tasks, seeds))[0]
-        lines.append(f"- pear ≥ adapter - 0.5 at ratio 0.5: pear {p:.2f}, adapter {a:.2f}, difference {p - a:+.2f}: "
-                     f"**{'met' if p >= a - 0.5 else 'missed'}**")
-    diffs = {r: stat(seed_means(table, pear[r], tasks, seeds))[0] - stat(seed_means(table, prunes[r], tasks, seeds))[0]
-             for r in (0.75, 0.9) if r in pear and r in prunes}
+    ts = common_tasks(table, [pear[0.5], adapter], seeds) if 0.5 in pear and adapter in table else []
+    if ts:
+        p, a = stat(seed_means(table, pear[0.5], ts, seeds))[0], stat(seed_means(table, adapter, ts, seeds))[0]
+        lines.append(f"- pear ≥ adapter - 0.5 at ratio 0.5 ({', '.join(ts)}): pear {p:.2f}, adapter {a:.2f}, "
+                     f"difference {p - a:+.2f}: **{'met' if p >= a - 0.5 else 'missed'}**")
+    diffs = {}
+    for r in (0.75, 0.9):
+        ts = common_tasks(table, [pear[r], prunes[r]], seeds) if r in pear and r in prunes else []
+        if ts:
+            diffs[r] = (paired(table, pear[r], prunes[r], ts, seeds)[0], ts)
     if diffs:
-        met = any(d >= 1.0 for d in diffs.values())
+        met = any(d >= 1.0 for d, _ in diffs.values())
         lines.append("- pear ≥ prune + 1.0 at ratio 0.75 or 0.9: "
-                     + ", ".join(f"{r}: {d:+.2f}" for r, d in diffs.items()) + f": **{'met' if met else 'missed'}**")
+                     + ", ".join(f"{r} ({', '.join(ts)}): {d:+.2f}" for r, (d, ts) in diffs.items())
+                     + f": **{'met' if met else 'missed'}**")
     lines += knowledge_target(table, seeds)
     return lines
 

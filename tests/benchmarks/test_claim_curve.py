@@ -45,11 +45,11 @@ def test_means_pairs_ablations_and_targets(claim, tmp_path):
     assert (tmp_path / "out" / "claim.png").stat().st_size > 0
     # seed means over tasks a and b (b is 10 lower): pear 0.75 -> 28, 30, 29
     assert "| pear@scale=1@prune_ratio=0.75 | 29.00 ± 1.00 | 34.00 ± 1.00 | 24.00 ± 1.00 |" in md
-    assert "| 0.75 | 2.00 ± 0.00 |" in md and "| 0.5 | 0.50 ± 0.50 |" in md  # paired differences
+    assert "| 0.75 | a, b | 29.00 ± 1.00 | 27.00 ± 1.00 | 2.00 ± 0.00 |" in md and "| 0.5 | a, b |" in md  # paired
     assert "| knowledge | none | a, b | 26.00 ± 1.00 | merge: 29.00 ± 1.00 | -3.00 ± 1.00 | 50,000 |" in md
     assert "| share | top1 |" in md
-    assert "pear 35.50, adapter 36.00, difference -0.50: **met**" in md  # exactly adapter - 0.5 counts as met
-    assert "0.75: +2.00: **met**" in md
+    assert "ratio 0.5 (a, b): pear 35.50, adapter 36.00, difference -0.50: **met**" in md  # exactly adapter - 0.5 counts as met
+    assert "0.75 (a, b): +2.00: **met**" in md
     assert "merge 29.00 ± 1.00, none 26.00 ± 1.00: **met**" in md
 
 
@@ -64,7 +64,7 @@ def test_only_tasks_with_every_seed_of_every_method_count(claim, tmp_path):
         w.writerows(rows)
     claim.main([str(csv_path), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "claim.md").read_text()
-    assert "Tasks averaged: a;" in md and "0.9: +1.00: **met**" in md
+    assert "Tasks averaged: a;" in md and "0.9 (a): +1.00: **met**" in md
 
 
 def test_a_run_in_two_files_is_refused(claim, tmp_path):
