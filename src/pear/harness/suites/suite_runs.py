@@ -19,7 +19,7 @@ from ...errors import PearError
 from ..datasets.vtab import _task_folder_name as task_folder_name  # training's own rule
 from ..files import read_mapping
 from ..run.options import TrainConfig
-from ..run.rundir import outside_data
+from ..run.rundir import RunDir, outside_data
 from ..run.same_run import changed_options
 from . import tuning
 from .grammar import method_overrides
@@ -51,7 +51,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return (self.dir / "metrics.json").is_file()
+        return RunDir(self.dir).metrics.is_file()
 
 
 def run_dir(out: str | Path, task: str, method: str, seed: int) -> Path:
@@ -198,7 +198,7 @@ def check_folders(runs: list[Run]) -> None:
 def check_same_options(run: Run) -> None:
     """Refuse to mix a run folder made with other options into this suite's table (the same-run
     rule of `pear train --resume`, `pear.harness.run.same_run.changed_options`)."""
-    args = run.dir / "args.yaml"
+    args = RunDir(run.dir).args
     if not args.is_file():
         return
     recorded = read_mapping(args, "run options")  # its message names the file
