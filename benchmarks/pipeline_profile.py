@@ -50,26 +50,26 @@ def _edge(stats: dict, caller: tuple, file_end: str, name: str) -> float:
 
 def parts(stats: dict) -> list[tuple[str, float]]:
     """(part, CPU seconds) of the profiled command; the last row is the total."""
-    epoch = _key(stats, "harness/train.py", "_train_epoch")
-    evaluate = _key(stats, "harness/batches.py", "evaluate")
-    cache = _cum(stats, "harness/batches.py", "__init__")  # Split's, both splits: the other __init__s cost nothing
+    epoch = _key(stats, "harness/run/train.py", "_train_epoch")
+    evaluate = _key(stats, "harness/run/batches.py", "evaluate")
+    cache = _cum(stats, "harness/run/batches.py", "__init__")  # Split's, both splits: the other __init__s cost nothing
     resize, normalise = _cum(stats, "transforms/functional.py", "resize"), _cum(stats, "transforms/functional.py",
                                                                                  "normalize")
     to_tensor = _cum(stats, "transforms/functional.py", "to_tensor")
-    load = _cum(stats, "harness/data.py", "load_image")
+    load = _cum(stats, "harness/datasets/images.py", "load_image")
     rows = [
-        ("data, once: list files read, every image path resolved and checked", _cum(stats, "harness/data.py",
+        ("data, once: list files read, every image path resolved and checked", _cum(stats, "harness/datasets/vtab.py",
                                                                                      "read_list")),
         ("data, once: PNG open + decode + RGB (PIL)", load - resize - normalise - to_tensor),
         ("data, once: bicubic resize to 32 px", resize),
         ("data, once: ToTensor + Normalize", to_tensor + normalise),
         ("data, once: DataLoader, collate, concatenation into the cache", cache - load),
         ("data, every step: batches indexed from the cache (train + test)",
-         _edge(stats, epoch, "harness/batches.py", "loader") + _edge(stats, evaluate, "harness/batches.py", "loader")),
+         _edge(stats, epoch, "harness/run/batches.py", "loader") + _edge(stats, evaluate, "harness/run/batches.py", "loader")),
         ("train steps: forward + loss", _edge(stats, epoch, "nn/modules/module.py", "_wrapped_call_impl")),
         ("train steps: backward", _edge(stats, epoch, "torch/_tensor.py", "backward")),
         ("train steps: optimizer (AdamW)", _edge(stats, epoch, "torch/optim/optimizer.py", "wrapper")),
-        ("pruning (plan, prune and share, merge)", _cum(stats, "harness/train.py", "_prune")),
+        ("pruning (plan, prune and share, merge)", _cum(stats, "harness/run/train.py", "_prune")),
         ("test evaluation: forward", _edge(stats, evaluate, "nn/modules/module.py", "_wrapped_call_impl")),
     ]
     total = max(v[3] for v in stats.values())
