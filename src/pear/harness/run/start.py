@@ -24,7 +24,7 @@ from . import distributed as D
 from .batches import GlobalBatches, Split, resolve_device
 from .finish import trainable
 from .options import TrainConfig
-from .precision import Precision, choose, legacy
+from .precision import Precision, choose, keep_started, legacy
 from .rundir import RunDir, RunFolder, setup_logging, write_text
 from .same_run import task_lists_digest
 from .schedule import make_optimizer
@@ -193,11 +193,9 @@ def _resume(run: _Run) -> None:
     if cfg.resume and state_dir.is_dir():
         st = load_state(state_dir, run.model, run.optimizer, run.tracker, run.device)
         run.start_epoch, run.step, run.history, run.best = st["epoch"] + 1, st["step"], st["history"], st.get("best")
-        run.precision = (
-            Precision.from_dict(st["precision"], str(state_dir / STATE_FILES[1]))
-            if st["precision"]
-            else legacy(cfg.amp, run.device)
-        )
+        # The precision it started with; `pear train` takes no refusal here (amp=None): the saved one wins.
+        where = str(state_dir / STATE_FILES[1])
+        run.precision = keep_started(st["precision"] or None, None, legacy(cfg.amp, run.device), where)
         run.plan = PrunePlan.from_dict(st["plan"]) if st.get("plan") else None
         if run.plan is not None and run.tracker is not None:
             run.tracker.close()
