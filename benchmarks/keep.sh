@@ -8,3 +8,8 @@ keep() {  # keep SUITE_FOLDER RESULTS_FOLDER
     [ -d "$from"/tuning ] && (cd "$from" && find tuning -name choice.json -exec cp --parents {} "$OLDPWD/$to" \;)
     return 0
 }
+keep_merged() {  # keep_merged SUITE_FOLDER RESULTS_FOLDER: the suite's rows joined to those kept there
+    # (benchmarks/merge_results.py), so a lost suite folder's committed runs stay in the tables.
+    mkdir -p "$2"
+    "${PY:-.venv/bin/python}" benchmarks/merge_results.py "$2" "$1"
+}

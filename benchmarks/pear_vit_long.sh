@@ -45,7 +45,7 @@ export OMP_NUM_THREADS=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's Pear, even from a second worktree
 mkdir -p "$RESULTS"
 
-source benchmarks/keep.sh  # keep SUITE_FOLDER RESULTS_FOLDER
+source benchmarks/keep.sh  # keep / keep_merged SUITE_FOLDER RESULTS_FOLDER
 
 ratios() {  # pear and prune at s = 1 for each prune ratio given: one --methods list
     local out="" r
@@ -68,7 +68,7 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     claim)  # sharing where most adapters are gone, on the task where adapters matter most, s = 1
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
             --methods "$(ratios 0.75 0.9)"
-        keep "$SUITES/long" "$RESULTS" ;;
+        keep_merged "$SUITES/long" "$RESULTS" ;;
     precision)  # bf16 (the CPU default with AMX) against fp32, pear on fashion_mnist, 3 seeds, the demo's 5 epochs
         for p in bf16 fp32; do
             cfg=(); [ $p = fp32 ] && cfg=(-c benchmarks/configs/fp32.yaml)
@@ -79,17 +79,17 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     curve)  # the claim's runs are reused (same folder, same options); linear and adapter are the adequacy phase's
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
             --methods "$(ratios ${RATIOS:-0.75 0.9 0.5})"
-        keep "$SUITES/long" "$RESULTS" ;;
+        keep_merged "$SUITES/long" "$RESULTS" ;;
     baselines)  # the rest of the plot's points: full fine-tuning and the LoRAs (default alpha)
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" \
             --methods full,peft-lora,peft-lora-eq
-        keep "$SUITES/long" "$RESULTS" ;;
+        keep_merged "$SUITES/long" "$RESULTS" ;;
     ablations)  # pear at ratio 0.75, s = 1, one component changed at a time (the default is the claim's run)
         abl=""
         for v in ${ABLATIONS:-knowledge=none knowledge=frozen knowledge=distill share=nearest share=top1 share=none \
                  importance=magnitude importance=random}; do abl+="${abl:+,}pear@scale=1@prune_ratio=0.75@$v"; done
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$abl"
-        keep "$SUITES/long" "$RESULTS" ;;
+        keep_merged "$SUITES/long" "$RESULTS" ;;
     gate)  # ours: a learned scalar on the shared adapter's output at each pruned position; val200 decides
         G=pear@scale=1@prune_ratio=0.75
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long_gate_val200" "${RECIPE[@]}" \
@@ -99,7 +99,7 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     gate_test)  # the gate on the test split, beside the claim's pear at 0.75
         G=pear@scale=1@prune_ratio=0.75
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$G@gate=scalar"
-        keep "$SUITES/long" "$RESULTS" ;;
+        keep_merged "$SUITES/long" "$RESULTS" ;;
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" ;;
     *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, report)" >&2; exit 2 ;;

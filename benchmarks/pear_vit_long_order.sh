@@ -2,19 +2,29 @@
 # The order in which the committed results in benchmarks/results/pear_vit_long/ were made:
 # the parts of pear_vit_long.sh's phases that answer the most come first (the claim on the
 # task where adapters matter most, then the knowledge checkpoint, then the other tasks), so
-# that a stopped budget still leaves the claim answered. Same arguments as pear_vit_long.sh's
-# environment (DATA, SUITES); every step is resumable.
+# that a stopped budget still leaves the claim answered. Same environment as pear_vit_long.sh
+# (DATA, SUITES); every step is resumable, and FROM=N starts at step N (steps 1-5 were made in a
+# suite folder since lost: their rows are kept in results.csv, and keep_merged joins the new
+# folder's rows to them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-long() { bash benchmarks/pear_vit_long.sh "$@"; }
-TASKS=sprites_loc long claim
-TASKS=sprites_loc RATIOS=0.5 long curve
-TASKS=sprites_loc ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" long ablations
-long gate
-TASKS=fashion_mnist,sprites_ori RATIOS=0.75 long curve
-TASKS=fashion_mnist,sprites_ori RATIOS=0.5 long curve
-TASKS=fashion_mnist,sprites_ori RATIOS=0.9 long curve
-long gate_test
-TASKS=sprites_loc ABLATIONS="share=nearest share=top1 share=none importance=magnitude importance=random" long ablations
-long baselines
-long ablations
+step=0
+run() {  # run ENV... -- PHASE: one step, skipped before $FROM
+    step=$((step + 1))
+    if [ "$step" -lt "${FROM:-1}" ]; then return 0; fi
+    echo "== step $step: $*" >&2
+    env "$@"
+}
+run TASKS=sprites_loc bash benchmarks/pear_vit_long.sh claim
+run TASKS=sprites_loc RATIOS=0.5 bash benchmarks/pear_vit_long.sh curve
+run TASKS=sprites_loc ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" bash benchmarks/pear_vit_long.sh ablations
+run bash benchmarks/pear_vit_long.sh gate
+run TASKS=fashion_mnist,sprites_ori RATIOS=0.75 bash benchmarks/pear_vit_long.sh curve
+run TASKS=fashion_mnist,sprites_ori RATIOS=0.5 bash benchmarks/pear_vit_long.sh curve
+run TASKS=sprites_loc bash benchmarks/pear_vit_long.sh baselines
+run TASKS=sprites_loc ABLATIONS="share=nearest share=top1 share=none importance=magnitude importance=random" \
+    bash benchmarks/pear_vit_long.sh ablations
+run TASKS=fashion_mnist,sprites_ori RATIOS=0.9 bash benchmarks/pear_vit_long.sh curve
+run TASKS=fashion_mnist,sprites_ori bash benchmarks/pear_vit_long.sh baselines
+run bash benchmarks/pear_vit_long.sh gate_test
+run bash benchmarks/pear_vit_long.sh ablations

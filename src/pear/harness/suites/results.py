@@ -47,15 +47,64 @@ def aggregate(out: str | Path, command: str | None = None, missing: Sequence[str
     )
     choices = tuning.read_choices(out)
     _mark_tuned(rows, choices)
+    write_tables(out, rows, command, choices, missing)
+    return rows
+
+
+def write_tables(
+    out: str | Path,
+    rows: list[dict],
+    command: str | None = None,
+    choices: Sequence[dict] = (),
+    missing: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> None:
+    """Write OUT/results.csv, results.md and accuracy_vs_bytes.png from rows (aggregate's, or
+    read_csv's: tables kept from an earlier suite folder merged with a new one's)."""
+    out = Path(out)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", _markdown(rows, command, choices, list(missing)))
+    atomic_write_text(out / "results.md", _markdown(rows, command, choices, list(missing), list(notes)))
     if rows:
         _plot(rows, out / "accuracy_vs_bytes.png")
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """The rows of a results.csv that write_tables wrote, with its numbers as numbers again."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            lacking = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ())]
+            if lacking:
+                raise PearError(f"{path} is not a suite's results.csv: it has no column {', '.join(lacking)}")
+            raw = list(reader)
+    except OSError as exc:
+        raise PearError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = []
+    for line, r in enumerate(raw, start=2):
+        row: dict = {k: (r[k] if r[k] != "" else None) for k in CSV_FIELDS}
+        try:
+            row["seed"] = int(r["seed"])
+            row["test_acc"] = float(r["test_acc"])
+            for k in (*_COUNTS, "world_size"):
+                if row[k] is not None:
+                    v = float(row[k])
+                    row[k] = int(v) if v.is_integer() and k not in ("train_seconds", "images_per_second") else v
+        except ValueError as exc:
+            raise PearError(f"{path}, line {line}: a number was expected ({exc})") from None
+        rows.append(row)
     return rows
+
+
+def merge_rows(*tables: list[dict]) -> list[dict]:
+    """One row per (task, method, seed); a later table's row replaces an earlier one's. Sorted
+    as aggregate sorts."""
+    merged = {(r["task"], r["method"], r["seed"]): r for rows in tables for r in rows}
+    return sorted(merged.values(), key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
 
 
 def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
@@ -189,10 +238,17 @@ def vtab_summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _markdown(rows: list[dict], command: str | None, choices: Sequence[dict] = (), missing: Sequence[str] = ()) -> str:
+def _markdown(
+    rows: list[dict],
+    command: str | None,
+    choices: Sequence[dict] = (),
+    missing: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> str:
     lines = ["# Pear suite results", "", f"- Aggregated on: {_machine()}"]
     if command:
         lines.append(f"- Command: `{command}`")
+    lines += [f"- {n}" for n in notes]
     if missing:
         lines.append(f"- Not finished ({len(missing)}, by index): " + ", ".join(f"`{m}`" for m in missing))
     if not rows:
