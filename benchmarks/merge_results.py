@@ -23,6 +23,7 @@ def merge(kept: Path, suite: Path) -> list[dict]:
     old = read_csv(kept / "results.csv") if (kept / "results.csv").is_file() else []
     new = read_csv(suite / "results.csv")
     rows = merge_rows(old, new)
+    kept.mkdir(parents=True, exist_ok=True)
     command = None
     for line in (suite / "results.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("- Command: `"):
