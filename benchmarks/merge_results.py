@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from pear.errors import PearError
-from pear.harness.suites.results import merge_rows, read_csv, write_tables
+from pear.harness.suites.results import write_tables
+from pear.harness.suites.results_csv import merge_rows, read_csv
 
 
 def merge(kept: Path, suite: Path) -> list[dict]:

@@ -316,6 +316,15 @@ def test_help_texts_say_what_the_code_does(capsys):
     assert "peft-lora-eq" in _help(["suite"], capsys)
 
 
+def test_suite_help_lists_the_registered_methods_and_presets(capsys):
+    from pear.harness.suites.grammar import grammar
+    from pear.harness.suites.presets import PRESETS
+
+    suite = _help(["suite"], capsys).replace("- ", "-")  # argparse wraps at the hyphens of pear-share-...
+    assert all(form in suite for form in grammar())
+    assert all(f"{name}: " in suite for name in PRESETS) and "batch-size 64" in suite
+
+
 def test_the_matched_share_policy_is_written_matched_and_rank_still_reads(tmp_path):
     from pear.config import PearConfig
     from pear.harness.options import TrainConfig

@@ -20,6 +20,8 @@ import warnings
 from .errors import BackboneMismatch, PearError
 from .harness.files import read_mapping
 from .harness.run.options import add_run_arguments, add_train_arguments
+from .harness.suites.grammar import grammar
+from .harness.suites.presets import PRESETS, preset_help
 
 
 def _train_config(args: argparse.Namespace):
@@ -291,22 +293,14 @@ def _add_suite_parser(sub) -> None:
     p.add_argument(
         "--methods",
         default=None,
-        help="(required unless --preset, which defaults to pear) "
-        "comma-separated: linear,full,adapter,prune,pear,peft-lora ('lora' too),peft-lora-eq (LoRA at the rank "
-        "whose trainable parameters match pear's) and "
-        "ablations such as pear-share-nearest, pear-kc-frozen, pear-imp-random, pear-r0.75, pear-scope-group, "
-        "or any Pear option as pear@FIELD=VALUE[@FIELD=VALUE...], e.g. pear@act=gelu@blocks=0+6",
+        help="(required unless --preset, which defaults to pear) comma-separated, each of the form "
+        + ", ".join(grammar())
+        + " (peft-lora-eq: LoRA at the rank whose trainable parameters match pear's; e.g. pear-kc-frozen, "
+        "pear@act=gelu@blocks=0+6)",
     )
     p.add_argument("--seeds", default="0", help="comma-separated seeds, each run once per (task, method) (default 0)")
     p.add_argument("--out", default=None, help="suite folder, outside --data (required unless --preset: suites/PRESET)")
-    p.add_argument(
-        "--preset",
-        default=None,
-        choices=["vtab1k"],
-        help="vtab1k: the 19 VTAB-1k tasks (every "
-        "folder must be in --data) with the paper-style recipe: 100 epochs (10 warm-up), AdamW lr 1e-3, "
-        "wd 1e-4, batch 64, cosine, 224 px; flags override the recipe",
-    )
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help=preset_help())
     p.add_argument("-c", "--config", default=None, help="YAML of training options shared by all runs")
     add_run_arguments(
         p.add_argument_group("every run's training options, as in pear train (over -c and the --preset recipe)"),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pear.errors import PearError
-from pear.harness.suites.results import aggregate, merge_rows, read_csv
+from pear.harness.suites.results import aggregate
+from pear.harness.suites.results_csv import merge_rows, read_csv
 
 
 @pytest.fixture(scope="module")

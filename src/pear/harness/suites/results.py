@@ -72,41 +72,6 @@ def write_tables(
         _plot(rows, out / "accuracy_vs_bytes.png")
 
 
-def read_csv(path: str | Path) -> list[dict]:
-    """The rows of a results.csv that write_tables wrote, with its numbers as numbers again."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            lacking = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ())]
-            if lacking:
-                raise PearError(f"{path} is not a suite's results.csv: it has no column {', '.join(lacking)}")
-            raw = list(reader)
-    except OSError as exc:
-        raise PearError(f"cannot read {path}: {exc.strerror or exc}") from None
-    rows = []
-    for line, r in enumerate(raw, start=2):
-        row: dict = {k: (r[k] if r[k] != "" else None) for k in CSV_FIELDS}
-        try:
-            row["seed"] = int(r["seed"])
-            row["test_acc"] = float(r["test_acc"])
-            for k in (*_COUNTS, "world_size"):
-                if row[k] is not None:
-                    v = float(row[k])
-                    row[k] = int(v) if v.is_integer() and k not in ("train_seconds", "images_per_second") else v
-        except ValueError as exc:
-            raise PearError(f"{path}, line {line}: a number was expected ({exc})") from None
-        rows.append(row)
-    return rows
-
-
-def merge_rows(*tables: list[dict]) -> list[dict]:
-    """One row per (task, method, seed); a later table's row replaces an earlier one's. Sorted
-    as aggregate sorts."""
-    merged = {(r["task"], r["method"], r["seed"]): r for rows in tables for r in rows}
-    return sorted(merged.values(), key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
-
-
 def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
     """Each row's `tuned` cell: the option value the protocol chose for it ('scale=1'), if any."""
     chosen = {(c.get("task"), c.get("method")): f"{c.get('option')}={c.get('chosen'):g}" for c in choices}

@@ -44,25 +44,16 @@ import yaml
 from ...atomic import open_append
 from ...errors import PearError
 from ..datasets.builders import BUILTIN_DATASETS, build_dataset
-from ..datasets.vtab import TASK_ALIASES, VTAB_TASKS, task_info
+from ..datasets.vtab import TASK_ALIASES, task_info
 from ..run.locks import lock_folder, unlock
 from ..run.options import check_device
 from ..run.train import train
 from ..run.watch import require_tensorboard
 from . import slurm, suite_runs, tuning
+from .presets import PRESETS
 from .results import aggregate, vtab_summary
 from .suite_exec import run_here, run_queue
 from .suite_runs import Run, check_folders, check_same_options, list_runs, run_dir  # noqa: F401  (run_dir: public)
-
-# `pear suite --preset NAME`: the tasks and the recipe (TrainConfig options) of a benchmark.
-PRESETS: dict[str, dict] = {
-    # The paper-style VTAB-1k recipe: 100 epochs, AdamW lr 1e-3, wd 1e-4, batch 64, cosine
-    # with 10 warm-up epochs (the scoring window before Pear prunes), 224 px.
-    "vtab1k": {
-        "tasks": list(VTAB_TASKS),
-        "recipe": {"epochs": 100, "warmup_epochs": 10, "lr": 1e-3, "wd": 1e-4, "batch_size": 64, "img_size": 224},
-    }
-}
 
 
 @dataclass(frozen=True)
