@@ -89,6 +89,14 @@ BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
 }
 
 
+def random_backbone(name: str | None, weights: str | Path | None) -> bool:
+    """Whether `create_backbone(name, ..., weights)` initialises the backbone at random:
+    weights 'random', or none for a model without built-in weights."""
+    return weights == "random" or (
+        weights is None and name is not None and split_model_name_tag(name)[0] not in BUILTIN_WEIGHTS
+    )
+
+
 def create_backbone(
     name: str | None,
     num_classes: int | None,

@@ -23,7 +23,7 @@ from ...card import CARD_FILE
 from ...card import render as render_card
 from ...checkpoint import TENSORS_FILE, save_backbone
 from ...report import report
-from ..trained.runs import random_backbone
+from ..models.backbones import random_backbone
 from .checkpoint_kinds import PEAR, kind_for, open_checkpoint, save_checkpoint
 from .options import TrainConfig
 from .rundir import guarded, write_text

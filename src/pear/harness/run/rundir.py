@@ -115,8 +115,15 @@ class RunDir:
         """Whether the run here ended (metrics.json is written last)."""
         return self.metrics.is_file()
 
+    def kept_backbone(self) -> Path | None:
+        """RUN/backbone.safetensors, when the run kept the backbone it drew at random: drawn
+        again from the seed it could have other bits, since torch's CPU random kernels differ
+        between machines (vector paths). Ask only for a run on a random backbone
+        (`backbones.random_backbone`)."""
+        return self.backbone if self.backbone.is_file() else None
 
-# A randomly initialised backbone, as the run drew it (`runs.random_backbone`).
+
+# A randomly initialised backbone, as the run drew it (`backbones.random_backbone`).
 BACKBONE_FILE = RunDir.BACKBONE
 # Everything `pear train` writes into a run folder (a name ending in '/' is a folder).
 RUN_FILES = tuple(f"{n}/" if n in RunDir.FOLDERS else n for n in RunDir.NAMES)

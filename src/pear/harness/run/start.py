@@ -18,8 +18,8 @@ from ...importance import ImportanceTracker
 from ...pruning import PrunePlan
 from ..datasets.images import build_transform
 from ..datasets.vtab import TaskInfo, VtabDataset, task_info
+from ..models.backbones import random_backbone
 from ..models.methods import PRUNING_METHODS, build_model
-from ..trained.runs import saved_backbone
 from . import distributed as D
 from .batches import GlobalBatches, Split, resolve_device
 from .finish import trainable
@@ -115,7 +115,7 @@ def _validate(cfg: TrainConfig, ctx: D.Context):
     info = task_info(cfg.data, cfg.task)
     cfg.task_lists = task_lists_digest(cfg.data, cfg.task)  # recorded: a moved run's --data is checked by it
     # A resumed run on a random backbone continues on the one it drew, not on one drawn again here.
-    kept = saved_backbone(Path(cfg.out), cfg.backbone, cfg.weights) if cfg.resume else None
+    kept = RunDir(Path(cfg.out)).kept_backbone() if cfg.resume and random_backbone(cfg.backbone, cfg.weights) else None
     model, data_cfg, fp = build(cfg, info.num_classes, device, kept)
 
     assert cfg.img_size is not None  # TrainConfig.__post_init__ resolves it

@@ -4,7 +4,7 @@ parser is built without importing the training code."""
 
 from __future__ import annotations
 
-from ..datasets.vtab import VTAB_TASKS
+from ..datasets.vtab_tasks import VTAB_TASKS
 
 PRESETS: dict[str, dict] = {
     # The paper-style VTAB-1k recipe: 100 epochs, AdamW lr 1e-3, wd 1e-4, batch 64, cosine

@@ -12,29 +12,10 @@ from ...checkpoint import recorded_weights
 from ...errors import PearError
 from ...jsontypes import NONE, checkpoint_problems, recorded_heads, wrong_types
 from ..files import read_mapping
+from ..models.backbones import random_backbone
 from ..models.methods import METHODS, canonical_method
 from ..run.checkpoint_kinds import PLAIN, SavedCheckpoint, open_checkpoint
 from ..run.rundir import RunDir
-
-
-def random_backbone(name: str | None, weights: str | Path | None) -> bool:
-    """Whether `create_backbone(name, ..., weights)` initialises the backbone at random:
-    weights 'random', or none for a model without built-in weights."""
-    from timm.models import split_model_name_tag
-
-    from ..models.backbones import BUILTIN_WEIGHTS
-
-    return weights == "random" or (
-        weights is None and name is not None and split_model_name_tag(name)[0] not in BUILTIN_WEIGHTS
-    )
-
-
-def saved_backbone(run: Path, name: str | None, weights: str | Path | None) -> Path | None:
-    """RUN/backbone.safetensors when the run's backbone was drawn at random and the run
-    kept it: drawn again from the seed it could have other bits, since torch's CPU
-    random kernels differ between machines (vector paths)."""
-    path = RunDir(run).backbone
-    return path if random_backbone(name, weights) and path.is_file() else None
 
 
 def rebuild(
@@ -61,7 +42,7 @@ def rebuild(
     if weights is None and name == (info.get("backbone") or {}).get("name"):
         weights = recorded_weights(info)
     kwargs = meta.get("model_kwargs") or {}
-    kept = saved_backbone(ckpt.parent, name, weights)
+    kept = RunDir(ckpt.parent).kept_backbone() if random_backbone(name, weights) else None
     # The head's initial bits (overwritten by the checkpoint's) and, in runs that did not
     # keep their random backbone, the backbone: drawn from the run's seed.
     torch.manual_seed(int(meta.get("seed", 0)))
