@@ -66,6 +66,20 @@ def test_transformers_classifier_folder_keeps_its_head_and_normalisation(tmp_pat
         torch.testing.assert_close(model(x), hf(pixel_values=x).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("processor, mean, std", [
+    ({"do_normalize": False}, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # the model saw pixel / 255 as it is
+    ({"do_rescale": False, "image_mean": [127.5] * 3, "image_std": [127.5] * 3}, (0.5,) * 3, (0.5,) * 3),
+    ({"rescale_factor": 1 / 127.5, "image_mean": [1.0] * 3, "image_std": [1.0] * 3}, (0.5,) * 3, (0.5,) * 3),
+])
+def test_preprocessor_rescaling_and_normalising_give_the_same_pixels(tmp_path, processor, mean, std):
+    """Pear's images are pixel / 255 before they are normalised; a processor that rescales
+    otherwise, or does not normalise, gets the mean and std that give the model its pixels."""
+    _hf_folder(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    data_cfg = create_backbone(None, 3, weights=tmp_path)[1]
+    assert data_cfg["mean"] == pytest.approx(mean) and data_cfg["std"] == pytest.approx(std)
+
+
 def test_transformers_vit_folder_at_another_resolution(tmp_path):
     _hf_folder(tmp_path)
     with pytest.warns(UserWarning, match=r"made at 24 px: its position embeddings are resampled to 36 px"):
@@ -243,6 +257,8 @@ def test_a_nan_size_is_named(tmp_path):
     ('{"image_mean": "red"}', r"preprocessor_config\.json's image_mean is 'red'; expected 3 finite numbers"),
     ('{"image_std": [0.5, 0, 0.5]}', r"image_std is \[0\.5, 0, 0\.5\]; expected 3 finite numbers above 0"),
     ('{"image_std": 0.25}', None),
+    ('{"do_normalize": "yes"}', r"preprocessor_config\.json's do_normalize is 'yes'; expected true or false"),
+    ('{"rescale_factor": 0}', r"preprocessor_config\.json's rescale_factor is 0; expected a number above 0"),
 ])
 def test_preprocessor_config_is_checked(tmp_path, content, message):
     _hf_folder(tmp_path)

@@ -381,7 +381,23 @@ def _hf_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
         raise PearError(f"weights folder {path}: preprocessor_config.json is not readable JSON ({err})") from err
     if not isinstance(cfg, dict):
         raise PearError(f"weights folder {path}: preprocessor_config.json holds a {type(cfg).__name__}, not an object")
-    return (
-        _channels(path, "preprocessor_config.json:image_mean", cfg.get("image_mean"), _HF_MEAN),
-        _channels(path, "preprocessor_config.json:image_std", cfg.get("image_std"), _HF_STD, positive=True),
-    )
+    mean = _channels(path, "preprocessor_config.json:image_mean", cfg.get("image_mean"), _HF_MEAN)
+    std = _channels(path, "preprocessor_config.json:image_std", cfg.get("image_std"), _HF_STD, positive=True)
+    for key in ("do_normalize", "do_rescale"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], bool):
+            raise PearError(
+                f"weights folder {path}: preprocessor_config.json's {key} is {cfg[key]!r}; expected true or false"
+            )
+    if cfg.get("do_normalize") is False:  # the model saw the rescaled pixels as they are
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    # Pear's images are in [0, 1] (pixel / 255) before they are normalised; the model's were
+    # pixel * rescale_factor (default 1/255), or the raw pixels with do_rescale false.
+    factor = cfg.get("rescale_factor", 1 / 255)
+    if not (has_type(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise PearError(
+            f"weights folder {path}: preprocessor_config.json's rescale_factor is {factor!r}; expected a number above 0"
+        )
+    k = 255.0 * factor if cfg.get("do_rescale", True) else 255.0
+    if k != 1.0:
+        mean, std = tuple(m / k for m in mean), tuple(s / k for s in std)
+    return mean, std
