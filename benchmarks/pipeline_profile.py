@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import pstats
 import sys
 import time
@@ -30,47 +31,62 @@ BASE = ["--backbone", "pear_vit_tiny6_patch4_32", "--method", "pear", "--img-siz
 BUILTIN_TASK = "fashion_mnist"
 
 
-def _key(stats: dict, file_end: str, name: str) -> tuple:
-    """The profile's entry for function `name` in a file ending in `file_end` (the largest if several)."""
+def _where(fn) -> tuple[str, str]:
+    """(file, name) of a function the profile timed: Pear's own are named by their code object, so
+    a module that moves needs no edit here; torch's and torchvision's by (end of their path, name)."""
+    if not callable(fn):
+        return fn
+    code = inspect.unwrap(fn).__code__  # under a decorator (torch.no_grad), the function itself
+    return code.co_filename, code.co_name
+
+
+def _key(stats: dict, fn) -> tuple:
+    """The profile's entry for `fn` (a function, or (end of its file's path, name)): the largest if several."""
+    file_end, name = _where(fn)
     keys = [k for k in stats if k[0].endswith(file_end) and k[2] == name]
     if not keys:
         raise SystemExit(f"pipeline_profile.py: the profile has no {file_end}:{name}")
     return max(keys, key=lambda k: stats[k][3])
 
 
-def _cum(stats: dict, file_end: str, name: str) -> float:
-    return stats[_key(stats, file_end, name)][3]
+def _cum(stats: dict, fn) -> float:
+    return stats[_key(stats, fn)][3]
 
 
-def _edge(stats: dict, caller: tuple, file_end: str, name: str) -> float:
-    """Cumulative seconds of `name` when called from `caller`."""
-    callee = _key(stats, file_end, name)
-    return stats[callee][4].get(caller, (0, 0, 0, 0.0))[3]
+def _edge(stats: dict, caller: tuple, fn) -> float:
+    """Cumulative seconds of `fn` when called from `caller`."""
+    return stats[_key(stats, fn)][4].get(caller, (0, 0, 0, 0.0))[3]
+
+
+# torch's and torchvision's functions the table names, by the end of their path.
+_TV = "transforms/functional.py"
+_FORWARD = ("nn/modules/module.py", "_wrapped_call_impl")
+_BACKWARD = ("torch/_tensor.py", "backward")
+_OPTIMIZER = ("torch/optim/optimizer.py", "wrapper")
 
 
 def parts(stats: dict) -> list[tuple[str, float]]:
     """(part, CPU seconds) of the profiled command; the last row is the total."""
-    epoch = _key(stats, "harness/run/train.py", "_train_epoch")
-    evaluate = _key(stats, "harness/run/batches.py", "evaluate")
-    cache = _cum(stats, "harness/run/batches.py", "__init__")  # Split's, both splits: the other __init__s cost nothing
-    resize, normalise = _cum(stats, "transforms/functional.py", "resize"), _cum(stats, "transforms/functional.py",
-                                                                                 "normalize")
-    to_tensor = _cum(stats, "transforms/functional.py", "to_tensor")
-    load = _cum(stats, "harness/datasets/images.py", "load_image")
+    from pear.harness.datasets import images, vtab
+    from pear.harness.run import batches, train
+
+    epoch, evaluate = _key(stats, train._train_epoch), _key(stats, batches.evaluate)
+    cache = _cum(stats, batches.Split.__init__)  # both splits
+    resize, normalise, to_tensor = (_cum(stats, (_TV, n)) for n in ("resize", "normalize", "to_tensor"))
+    load = _cum(stats, images.load_image)
     rows = [
-        ("data, once: list files read, every image path resolved and checked", _cum(stats, "harness/datasets/vtab.py",
-                                                                                     "read_list")),
+        ("data, once: list files read, every image path resolved and checked", _cum(stats, vtab.read_list)),
         ("data, once: PNG open + decode + RGB (PIL)", load - resize - normalise - to_tensor),
         ("data, once: bicubic resize to 32 px", resize),
         ("data, once: ToTensor + Normalize", to_tensor + normalise),
         ("data, once: DataLoader, collate, concatenation into the cache", cache - load),
         ("data, every step: batches indexed from the cache (train + test)",
-         _edge(stats, epoch, "harness/run/batches.py", "loader") + _edge(stats, evaluate, "harness/run/batches.py", "loader")),
-        ("train steps: forward + loss", _edge(stats, epoch, "nn/modules/module.py", "_wrapped_call_impl")),
-        ("train steps: backward", _edge(stats, epoch, "torch/_tensor.py", "backward")),
-        ("train steps: optimizer (AdamW)", _edge(stats, epoch, "torch/optim/optimizer.py", "wrapper")),
-        ("pruning (plan, prune and share, merge)", _cum(stats, "harness/run/train.py", "_prune")),
-        ("test evaluation: forward", _edge(stats, evaluate, "nn/modules/module.py", "_wrapped_call_impl")),
+         _edge(stats, epoch, batches.Split.loader) + _edge(stats, evaluate, batches.Split.loader)),
+        ("train steps: forward + loss", _edge(stats, epoch, _FORWARD)),
+        ("train steps: backward", _edge(stats, epoch, _BACKWARD)),
+        ("train steps: optimizer (AdamW)", _edge(stats, epoch, _OPTIMIZER)),
+        ("pruning (plan, prune and share, merge)", _cum(stats, train._prune)),
+        ("test evaluation: forward", _edge(stats, evaluate, _FORWARD)),
     ]
     total = max(v[3] for v in stats.values())
     rows.append(("the rest: model build, run folder, checkpoint, logging",
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stats is not None:
         prof.dump_stats(args.stats)
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
-    steps = _key(stats, "torch/_tensor.py", "backward")
+    steps = _key(stats, _BACKWARD)
     print(f"`pear train {' '.join(train[1:])}`: wall {wall:.1f} s, process CPU {max(v[3] for v in stats.values()):.1f} s")
     print()
     print(table(parts(stats), stats[steps][1]))
