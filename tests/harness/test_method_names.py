@@ -46,7 +46,7 @@ def test_prepare_hands_a_method_the_config_it_trains_with(fixed_rank_method, mod
     assert pear_state(model).config.share == "none"
 
 
-def test_a_runs_config_is_derived_once_and_again_only_when_its_inputs_are_replaced():
+def test_a_runs_config_is_derived_once_and_again_only_when_its_inputs_change():
     cfg = TrainConfig.from_dict({"data": "d", "task": "t", "out": "o", "epochs": 2, "method": "prune",
                                  "share": "matched", "rank": 4})
     derived = cfg.pear_config()
@@ -56,3 +56,5 @@ def test_a_runs_config_is_derived_once_and_again_only_when_its_inputs_are_replac
     assert cfg.pear_config().rank == 6 and cfg.pear_config().share == "none"
     cfg.method = "pear"
     assert cfg.pear_config().share == "matched"
+    cfg.pear.rank = 2  # a field set in place is seen too
+    assert cfg.pear_config().rank == 2 and cfg.pear_config() is cfg.pear_config()

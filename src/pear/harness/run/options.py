@@ -164,12 +164,13 @@ class TrainConfig:
 
     def pear_config(self) -> PearConfig:
         """The Pear config this run's method trains with ('adapter' never prunes, 'prune' never
-        shares: `TrainingMethod.config`), derived once and again only when `method` or `pear`
-        is replaced. Not to be modified: it is the run's."""
-        held = self.__dict__.get("_derived")  # (method, pear, the config derived from them)
-        if held is None or held[0] != self.method or held[1] is not self.pear:
-            held = self.__dict__["_derived"] = (self.method, self.pear, pear_config_for(self.method, self.pear))
-        return held[2]
+        shares: `TrainingMethod.config`), derived once and again only when `method` or the Pear
+        options change (`pear` replaced, or one of its fields set). Not to be modified: it is the run's."""
+        key = (self.method, self.pear.to_dict())
+        held = self.__dict__.get("_derived")  # (key, the config derived from it)
+        if held is None or held[0] != key:
+            held = self.__dict__["_derived"] = (key, pear_config_for(self.method, self.pear))
+        return held[1]
 
     def to_dict(self) -> dict:
         """Plain values (YAML- and JSON-safe), the Pear options nested under 'pear'."""
