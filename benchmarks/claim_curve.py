@@ -13,8 +13,10 @@ to DIR:
 - `claim.png`: the headline plot, pear and prune as curves over the prune ratio,
   the other methods as points, error bars = the seeds' spread.
 
-Only tasks on which every plotted method has all its seeds count towards the means (`--tasks`
-narrows them further), so a partly finished suite gives a smaller but honest table.
+The tasks averaged are those on which linear, adapter, and pear and prune at ratio 0.75 have all
+their seeds (`--tasks` narrows them further). A method that lacks seeds on one of them is left out
+of the means and the plot, and shown in a table of its own on the tasks it has, so a partly
+finished suite gives a smaller but honest table.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 DEFAULTS = {"share": "matched", "knowledge": "merge", "importance": "taylor", "gate": "none"}
 BASELINES = ("linear", "adapter@scale=1", "full", "peft-lora", "peft-lora-eq")
+ANCHOR_RATIO = ("pear@scale=1@prune_ratio=0.75", "prune@scale=1@prune_ratio=0.75")
 
 
 def parse(method: str) -> tuple[str, dict[str, str]]:
@@ -125,20 +128,26 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     table = by_method(read_rows(args.csv))
     pear, prune = ratio_methods(table, "pear"), ratio_methods(table, "prune")
-    curve = [m for _, m in pear + prune] + [m for m in BASELINES if m in table]
-    tasks = common_tasks(table, curve, seeds)
+    # The tasks: those on which the anchor (linear, adapter, pear and prune at 0.75) has every seed;
+    # a method with fewer of them goes to the "fewer tasks" table, not into the means and the plot.
+    anchor = [m for m in ("linear", "adapter@scale=1", *ANCHOR_RATIO) if m in table] or [m for _, m in pear + prune]
+    tasks = common_tasks(table, anchor, seeds)
     if args.tasks:
         tasks = [t for t in args.tasks.split(",") if t in tasks]
     if not tasks:
-        raise SystemExit(f"no task has all {len(seeds)} seeds of every method in {curve}")
+        raise SystemExit(f"no task has all {len(seeds)} seeds of every method in {anchor}")
+    complete = [m for m in table if set(tasks) <= set(common_tasks(table, [m], seeds))]
+    curve = [m for _, m in pear + prune if m in complete] + [m for m in BASELINES if m in complete]
+    fewer = [m for m in [m for _, m in pear + prune] + list(BASELINES) if m in table and m not in curve]
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = report(table, tasks, seeds, pear, prune, curve, args.csv)
+    lines = report(table, tasks, seeds, pear, prune, curve, args.csv, fewer)  # the pairs: every ratio run
     (args.out / "claim.md").write_text("\n".join(lines) + "\n")
-    plot(table, tasks, seeds, pear, prune, args.out / "claim.png")
+    plot(table, tasks, seeds, [p for p in pear if p[1] in curve], [p for p in prune if p[1] in curve],
+         args.out / "claim.png", [m for m in BASELINES if m in curve])
     print("\n".join(lines))
 
 
-def report(table, tasks, seeds, pear, prune, curve, sources) -> list[str]:
+def report(table, tasks, seeds, pear, prune, curve, sources, fewer=()) -> list[str]:
     lines = ["# Pear's claim on the built-in testbed", "",
              f"Tasks averaged: {', '.join(tasks)}; seeds {', '.join(map(str, seeds))}. Each seed's value is its mean "
              "over these tasks; the table gives mean ± sample std over seeds. Stored bytes: the task checkpoint's "
@@ -151,6 +160,7 @@ def report(table, tasks, seeds, pear, prune, curve, sources) -> list[str]:
         ab = adapter_bytes(table, m, tasks)
         lines.append(f"| {m} | {fmt(*stat(seed_means(table, m, tasks, seeds)))} | " + " | ".join(per_task)
                      + f" | {stored_bytes(table, m, tasks):,.0f} | {'–' if ab is None else f'{ab:,.0f}'} |")
+    lines += fewer_lines(table, seeds, list(fewer))
     lines += ["", "## Sharing against pruning (paired: same task, same seed)", "",
               "Over every task on which both have all seeds (which may be more than the table's).", "",
               "| prune ratio | tasks | pear | prune | pear - prune (points) |", "| --- | --- | --- | --- | --- |"]
@@ -163,6 +173,24 @@ def report(table, tasks, seeds, pear, prune, curve, sources) -> list[str]:
                          f"{fmt(*paired(table, m, prunes[r], ts, seeds))} |")
     lines += ablation_lines(table, seeds)
     lines += target_lines(table, tasks, seeds, dict(pear), prunes)
+    return lines
+
+
+def fewer_lines(table, seeds, fewer: list[str]) -> list[str]:
+    """The methods not yet run with every seed on every task of the table, each on its own tasks,
+    beside adapter and pear at 0.75 on the same tasks."""
+    refs = [m for m in ("adapter@scale=1", *ANCHOR_RATIO[:1]) if m in table]
+    rows = [(m, ts) for m in fewer if (ts := common_tasks(table, [m, *refs], seeds))]
+    if not rows:
+        return []
+    lines = ["", "## Measured on fewer tasks so far", "",
+             "Each on the tasks where it has every seed, beside the references on the same tasks.", "",
+             "| method | tasks | accuracy | " + " | ".join(f"{r} (same tasks)" for r in refs) + " | stored bytes |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in refs) + " | --- |"]
+    for m, ts in rows:
+        lines.append(f"| {m} | {', '.join(ts)} | {fmt(*stat(seed_means(table, m, ts, seeds)))} | "
+                     + " | ".join(fmt(*stat(seed_means(table, r, ts, seeds))) for r in refs)
+                     + f" | {stored_bytes(table, m, ts):,.0f} |")
     return lines
 
 
@@ -223,7 +251,7 @@ def knowledge_target(table, seeds) -> list[str]:
             + ", ".join(f"{v} {fmt(*s)}" for v, s in stats.items()) + f": **{'met' if met else 'missed'}**"]
 
 
-def plot(table, tasks, seeds, pear, prune, path: Path) -> None:
+def plot(table, tasks, seeds, pear, prune, path: Path, points=BASELINES) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,7 +265,7 @@ def plot(table, tasks, seeds, pear, prune, path: Path) -> None:
         ax.errorbar(xs, [s[0] for s in st], yerr=[s[1] for s in st], fmt=style, capsize=3, label=label)
         for (r, _), x, s in zip(ms, xs, st):
             ax.annotate(f"{r:g}", (x, s[0]), textcoords="offset points", xytext=(5, dy), fontsize=8)
-    for m in BASELINES:
+    for m in points:
         if m in table:
             mean, std = stat(seed_means(table, m, tasks, seeds))
             ax.errorbar([stored_bytes(table, m, tasks)], [mean], yerr=[std], fmt="^", capsize=3, label=m)

@@ -72,3 +72,24 @@ def test_a_run_in_two_files_is_refused(claim, tmp_path):
     write(tmp_path / "two.csv", {"linear": [1, 2, 3]})
     with pytest.raises(SystemExit, match="appears in two of the files"):
         claim.main([str(tmp_path / "one.csv"), str(tmp_path / "two.csv"), "--out", str(tmp_path / "out")])
+
+
+def test_a_method_on_fewer_tasks_gets_its_own_table_not_the_means(claim, tmp_path):
+    csv_path = tmp_path / "results.csv"
+    write(csv_path, {"linear": [10, 11, 12], "adapter@scale=1": [40, 41, 42],
+                     "pear@scale=1@prune_ratio=0.75": [33, 35, 34], "prune@scale=1@prune_ratio=0.75": [31, 33, 32],
+                     "pear@scale=1@prune_ratio=0.9": [20, 21, 22], "prune@scale=1@prune_ratio=0.9": [20, 20, 20],
+                     "full": [50, 51, 52]})
+    with open(csv_path, newline="") as f:  # 0.9 and full only on task a so far
+        rows = [r for r in csv.DictReader(f) if r["task"] == "a" or not r["method"].endswith(("0.9", "full"))]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    claim.main([str(csv_path), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "claim.md").read_text()
+    assert "Tasks averaged: a, b;" in md  # the anchor's tasks, not only a
+    main_table = md.split("## Measured on fewer tasks")[0]
+    assert "| full |" not in main_table and "prune_ratio=0.9 |" not in main_table
+    assert "| full | a | 51.00 ± 1.00 | 41.00 ± 1.00 | 34.00 ± 1.00 | 50,000 |" in md
+    assert "| 0.9 | a | 21.00 ± 1.00 | 20.00 ± 0.00 | 1.00 ± 1.00 |" in md  # still paired where it ran
