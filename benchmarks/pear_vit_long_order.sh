@@ -27,4 +27,6 @@ run TASKS=sprites_loc ABLATIONS="share=nearest share=top1 share=none importance=
 run TASKS=fashion_mnist,sprites_ori RATIOS=0.9 bash benchmarks/pear_vit_long.sh curve
 run TASKS=fashion_mnist,sprites_ori bash benchmarks/pear_vit_long.sh baselines
 run bash benchmarks/pear_vit_long.sh gate_test
+run TASKS=fashion_mnist,sprites_ori ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" \
+    bash benchmarks/pear_vit_long.sh ablations
 run bash benchmarks/pear_vit_long.sh ablations
