@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pear.errors import PearError
-from pear.jsontypes import NONE, has_type, wrong_types
+from pear.jsontypes import NONE, wrong_types
 
+from .hub_normalisation import HF_MEAN, HF_STD, channels, hf_normalisation
 from .hub_vit import timm_vit_name, transformers_vit_to_timm
 
 if TYPE_CHECKING:  # torch only where tensors are mapped: option parsing reads folders without it
@@ -90,7 +91,6 @@ _MAX_SIZE = 65536
 _MAX_DEPTH = 256
 _DEPTH_WORDS = ("depth", "layers", "blocks")
 # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN / _STD) when no preprocessor_config.json is there.
-_HF_MEAN = _HF_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,8 @@ class HubFolder:
     architecture: str
     weights_file: Path
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    mean: tuple[float, ...] = _HF_MEAN
-    std: tuple[float, ...] = _HF_STD
+    mean: tuple[float, ...] = HF_MEAN
+    std: tuple[float, ...] = HF_STD
     settings: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     img_size: int | None = None
@@ -218,8 +218,8 @@ def _timm_folder(path: Path, config: dict, weights_file: Path) -> HubFolder:
     if "num_classes" in config:
         extra["num_classes"] = config["num_classes"]
     prefix = "config.json:" + ("pretrained_cfg." if "pretrained_cfg" in config else "")
-    mean = _channels(path, prefix + "mean", pretrained.get("mean"), _HF_MEAN)
-    std = _channels(path, prefix + "std", pretrained.get("std"), _HF_STD, positive=True)
+    mean = channels(path, prefix + "mean", pretrained.get("mean"), HF_MEAN)
+    std = channels(path, prefix + "std", pretrained.get("std"), HF_STD, positive=True)
     settings = {
         "config.json:architecture": config["architecture"],
         "config.json:model_args": model_args,
@@ -296,7 +296,7 @@ def _transformers_folder(path: Path, config: dict, weights_file: Path) -> HubFol
         from timm.layers import LayerNorm
 
         kwargs["norm_layer"] = partial(LayerNorm, eps=float(cfg["layer_norm_eps"]))
-    mean, std = _hf_normalisation(path)
+    mean, std = hf_normalisation(path)
     settings = {f"config.json:{k}": cfg[k] for k in _HF_VIT_DEFAULTS}
     settings.update(
         {"preprocessor_config.json:image_mean": list(mean), "preprocessor_config.json:image_std": list(std)}
@@ -351,53 +351,3 @@ def _square(value: Any, key: str, path: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PearError(f"weights folder {path}: config.json's {key} is {value!r}; expected one integer (square)")
     return value
-
-
-def _channels(path: Path, field: str, value: Any, default: tuple[float, ...], positive: bool = False) -> tuple:
-    """A per-channel normalisation value: 3 finite numbers (one number: the same for each channel)."""
-    if value is None or value == []:
-        return default
-    values = [value] * 3 if has_type(value, (int, float)) else value
-    if not (
-        isinstance(values, list | tuple)
-        and len(values) == 3
-        and all(has_type(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive) for v in values)
-    ):
-        file, _, key = field.partition(":")
-        raise PearError(
-            f"weights folder {path}: {file}'s {key} is {value!r}; expected 3 finite numbers"
-            f"{' above 0' if positive else ''} (one per RGB channel)"
-        )
-    return tuple(float(v) for v in values)
-
-
-def _hf_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    processor = path / "preprocessor_config.json"
-    if not processor.is_file():
-        return _HF_MEAN, _HF_STD
-    try:
-        cfg = json.loads(processor.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise PearError(f"weights folder {path}: preprocessor_config.json is not readable JSON ({err})") from err
-    if not isinstance(cfg, dict):
-        raise PearError(f"weights folder {path}: preprocessor_config.json holds a {type(cfg).__name__}, not an object")
-    mean = _channels(path, "preprocessor_config.json:image_mean", cfg.get("image_mean"), _HF_MEAN)
-    std = _channels(path, "preprocessor_config.json:image_std", cfg.get("image_std"), _HF_STD, positive=True)
-    for key in ("do_normalize", "do_rescale"):
-        if cfg.get(key) is not None and not isinstance(cfg[key], bool):
-            raise PearError(
-                f"weights folder {path}: preprocessor_config.json's {key} is {cfg[key]!r}; expected true or false"
-            )
-    if cfg.get("do_normalize") is False:  # the model saw the rescaled pixels as they are
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    # Pear's images are in [0, 1] (pixel / 255) before they are normalised; the model's were
-    # pixel * rescale_factor (default 1/255), or the raw pixels with do_rescale false.
-    factor = cfg.get("rescale_factor", 1 / 255)
-    if not (has_type(factor, (int, float)) and math.isfinite(factor) and factor > 0):
-        raise PearError(
-            f"weights folder {path}: preprocessor_config.json's rescale_factor is {factor!r}; expected a number above 0"
-        )
-    k = 255.0 * factor if cfg.get("do_rescale", True) else 255.0
-    if k != 1.0:
-        mean, std = tuple(m / k for m in mean), tuple(s / k for s in std)
-    return mean, std
