@@ -42,41 +42,37 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from pear.atomic import atomic_dir_write, atomic_write_file, recover_dir
 from pear.errors import PearError
 from pear.harness import pear_vit
-from pear.harness.backbones import create_backbone
-from pear.harness.builders import (
-    FASHION_MNIST_DIR,
-    N_TRAIN,
-    N_VAL,
-    _balanced_order,
-    _load_fashion_split,
-)
 from pear.harness.files import read_mapping
 from pear.harness.precision import (
     Precision,
     apply_attention,
     choose,
-    hold_frozen_bf16,
     keep_started,
 )
 from pear.harness.datasets.pretrain_batches import TEACHER_PX, make_batch  # noqa: F401 - the tests use make_batch
+from pear.harness.datasets.pretrain_stream import (  # noqa: F401 - the tests use them here
+    STUDENT_PX,
+    WALLPAPER_DIRS,
+    Stream,
+    _teacher_forward,
+    load_fashion,
+    load_photos,
+    make_teacher,
+    teacher_targets,
+)
 from pear.jsontypes import wrong_types
 
-WALLPAPER_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
-STUDENT_PX = 32
-PHOTO_SHORT_SIDE = 320
 CPU = torch.device("cpu")
 # What a state saved before the precision was recorded was computed with: fp32, SDPA, teacher included.
 FP32_BEFORE = Precision(False, "sdpa", False, "a state saved before the precision was recorded: fp32")
@@ -84,92 +80,6 @@ FP32_BEFORE = Precision(False, "sdpa", False, "a state saved before the precisio
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ---------------------------------------------------------------- image pools
-def load_photos(cache: Path) -> list[torch.Tensor]:
-    """Every wallpaper photo, downscaled to a short side of 320 px, uint8 CHW (cached as .npz)."""
-    if cache.is_file():
-        with np.load(cache) as z:
-            return [torch.from_numpy(z[k]) for k in sorted(z.files)]
-    paths = sorted({p.resolve() for d in WALLPAPER_DIRS if Path(d).is_dir() for p in Path(d).rglob("*")
-                    if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") and p.is_file()})
-    photos, seen = [], set()
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                img = img.convert("RGB")
-                s = PHOTO_SHORT_SIDE / min(img.size)
-                if s < 1:
-                    img = img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
-                arr = np.asarray(img).transpose(2, 0, 1).copy()
-        except OSError:
-            continue
-        key = arr[:, ::16, ::16].tobytes()  # the same picture shipped at several sizes counts once
-        if key in seen or min(arr.shape[1:]) < 64:
-            continue
-        seen.add(key)
-        photos.append(arr)
-    if not photos:
-        raise PearError(f"no wallpaper photos under {WALLPAPER_DIRS}: apt-get install gnome-backgrounds "
-                        "mate-backgrounds plasma-workspace-wallpapers")
-    atomic_write_file(cache, lambda fh: np.savez(fh, **{f"{i:04d}": a for i, a in enumerate(photos)}))
-    return [torch.from_numpy(a) for a in photos]
-
-
-def load_fashion() -> torch.Tensor:
-    """Fashion-MNIST training images that are not in the built-in task's splits (seed 0 picks)."""
-    images, labels = _load_fashion_split(FASHION_MNIST_DIR, "train")
-    picked = _balanced_order(labels, np.random.default_rng(0))[:N_TRAIN + N_VAL]
-    keep = np.setdiff1d(np.arange(len(images)), picked)
-    return torch.from_numpy(images[keep].copy())  # labels are never used
-
-
-# ---------------------------------------------------------------- teacher
-def make_teacher(precision: Precision) -> nn.Module:
-    """The frozen built-in EfficientNet-Lite0, its Linear/Conv weights in bf16 when the precision says so."""
-    teacher, _ = create_backbone("tf_efficientnet_lite0", num_classes=None)
-    teacher.eval().requires_grad_(False)
-    if precision.frozen_bf16:
-        hold_frozen_bf16(teacher)
-    return teacher
-
-
-def teacher_targets(teacher: nn.Module, x: torch.Tensor, amp: bool = False) -> dict[str, torch.Tensor]:
-    """The teacher's targets for the 128 px images `x`, in fp32 (computed under bf16 autocast with `amp`)."""
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        out = _teacher_forward(teacher, x)
-    return {k: v.float() for k, v in out.items()}
-
-
-def _teacher_forward(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    t = teacher.bn1(teacher.conv_stem((x - 0.5) / 0.5))
-    mid = None
-    for i, stage in enumerate(teacher.blocks):
-        t = stage(t)
-        if i == 4:
-            mid = t  # 112 channels at stride 16: 8x8 at 128 px
-    fmap = teacher.bn2(teacher.conv_head(t))  # 1280 channels, 4x4
-    pooled = fmap.mean((2, 3))
-    return {"logits": teacher.classifier(pooled), "pooled": pooled, "fmap": fmap, "mid": mid}
-
-
-class Stream(IterableDataset):
-    """Steps start..steps-1: the student's 32 px inputs with the teacher's targets."""
-
-    def __init__(self, start: int, steps: int, seed: int, batch: int, photo_cache: Path, precision: Precision):
-        self.start, self.steps, self.seed, self.batch, self.photo_cache = start, steps, seed, batch, photo_cache
-        self.precision = precision
-
-    def __iter__(self):
-        torch.set_num_threads(1)
-        photos, fashion = load_photos(self.photo_cache), load_fashion()
-        teacher = make_teacher(self.precision)
-        for step in range(self.start, self.steps):
-            x = make_batch(step, self.seed, self.batch, photos, fashion)
-            student_x = F.interpolate(x, size=(STUDENT_PX, STUDENT_PX), mode="bilinear", antialias=True,
-                                      align_corners=False)
-            yield step, (student_x - 0.5) / 0.5, teacher_targets(teacher, x, self.precision.amp)
 
 
 # ---------------------------------------------------------------- student

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pear.harness.backbones import create_backbone
+from pear.harness.datasets import pretrain_stream as stream
 from pear.harness.precision import Precision, choose
 
 
@@ -121,7 +122,7 @@ def test_the_two_state_files_are_replaced_together(script, tmp_path, monkeypatch
 
 
 def test_no_wallpapers_is_one_message(script, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(script, "WALLPAPER_DIRS", (str(tmp_path / "none"),))
+    monkeypatch.setattr(stream, "WALLPAPER_DIRS", (str(tmp_path / "none"),))
     assert script.main(["--out", str(tmp_path / "out"), "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "no wallpaper photos under" in err and "Traceback" not in err, err
@@ -143,8 +144,8 @@ def tiny_images(script, tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     fashion = torch.from_numpy(rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(script, "WALLPAPER_DIRS", (str(folder),))
-        mp.setattr(script, "load_fashion", lambda: fashion)  # the DataLoader worker is forked: it sees these
+        mp.setattr(stream, "WALLPAPER_DIRS", (str(folder),))  # where the DataLoader worker's Stream looks
+        mp.setattr(stream, "load_fashion", lambda: fashion)  # the worker is forked: it sees these
         yield
 
 
@@ -182,7 +183,7 @@ def test_no_amp_is_the_fp32_path_as_it_was(script, two_steps):
     args = script.parse_args(["--out", str(two_steps["--no-amp"]), *TINY])
     model, opt = script.build(args)
     teacher = create_backbone("tf_efficientnet_lite0", num_classes=None)[0].eval()
-    photos, fashion = script.load_photos(args.out / "photos.npz"), script.load_fashion()
+    photos, fashion = stream.load_photos(args.out / "photos.npz"), stream.load_fashion()
     for step in range(2):
         x = script.make_batch(step, args.seed, args.batch, photos, fashion)
         with torch.no_grad():
