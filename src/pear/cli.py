@@ -295,7 +295,7 @@ def _add_suite_parser(sub) -> None:
         default=None,
         help="(required unless --preset, which defaults to pear) comma-separated, each of the form "
         + ", ".join(grammar())
-        + " (peft-lora-eq: LoRA at the rank whose trainable parameters match pear's; e.g. pear-kc-frozen, "
+        + " (peft-lora-eq: LoRA at the rank whose trainable parameters come closest to adapter's; e.g. pear-kc-frozen, "
         "pear@act=gelu@blocks=0+6)",
     )
     p.add_argument("--seeds", default="0", help="comma-separated seeds, each run once per (task, method) (default 0)")
