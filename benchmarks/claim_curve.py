@@ -12,6 +12,8 @@ to DIR:
   ablations at ratio 0.75 against their default; and the issue's targets, each met or missed.
 - `claim.png`: the headline plot, pear and prune as curves over the prune ratio,
   the other methods as points, error bars = the seeds' spread.
+- `headline.md`: the table beside it in the README (tests/test_readme.py checks the README
+  holds it as written here).
 
 The tasks averaged are those on which linear, adapter, and pear and prune at ratio 0.75 have all
 their seeds (`--tasks` narrows them further). A method that lacks seeds on one of them is left out
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     lines = report(table, tasks, seeds, pear, prune, curve, args.csv, fewer)  # the pairs: every ratio run
     (args.out / "claim.md").write_text("\n".join(lines) + "\n")
+    (args.out / "headline.md").write_text("\n".join(headline(table, tasks, seeds, pear, prune, curve)) + "\n")
     plot(table, tasks, seeds, [p for p in pear if p[1] in curve], [p for p in prune if p[1] in curve],
          args.out / "claim.png", [m for m in BASELINES if m in curve])
     print("\n".join(lines))
@@ -173,6 +176,36 @@ def report(table, tasks, seeds, pear, prune, curve, sources, fewer=()) -> list[s
                          f"{fmt(*paired(table, m, prunes[r], ts, seeds))} |")
     lines += ablation_lines(table, seeds)
     lines += target_lines(table, tasks, seeds, dict(pear), prunes)
+    return lines
+
+
+LABELS = {"adapter@scale=1": "adapter", "linear": "linear probe", "full": "full fine-tuning",
+          "peft-lora": "LoRA (peft)", "peft-lora-eq": "LoRA at the adapters' size"}
+
+
+def headline(table, tasks, seeds, pear, prune, curve) -> list[str]:
+    """The README's table (headline.md): each method of the plot, its mean over the tasks, its
+    stored bytes, and at each prune ratio pear - prune, paired."""
+    prunes = dict(prune)
+    lines = [f"| method | accuracy, mean over the {len(tasks)} tasks | stored bytes per task | pear − prune (paired) |",
+             "| --- | --- | --- | --- |"]
+
+    def row(m: str, label: str, pair: str = "") -> str:
+        return f"| {label} | {fmt(*stat(seed_means(table, m, tasks, seeds)))} | {stored_bytes(table, m, tasks):,.0f} | {pair} |"
+
+    for m in ("linear", "adapter@scale=1"):
+        if m in curve:
+            lines.append(row(m, LABELS[m]))
+    for r, m in pear:
+        if m not in curve:
+            continue
+        d, sd = paired(table, m, prunes[r], tasks, seeds) if prunes.get(r) in curve else (None, 0.0)
+        lines.append(row(m, f"**pear, ratio {r:g}**", f"{d:+.2f} ± {sd:.2f}" if d is not None else ""))
+        if prunes.get(r) in curve:
+            lines.append(row(prunes[r], f"prune, ratio {r:g}"))
+    for m in ("full", "peft-lora", "peft-lora-eq"):
+        if m in curve:
+            lines.append(row(m, LABELS[m]))
     return lines
 
 

@@ -93,3 +93,16 @@ def test_a_method_on_fewer_tasks_gets_its_own_table_not_the_means(claim, tmp_pat
     assert "| full |" not in main_table and "prune_ratio=0.9 |" not in main_table
     assert "| full | a | 51.00 ± 1.00 | 41.00 ± 1.00 | 34.00 ± 1.00 | 50,000 |" in md
     assert "| 0.9 | a | 21.00 ± 1.00 | 20.00 ± 0.00 | 1.00 ± 1.00 |" in md  # still paired where it ran
+
+
+def test_headline_table_for_the_readme(claim, tmp_path):
+    csv_path = tmp_path / "results.csv"
+    write(csv_path, {"linear": [10, 11, 12], "adapter@scale=1": [40, 41, 42],
+                     "pear@scale=1@prune_ratio=0.75": [33, 35, 34], "prune@scale=1@prune_ratio=0.75": [31, 33, 32],
+                     "full": [50, 51, 52]})
+    claim.main([str(csv_path), "--out", str(tmp_path / "out")])
+    lines = (tmp_path / "out" / "headline.md").read_text().splitlines()
+    assert lines[0].startswith("| method | accuracy, mean over the 2 tasks |")
+    assert "| **pear, ratio 0.75** | 29.00 ± 1.00 | 50,000 | +2.00 ± 0.00 |" in lines
+    assert "| prune, ratio 0.75 | 27.00 ± 1.00 | 50,000 |  |" in lines
+    assert lines[-1] == "| full fine-tuning | 46.00 ± 1.00 | 50,000 |  |" and "| linear probe | 6.00 ± 1.00 | 1,000 |  |" in lines
