@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tasks", help="comma-separated tasks to average over (default: every task all methods have)")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--docs", type=Path, help="a markdown file whose block between DOCS_BEGIN and DOCS_END "
+                    "becomes claim.md's tables (docs/results.md)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     table = by_method(read_rows(args.csv))
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = report(table, tasks, seeds, pear, prune, curve, args.csv, fewer)  # the pairs: every ratio run
     (args.out / "claim.md").write_text("\n".join(lines) + "\n")
     (args.out / "headline.md").write_text("\n".join(headline(table, tasks, seeds, pear, prune, curve)) + "\n")
+    if args.docs:
+        into_docs(args.docs, lines)
     plot(table, tasks, seeds, [p for p in pear if p[1] in curve], [p for p in prune if p[1] in curve],
          args.out / "claim.png", [m for m in BASELINES if m in curve])
     print("\n".join(lines))
@@ -177,6 +181,25 @@ def report(table, tasks, seeds, pear, prune, curve, sources, fewer=()) -> list[s
     lines += ablation_lines(table, seeds)
     lines += target_lines(table, tasks, seeds, dict(pear), prunes)
     return lines
+
+
+DOCS_BEGIN, DOCS_END = "<!-- claim.md: made by benchmarks/claim_curve.py --docs -->", "<!-- /claim.md -->"
+
+
+def docs_block(lines: list[str]) -> list[str]:
+    """claim.md without its title, its sections one level down: what --docs puts into a document."""
+    return [("#" + line) if line.startswith("## ") else line for line in lines[2:]]
+
+
+def into_docs(path: Path, lines: list[str]) -> None:
+    text = path.read_text(encoding="utf-8").split("\n")
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise SystemExit(f"{path} has no {DOCS_BEGIN} ... {DOCS_END} block to fill")
+    i, j = text.index(DOCS_BEGIN), text.index(DOCS_END)
+    text[i + 1 : j] = docs_block(lines)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(text), encoding="utf-8")
+    tmp.replace(path)
 
 
 LABELS = {"adapter@scale=1": "adapter", "linear": "linear probe", "full": "full fine-tuning",

@@ -18,7 +18,8 @@
 #   gate       ours: pear at 0.75 with a learned scalar gate per shared position against without,
 #              trained on train800 and scored on val200 (the decision), 3 seeds
 #   gate_test  the gate on the test split (sprites_loc, 3 seeds)
-#   report     claim.md / claim.png (benchmarks/claim_curve.py): the curve, pear - prune, targets
+#   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
+#              the same tables into docs/results.md
 #
 # $TASKS, $RATIOS (curve) and $ABLATIONS (e.g. "knowledge=none share=top1") pick a part of a
 # phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
@@ -101,7 +102,8 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$G@gate=scalar"
         keep_merged "$SUITES/long" "$RESULTS" ;;
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
-        $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" ;;
+        $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" \
+            --docs docs/results.md ;;  # + headline.md (the README's table) and docs/results.md's claim tables
     *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, report)" >&2; exit 2 ;;
     esac
 done

@@ -35,3 +35,12 @@ def test_the_readme_headline_table_is_the_committed_one():
     readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     missing = [line for line in headline if line not in readme]
     assert headline and not missing, f"README.md lacks these rows of headline.md: {missing}"
+
+
+def test_docs_results_claim_tables_are_the_committed_claim_md():
+    """docs/results.md's claim block is claim.md as benchmarks/claim_curve.py --docs copies it in."""
+    claim = (ROOT / "benchmarks/results/pear_vit_long/claim.md").read_text(encoding="utf-8").splitlines()
+    docs = (ROOT / "docs/results.md").read_text(encoding="utf-8").splitlines()
+    begin = docs.index("<!-- claim.md: made by benchmarks/claim_curve.py --docs -->")
+    block = docs[begin + 1 : docs.index("<!-- /claim.md -->")]
+    assert block == [("#" + line) if line.startswith("## ") else line for line in claim[2:]]
