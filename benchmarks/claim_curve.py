@@ -324,7 +324,8 @@ def plot(table, tasks, seeds, pear, prune, path: Path, points=BASELINES) -> None
     for m in points:
         if m in table:
             mean, std = stat(seed_means(table, m, tasks, seeds))
-            ax.errorbar([stored_bytes(table, m, tasks)], [mean], yerr=[std], fmt="^", capsize=3, label=m)
+            ax.errorbar([stored_bytes(table, m, tasks)], [mean], yerr=[std], fmt="^", capsize=3,
+                        label=LABELS.get(m, m))
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per task (checkpoint files, log scale)")
     ax.set_ylabel(f"test accuracy, mean over {len(tasks)} task(s) (%)")
