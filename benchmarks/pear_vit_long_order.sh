@@ -29,4 +29,6 @@ run TASKS=fashion_mnist,sprites_ori bash benchmarks/pear_vit_long.sh baselines
 run bash benchmarks/pear_vit_long.sh gate_test
 run TASKS=fashion_mnist,sprites_ori ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" \
     bash benchmarks/pear_vit_long.sh ablations
+run TASKS=fashion_mnist,sprites_ori ABLATIONS="share=nearest share=top1 share=none" \
+    bash benchmarks/pear_vit_long.sh ablations
 run bash benchmarks/pear_vit_long.sh ablations
