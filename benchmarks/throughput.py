@@ -64,7 +64,7 @@ from pear.errors import PearError
 from pear.harness.batches import resolve_device
 from pear.harness.methods import build_model
 from pear.harness.options import default
-from pear.harness.precision import Precision, apply_attention, choose, hold_frozen_bf16
+from pear.harness.precision import Precision, apply_attention, choose, hold_frozen_bf16, processor_name
 from pear.harness.train import make_optimizer
 
 METHODS = ("linear", "full", "adapter", "pear", "lora", "input-grad")
@@ -334,12 +334,7 @@ def quantiles(times: list[float]) -> tuple[float, float, float]:
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = processor_name()
     info = {"platform": platform.platform(), "cpu": cpu, "cpu_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}

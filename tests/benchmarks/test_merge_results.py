@@ -23,7 +23,8 @@ def suite_folder(out: Path, runs: dict[tuple[str, str, int], float], command: st
         run = out / "runs" / task / method / f"seed{seed}"
         run.mkdir(parents=True)
         metrics = {"task": task, "seed": seed, "test_acc": acc, "trainable_params": 100,
-                   "checkpoint_file_bytes": 4000, "train_seconds": 12.5, "epochs": 30, "device": "cpu"}
+                   "checkpoint_file_bytes": 4000, "train_seconds": 12.5, "epochs": 30, "device": "cpu",
+                   "cpu": "Some CPU"}
         (run / "metrics.json").write_text(json.dumps(metrics))
     aggregate(out, command=command)
 
@@ -72,3 +73,19 @@ def test_bad_csv_is_named(merge_script, tmp_path, capsys):
     (tmp_path / "s/results.csv").write_text(text)
     assert merge_script.main([str(tmp_path / "k"), str(tmp_path / "s")]) == 2
     assert "results.csv, line 2: a number was expected" in capsys.readouterr().err
+
+
+def test_a_csv_from_before_the_cpu_column_still_merges(merge_script, tmp_path):
+    suite_folder(tmp_path / "old", {("toy", "pear", 0): 40.0}, "pear suite --old")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    lines = (tmp_path / "old/results.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    drop = [header.index("cpu"), header.index("gpu")]
+    (kept / "results.csv").write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i not in drop)
+                                                for line in lines) + "\n")
+    suite_folder(tmp_path / "new", {("toy", "pear", 1): 44.0}, "pear suite --new")
+    assert merge_script.main([str(kept), str(tmp_path / "new")]) == 0
+    rows = read_csv(kept / "results.csv")
+    assert [(r["seed"], r["cpu"]) for r in rows] == [(0, None), (1, "Some CPU")]
+    assert "- Runs' CPUs: Some CPU" in (kept / "results.md").read_text()

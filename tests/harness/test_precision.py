@@ -119,6 +119,7 @@ def test_a_run_records_its_precision_and_no_amp_is_fp32(vtab_factory, tmp_path, 
         metrics = train(cfg)
     want = P.choose(amp, CPU)
     assert metrics["precision"] == want.to_dict()
+    assert metrics["cpu"] == P.processor_name() and metrics["cpu"] and metrics["gpu"] is None  # which CPU trained it
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"]["amp"] is want.amp
     state = json.loads((tmp_path / "run" / "state" / "state.json").read_text())
     assert state["precision"] == want.to_dict()

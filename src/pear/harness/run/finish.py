@@ -26,6 +26,7 @@ from ...report import report
 from ..models.backbones import random_backbone
 from .checkpoint_kinds import PEAR, kind_for, open_checkpoint, save_checkpoint
 from .options import TrainConfig
+from .precision import processor_name
 from .rundir import guarded, write_text
 
 if TYPE_CHECKING:
@@ -143,6 +144,8 @@ def _metrics(run: _Run, test_acc: float, stored: int, rep: dict | None) -> dict:
         "images_per_second": images_seen / train_time if train_time else None,
         "world_size": run.ctx.world,
         "device": str(run.device),
+        "cpu": processor_name(),
+        "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
         "plan_digest": run.plan.digest() if run.plan else None,
         "selected_epoch": run.best["epoch"] if run.best and cfg.select_on else None,
         "torch": torch.__version__,

@@ -40,11 +40,25 @@ __all__ = [
     "hold_frozen_bf16",
     "keep_started",
     "legacy",
+    "processor_name",
 ]
 
 log = logging.getLogger("pear")
 
 ATTENTION = ("sdpa", "matmul")
+
+
+def processor_name() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it ('AMD EPYC', 'Intel(R) Xeon(R) ...'), or
+    what the platform module says where there is none: bf16 on two CPUs rounds differently, so a
+    run's metrics record which one trained it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration, IndexError):
+        return platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_has_bf16_matmul() -> bool:

@@ -30,8 +30,8 @@ _COUNTS = (
     "train_seconds", "images_per_second", "epochs", "img_size",
 )  # fmt: skip
 CSV_FIELDS = (
-    "task", "method", "seed", "test_acc", *_COUNTS, "backbone", "device", "world_size", "plan_digest", "torch",
-    "tuned", "run",
+    "task", "method", "seed", "test_acc", *_COUNTS, "backbone", "device", "cpu", "gpu", "world_size", "plan_digest",
+    "torch", "tuned", "run",
 )  # fmt: skip
 
 
@@ -92,7 +92,7 @@ METRICS_FIELDS = {
     "seed": int,
     "test_acc": (int, float),
     **dict.fromkeys((*_COUNTS, "world_size"), _NUMBER),
-    **dict.fromkeys(("backbone", "device", "plan_digest", "torch"), (str, NONE)),
+    **dict.fromkeys(("backbone", "device", "cpu", "gpu", "plan_digest", "torch"), (str, NONE)),
 }
 
 
@@ -218,7 +218,13 @@ def _markdown(
         lines.append(f"- Not finished ({len(missing)}, by index): " + ", ".join(f"`{m}`" for m in missing))
     if not rows:
         return "\n".join(lines + ["", "No run has finished yet.", ""])
-    for key, what in (("device", "Runs trained on"), ("backbone", "Backbone"), ("torch", "Runs' torch")):
+    for key, what in (
+        ("device", "Runs trained on"),
+        ("cpu", "Runs' CPUs"),
+        ("gpu", "Runs' GPUs"),
+        ("backbone", "Backbone"),
+        ("torch", "Runs' torch"),
+    ):
         values = sorted({str(r[key]) for r in rows if r[key] is not None})
         if values:
             lines.append(f"- {what}: {', '.join(values)}")

@@ -10,6 +10,9 @@ from pathlib import Path
 from ...errors import PearError
 from .results import _COUNTS, CSV_FIELDS, _method_key, _task_key
 
+# Columns that results.csv files written before them lack: read as empty.
+LATER_COLUMNS = ("cpu", "gpu")
+
 
 def read_csv(path: str | Path) -> list[dict]:
     """The rows of a results.csv that write_tables wrote, with its numbers as numbers again."""
@@ -17,7 +20,7 @@ def read_csv(path: str | Path) -> list[dict]:
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            lacking = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ())]
+            lacking = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ()) and k not in LATER_COLUMNS]
             if lacking:
                 raise PearError(f"{path} is not a suite's results.csv: it has no column {', '.join(lacking)}")
             raw = list(reader)
@@ -25,7 +28,7 @@ def read_csv(path: str | Path) -> list[dict]:
         raise PearError(f"cannot read {path}: {exc.strerror or exc}") from None
     rows = []
     for line, r in enumerate(raw, start=2):
-        row: dict = {k: (r[k] if r[k] != "" else None) for k in CSV_FIELDS}
+        row: dict = {k: (r.get(k) or None) for k in CSV_FIELDS}
         try:
             row["seed"] = int(r["seed"])
             row["test_acc"] = float(r["test_acc"])
