@@ -92,6 +92,20 @@ class PearState:
     extra: dict = field(default_factory=dict)
 
 
+def adapter_tensor_ids(model: nn.Module) -> set[int]:
+    """ids of every tensor Pear put into `model`: each slot's adapter, frozen knowledge
+    checkpoint and gate; what is left is the backbone (and the head)."""
+    ids: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, PearSlot):
+            for sub in (m.adapter, m.frozen):
+                if sub is not None:
+                    ids.update(id(t) for t in sub.parameters())
+            if m.gate is not None:
+                ids.add(id(m.gate))
+    return ids
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under torch.compile / DDP wrappers."""
     while True:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save as tensor_bytes
 from torch import nn
 
-from .adapters import PearSlot, unwrap
+from .adapters import adapter_tensor_ids, unwrap
 from .atomic import atomic_write_file, sha256_file
 from .errors import BackboneMismatch, PearError
 from .families import head_names
@@ -45,14 +45,7 @@ def _frozen_backbone(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, bool
     """(name in the plain timm model, tensor, is_buffer) for each frozen backbone tensor,
     by name; the head, adapters and LoRA weights left out."""
     model = unwrap(model)
-    skip: set[int] = set()  # ids of adapter tensors
-    for m in model.modules():
-        if isinstance(m, PearSlot):
-            for sub in (m.adapter, m.frozen):
-                if sub is not None:
-                    skip.update(id(t) for t in sub.parameters())
-            if m.gate is not None:
-                skip.add(id(m.gate))
+    skip = adapter_tensor_ids(model)
     names = head_names(model)
     items: list[tuple[str, torch.Tensor, bool]] = [
         (n, t, False) for n, t in model.named_parameters(remove_duplicate=True)

@@ -171,14 +171,9 @@ def apply_attention(model: nn.Module, attention: str) -> int:
 
 
 def _frozen_matmul_weights(model: nn.Module) -> list[nn.Parameter]:
-    from ...adapters import PearSlot
+    from ...adapters import adapter_tensor_ids
 
-    skip: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, PearSlot):
-            for sub in (m.adapter, m.frozen):
-                if sub is not None:
-                    skip.update(id(p) for p in sub.parameters())
+    skip = adapter_tensor_ids(model)
     out = []
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
