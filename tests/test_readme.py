@@ -44,3 +44,11 @@ def test_docs_results_claim_tables_are_the_committed_claim_md():
     begin = docs.index("<!-- claim.md: made by benchmarks/claim_curve.py --docs -->")
     block = docs[begin + 1 : docs.index("<!-- /claim.md -->")]
     assert block == [("#" + line) if line.startswith("## ") else line for line in claim[2:]]
+
+
+def test_the_readme_names_every_ablation_the_suite_takes():
+    from pear.harness.suites.grammar import grammar
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    choices = [form for form in grammar() if "{" in form]  # pear-share-{matched,...}: the registries' names
+    assert choices and [form for form in choices if f"`{form}`" not in readme] == []
