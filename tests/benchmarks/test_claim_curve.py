@@ -28,6 +28,16 @@ def write(path, accs: dict[str, list[float]], tasks=("a", "b")) -> None:
                                 "checkpoint_file_bytes": bytes_, "adapter_bytes": "" if m == "linear" else 40_000})
 
 
+def keep_rows(path, keep) -> None:
+    """Rewrite the results.csv at `path` with only the rows `keep` accepts (runs not finished yet)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if keep(r)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def test_means_pairs_ablations_and_targets(claim, tmp_path):
     csv_path = tmp_path / "results.csv"
     write(csv_path, {
@@ -56,12 +66,7 @@ def test_means_pairs_ablations_and_targets(claim, tmp_path):
 def test_only_tasks_with_every_seed_of_every_method_count(claim, tmp_path):
     csv_path = tmp_path / "results.csv"
     write(csv_path, {"pear@scale=1@prune_ratio=0.9": [20, 21, 22], "prune@scale=1@prune_ratio=0.9": [20, 20, 20]})
-    with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if not (r["task"] == "b" and r["seed"] == "2")]
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    keep_rows(csv_path, lambda r: not (r["task"] == "b" and r["seed"] == "2"))
     claim.main([str(csv_path), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "claim.md").read_text()
     assert "Tasks averaged: a;" in md and "0.9 (a): +1.00: **met**" in md
@@ -80,12 +85,7 @@ def test_a_method_on_fewer_tasks_gets_its_own_table_not_the_means(claim, tmp_pat
                      "pear@scale=1@prune_ratio=0.75": [33, 35, 34], "prune@scale=1@prune_ratio=0.75": [31, 33, 32],
                      "pear@scale=1@prune_ratio=0.9": [20, 21, 22], "prune@scale=1@prune_ratio=0.9": [20, 20, 20],
                      "full": [50, 51, 52]})
-    with open(csv_path, newline="") as f:  # 0.9 and full only on task a so far
-        rows = [r for r in csv.DictReader(f) if r["task"] == "a" or not r["method"].endswith(("0.9", "full"))]
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    keep_rows(csv_path, lambda r: r["task"] == "a" or not r["method"].endswith(("0.9", "full")))  # so far
     claim.main([str(csv_path), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "claim.md").read_text()
     assert "Tasks averaged: a, b;" in md  # the anchor's tasks, not only a
