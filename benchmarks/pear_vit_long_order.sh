@@ -31,4 +31,5 @@ run TASKS=fashion_mnist,sprites_ori ABLATIONS="knowledge=none knowledge=frozen k
     bash benchmarks/pear_vit_long.sh ablations
 run TASKS=fashion_mnist,sprites_ori ABLATIONS="share=nearest share=top1 share=none" \
     bash benchmarks/pear_vit_long.sh ablations
-run bash benchmarks/pear_vit_long.sh ablations
+run TASKS=fashion_mnist,sprites_ori ABLATIONS="importance=magnitude importance=random" \
+    bash benchmarks/pear_vit_long.sh ablations
