@@ -18,14 +18,18 @@
 #   gate       ours: pear at 0.75 with a learned scalar gate per shared position against without,
 #              trained on train800 and scored on val200 (the decision), 3 seeds
 #   gate_test  the gate on the test split (sprites_loc, 3 seeds)
+#   tune       VTAB's protocol, its tuning runs only (pear suite --tune --tune-only): s for adapter / pear /
+#              prune (0.1, 1, 4; pear and prune at their default ratio 0.5) and alpha for the LoRAs (8, 32,
+#              128), each trained on train800 and scored on val200, seed 0: is s = 1 (and the LoRAs'
+#              default alpha) what the protocol would have chosen for the runs above?
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
 #              the same tables into docs/results.md
 #
 # $TASKS, $RATIOS (curve) and $ABLATIONS (e.g. "knowledge=none share=top1") pick a part of a
 # phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
 #
-# Every adapter method trains at s = 1, the scale the recipe curve and the adequacy check used:
-# --tune would try three scales per method and task first, which this 2-core budget cannot hold.
+# Every adapter method trains at s = 1, the scale the recipe curve and the adequacy check used;
+# the tune phase checks that choice against --tune's (which would retrain every seed where it differs).
 # claim, curve and ablations share one suite folder ($SUITES/long), so a run that two phases name
 # trains once; each phase's tables (results.md / results.csv) cover every finished run in it.
 #
@@ -101,9 +105,14 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         G=pear@scale=1@prune_ratio=0.75
         $PEAR suite --data "$DATA" --tasks sprites_loc --seeds 0,1,2 --out "$SUITES/long" "${RECIPE[@]}" --methods "$G@gate=scalar"
         keep_merged "$SUITES/long" "$RESULTS" ;;
+    tune)  # the protocol's choices, before (or instead of) paying for its real runs
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" \
+            --tune-only --methods adapter,pear,prune,peft-lora,peft-lora-eq
+        mkdir -p "$RESULTS/tuning"
+        cp "$SUITES/long_tune/tuning/choices.md" "$RESULTS/tuning/choices.md" ;;
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" \
             --docs docs/results.md ;;  # + headline.md (the README's table) and docs/results.md's claim tables
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, report)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, report)" >&2; exit 2 ;;
     esac
 done

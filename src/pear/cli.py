@@ -111,6 +111,7 @@ def cmd_suite(args) -> int:
             ("--index", args.index is not None),
             ("--aggregate", args.aggregate),
             ("--emit-slurm", args.emit_slurm),
+            ("--tune-only", args.tune_only),
         )
         if on
     ]
@@ -123,7 +124,7 @@ def cmd_suite(args) -> int:
         _seeds(args.seeds),
         args.out,
         base=_suite_base(args),
-        tune=args.tune,
+        tune=args.tune or args.tune_only,
         preset=args.preset,
     )
     if args.list:
@@ -135,6 +136,8 @@ def cmd_suite(args) -> int:
     elif args.emit_slurm:  # the same suite, run by each array task
         argv = _without(args.argv, "--emit-slurm", "--slurm-gres")
         suite.emit_slurm(args.emit_slurm, [sys.executable, "-m", "pear", *argv], gres=args.slurm_gres)
+    elif args.tune_only:
+        suite.tune_only(_split(args.devices), build_missing=args.build)
     else:
         suite.run(_split(args.devices), build_missing=args.build, command=shlex.join(["pear", *args.argv]))
     return 0
@@ -315,6 +318,12 @@ def _add_suite_parser(sub) -> None:
         action="store_true",
         help="VTAB's protocol: first choose each method's adapter scale "
         "(LoRA: alpha) on val200 from runs on train800 (seed 0), then train every seed with it",
+    )
+    p.add_argument(
+        "--tune-only",
+        action="store_true",
+        help="--tune's tuning runs only: record each choice and write OUT/tuning/choices.md, then stop "
+        "(a later --tune call trains the real runs with those choices)",
     )
     _add_scheduler_arguments(p.add_argument_group("on a cluster's scheduler (one run per job-array task)"))
     p.set_defaults(func=cmd_suite)

@@ -81,6 +81,38 @@ def test_suite_tune_runs_the_grid_on_train800_then_every_seed_with_the_choice(da
                      tune=True) == rows
 
 
+@pytest.mark.slow
+def test_tune_only_runs_the_grid_and_records_the_choices_then_the_suite_reuses_them(data, tmp_path, monkeypatch):
+    from pear.harness.suites.suite import Suite
+
+    monkeypatch.setattr(tuning, "GRIDS", {"adapter": ("scale", (0.1, 2.0))})
+    out = tmp_path / "suite"
+    spec = (str(data), ("toy",), ("linear", "adapter"), (0,), str(out))
+    records = Suite(*spec, base=TINY, tune=True).tune_only()
+    assert [(r["task"], r["method"], r["chosen"] in (0.1, 2.0)) for r in records] == [("toy", "adapter", True)]
+    table = (out / "tuning" / tuning.CHOICES_TABLE).read_text()
+    assert table.startswith("## Tuning (val200)") and "| toy | adapter | scale | " in table
+    assert not (out / "runs").exists()  # no real run yet
+    # The whole suite afterwards trains only the real runs, with the recorded choice.
+    trained = []
+    real_train = suite.train
+    monkeypatch.setattr(suite, "train", lambda cfg: trained.append(Path(cfg.out).parent.name) or real_train(cfg))
+    Suite(*spec, base=TINY, tune=True).run()
+    assert sorted(trained) == ["adapter", "linear"]
+    args = (out / "runs" / "toy" / "adapter" / "seed0" / "args.yaml").read_text()
+    assert f"scale: {records[0]['chosen']}" in args
+
+
+def test_tune_only_needs_a_method_with_a_grid(data, tmp_path):
+    from pear.harness.suites.suite import Suite
+
+    with pytest.raises(PearError, match="none of the methods linear has an option that --tune chooses"):
+        Suite(str(data), ("toy",), ("linear",), (0,), str(tmp_path / "s"), base=TINY, tune=True).tune_only()
+    with pytest.raises(PearError, match="tune=True"):
+        Suite(str(data), ("toy",), ("adapter",), (0,), str(tmp_path / "s"), base=TINY).tune_only()
+    assert not (tmp_path / "s").exists()
+
+
 def test_tune_refuses_a_fixed_value_of_the_tuned_option(data, tmp_path):
     with pytest.raises(PearError, match="--tune chooses scale"):
         run_suite(str(data), ["toy"], ["adapter"], [0], str(tmp_path), base={**TINY, "scale": 1.0}, tune=True)
@@ -122,3 +154,16 @@ def test_a_damaged_choice_file_is_named(tmp_path, changes, named):
         with pytest.raises(PearError) as info:
             read()
         assert str(path) in str(info.value) and named in str(info.value), str(info.value)
+
+
+def test_cli_tune_only_implies_tune_and_is_one_mode(data, tmp_path, monkeypatch, capsys):
+    from pear.cli import main
+    from pear.harness.suites.suite import Suite
+
+    seen = []
+    monkeypatch.setattr(Suite, "tune_only", lambda self, devices, build_missing: seen.append((self.tune, devices)))
+    argv = ["suite", "--data", str(data), "--tasks", "toy", "--methods", "adapter", "--out", str(tmp_path / "s")]
+    assert main([*argv, "--tune-only", "--devices", "cpu,cpu"]) == 0
+    assert seen == [(True, ["cpu", "cpu"])]
+    assert main([*argv, "--tune-only", "--list"]) == 2
+    assert "pass one of --list, --tune-only" in capsys.readouterr().err

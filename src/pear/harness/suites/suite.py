@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from ...atomic import open_append
+from ...atomic import atomic_write_text, open_append
 from ...errors import PearError
 from ..datasets.builders import BUILTIN_DATASETS, build_dataset
 from ..datasets.vtab import TASK_ALIASES, task_info
@@ -137,13 +137,7 @@ class Suite:
         `run_index` on it is refused, naming the PID). A run that fails does not stop the
         others; the failures are raised as one PearError after aggregation.
         """
-        devices = list(devices or [])
-        for device in devices:
-            check_device(device, "--devices")
-        _ensure_data(self.data, self.tasks, build_missing)
-        runs = self.runs  # every run's options, before anything is written
-        if self.base.get("tensorboard"):
-            require_tensorboard()
+        devices, runs = self._ready(devices, build_missing)
         lock = hold(self.out)
         try:
             real = self._tune(runs, devices) if self.tune else runs
@@ -160,6 +154,42 @@ class Suite:
                 f"{Path(self.out) / 'results.md'}; run the suite again to retry):\n  " + "\n  ".join(failures)
             )
         return rows
+
+    def _ready(self, devices: list[str] | None, build_missing: bool) -> tuple[list[str], list[Run]]:
+        """Before a suite folder is touched: every device and run configuration checked, the data
+        there (built where asked); returns the devices and the runs."""
+        devices = list(devices or [])
+        for device in devices:
+            check_device(device, "--devices")
+        _ensure_data(self.data, self.tasks, build_missing)
+        runs = self.runs  # every run's options, before anything is written
+        if self.base.get("tensorboard"):
+            require_tensorboard()
+        return devices, runs
+
+    def tune_only(self, devices: list[str] | None = None, build_missing: bool = False) -> list[dict]:
+        """Run only the protocol's tuning runs (train800 -> val200, `pear.harness.suites.tuning`) that
+        have not finished, record each (task, method) choice, and write the grid's scores to
+        OUT/tuning/choices.md; returns the choice records. The real runs are left for a later `run`
+        (which reuses these tuning runs and choices): the choices can be read before paying for them."""
+        if not self.tune:
+            raise PearError("tuning only needs a suite made with tune=True (pear suite --tune --tune-only)")
+        devices, runs = self._ready(devices, build_missing)
+        if not any(r.tuning for r in runs):
+            raise PearError(
+                f"none of the methods {', '.join(self.methods)} has an option that --tune chooses "
+                f"({', '.join(tuning.GRIDS)} have)"
+            )
+        lock = hold(self.out)
+        try:
+            self._tune(runs, devices)
+            records = tuning.read_choices(self.out)
+            table = Path(self.out) / "tuning" / tuning.CHOICES_TABLE
+            atomic_write_text(table, "\n".join(tuning.markdown(records)).lstrip("\n") + "\n")
+            print(f"suite: the choices are in {table}", flush=True)
+        finally:
+            unlock(lock)
+        return records
 
     def _tune(self, runs: list[Run], devices: list[str]) -> list[Run]:
         """Run the protocol's train800 -> val200 runs that are not finished, choose each value,

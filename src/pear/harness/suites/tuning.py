@@ -37,6 +37,7 @@ GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
     "peft-lora-eq": ("lora_alpha", LORA_ALPHA_GRID),
 }
 CHOICE_FILE = "choice.json"
+CHOICES_TABLE = "choices.md"  # OUT/tuning/choices.md: every choice, as `pear suite --tune --tune-only` leaves them
 
 
 def tuned_by(method: str, trains: str) -> str | None:
