@@ -25,8 +25,8 @@
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
 #              the same tables into docs/results.md
 #
-# $TASKS, $RATIOS (curve) and $ABLATIONS (e.g. "knowledge=none share=top1") pick a part of a
-# phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
+# $TASKS, $RATIOS (curve), $ABLATIONS (e.g. "knowledge=none share=top1") and $TUNE_METHODS pick a
+# part of a phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
 #
 # Every adapter method trains at s = 1, the scale the recipe curve and the adequacy check used;
 # the tune phase checks that choice against --tune's (which would retrain every seed where it differs).
@@ -107,7 +107,7 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         keep_merged "$SUITES/long" "$RESULTS" ;;
     tune)  # the protocol's choices, before (or instead of) paying for its real runs
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" \
-            --tune-only --methods adapter,pear,prune,peft-lora,peft-lora-eq
+            --tune-only --methods "${TUNE_METHODS:-adapter,pear,prune,peft-lora,peft-lora-eq}"
         mkdir -p "$RESULTS/tuning"
         cp "$SUITES/long_tune/tuning/choices.md" "$RESULTS/tuning/choices.md" ;;
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
