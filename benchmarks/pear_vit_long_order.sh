@@ -33,5 +33,6 @@ run TASKS=fashion_mnist,sprites_ori ABLATIONS="share=nearest share=top1 share=no
     bash benchmarks/pear_vit_long.sh ablations
 run TASKS=fashion_mnist,sprites_ori ABLATIONS="importance=magnitude importance=random" \
     bash benchmarks/pear_vit_long.sh ablations
-run TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune
-run bash benchmarks/pear_vit_long.sh tune  # + the LoRAs (the adapter family's tuning runs are kept)
+run TUNE_METHODS=adapter,pear bash benchmarks/pear_vit_long.sh tune
+run TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune  # each call keeps the earlier's tuning runs
+run bash benchmarks/pear_vit_long.sh tune  # + the LoRAs
