@@ -191,7 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def precision_settings(args, device: torch.device) -> list[tuple[str, "Callable[[nn.Module], Precision]"]]:
     """(label, model -> precision) per setting to measure: the --precisions list, or the one the
-    flags give (training's automatic choice depends on the model: a CNN stays fp32 on the CPU)."""
+    flags give (training's automatic choice depends on the model: on the CPU a CNN trains in bf16
+    only where it has AVX512-BF16 without AMX)."""
     if args.precisions:
         return [(name, (lambda model: choose(None, device, model)) if name == "auto"
                  else (lambda model, name=name: Precision(*PRECISIONS[name], name))) for name in args.precisions]

@@ -388,3 +388,17 @@ def test_a_moved_run_folder_takes_the_data_again(tiny_vtab, tiny_vit_args, tmp_p
         check_same_run(moved, TrainConfig.from_dict({**recorded, "data": "elsewhere", "out": str(moved)}))
     rc, _, err = _run_cli(["eval", "--run", moved, "--data", "elsewhere", "--device", "cpu"], capsys)
     assert rc == 2 and "holds other task lists for 'toy'" in err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`pear suite --list | head -1`: the pipe closes under a long listing; pear stops quietly."""
+    import subprocess
+    import sys
+
+    seeds = ",".join(str(i) for i in range(300))  # a listing far over a pipe's buffer
+    cmd = (f"{sys.executable} -m pear suite --data {tmp_path / 'data'} --tasks fashion_mnist,sprites_loc "
+           f"--seeds {seeds} --methods linear,adapter,pear,prune --out {tmp_path / 's'} --list | head -1")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("2400 runs (indices 0-2399)")
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -375,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pear: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pear suite --list | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails no more
+        return 141  # what a shell reports for SIGPIPE
 
 
 if __name__ == "__main__":

@@ -29,12 +29,28 @@ def test_amp_picks_itself_on_the_cpu(monkeypatch, has_bf16):
     assert not P.choose(None, CPU, distributed=True).frozen_bf16
 
 
-def test_a_cnn_stays_fp32_on_the_cpu(monkeypatch, model_factory):
-    monkeypatch.setattr(P, "cpu_has_bf16_matmul", lambda: True)
+@pytest.mark.parametrize(("caps", "cnn_bf16"), [
+    ({"amx_bf16": True, "avx512_bf16": True}, False),  # Intel Xeon with AMX: Lite0 measured no faster
+    ({"avx512_bf16": True}, True),  # AMD EPYC, AVX512-BF16 without AMX: Lite0 measured 1.69x faster
+    ({}, False),  # no bf16 instructions
+])
+def test_a_cnn_trains_in_bf16_on_the_cpu_only_where_it_was_measured_faster(monkeypatch, model_factory, caps,
+                                                                           cnn_bf16):
+    monkeypatch.setattr(P, "_cpu_capabilities", lambda: caps)
     cnn, vit = model_factory("cnn"), model_factory("vit")
     assert not P.has_attention(cnn) and P.has_attention(vit)
-    assert P.choose(None, CPU, cnn).amp is False and P.choose(None, CPU, vit).amp is True
-    assert P.choose(True, CPU, cnn).amp is True  # --amp still honoured
+    chosen = P.choose(None, CPU, cnn)
+    assert (chosen.amp, chosen.frozen_bf16) == (cnn_bf16, cnn_bf16)
+    assert ("AVX512-BF16 and no AMX" in chosen.reason) == cnn_bf16
+    assert P.choose(None, CPU, vit).amp is bool(caps)
+    assert P.choose(True, CPU, cnn).amp is True and P.choose(False, CPU, cnn).amp is False  # the flags win
+
+
+def test_cpu_capabilities_read_torch_and_fail_closed(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": True})
+    assert P.cpu_has_amx() and P.cpu_has_bf16_matmul()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: 1 / 0)
+    assert not P.cpu_has_amx() and not P.cpu_has_bf16_matmul()
 
 
 def test_cuda_keeps_sdpa_and_old_runs_read_the_old_rule():

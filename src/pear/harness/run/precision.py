@@ -5,8 +5,10 @@ The choices are rules written from measurements (benchmarks/throughput.py,
 benchmarks/results/cpu_bf16/), not timed again in every run:
 
 - bf16 autocast is on with CUDA, and for a transformer on a CPU with bf16 matrix
-  instructions (AMX or AVX512-BF16); off elsewhere (a CNN such as EfficientNet-Lite0 was
-  measured no faster in bf16 on the CPU). On the CPU the choice only changes speed and
+  instructions (AMX or AVX512-BF16). A CNN such as EfficientNet-Lite0 was measured no faster
+  in bf16 on an Intel Xeon with AMX and 1.69x faster on an AMD EPYC with AVX512-BF16 and no
+  AMX (benchmarks/results/cpu_bf16*/), so on the CPU a model without attention trains in bf16
+  only on a CPU of the second kind; off elsewhere. On the CPU the choice only changes speed and
   rounding, never the method; `--no-amp` keeps the fp32 path exactly as it was.
 - Attention: timm's `Attention` modules run PyTorch's fused SDPA kernel by default. On
   the CPU under bf16 its backward (`_scaled_dot_product_flash_attention_for_cpu`) is
@@ -61,16 +63,25 @@ def processor_name() -> str:
         return platform.processor() or platform.machine() or "unknown"
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """True when this CPU has bf16 matrix instructions (Intel AMX or AVX512-BF16)."""
+def _cpu_capabilities() -> dict:
     caps = getattr(torch.cpu, "get_capabilities", None)
     if caps is None:  # older torch: no capability query; stay in fp32
-        return False
+        return {}
     try:
-        found = caps()
+        return dict(caps())
     except Exception:
-        return False
+        return {}
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """True when this CPU has bf16 matrix instructions (Intel AMX or AVX512-BF16)."""
+    found = _cpu_capabilities()
     return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
+
+
+def cpu_has_amx() -> bool:
+    """True when this CPU has Intel's AMX tile units for bf16 (`amx_bf16`)."""
+    return bool(_cpu_capabilities().get("amx_bf16"))
 
 
 @dataclass(frozen=True)
@@ -134,9 +145,11 @@ def choose(
     amp: bool | None, device: torch.device, model: nn.Module | None = None, distributed: bool = False
 ) -> Precision:
     """The precision a run uses on `device`, given the user's --amp (None: automatic).
-    `model`: on the CPU only a transformer gains from bf16 (measured: the built-in ViT's
-    step 1.8-2x faster, EfficientNet-Lite0's depthwise convolutions no faster), so a model
-    without attention stays fp32 there; None: decide as for a transformer.
+    `model`: on a CPU with bf16 instructions a transformer trains in bf16 (measured: the built-in
+    ViT's step 1.8-2.8x faster on an Intel Xeon with AMX and an AMD EPYC with AVX512-BF16). A
+    model without attention (a CNN) does so only where the CPU has AVX512-BF16 without AMX
+    (EfficientNet-Lite0 1.69x faster on the EPYC, 0.99x on the Xeon: oneDNN's AMX path gains
+    nothing for its depthwise convolutions); None: decide as for a transformer.
     `distributed`: DDP broadcasts every rank's module states as they are, so the frozen
     weights stay fp32 there."""
     if device.type == "cuda":
@@ -146,7 +159,14 @@ def choose(
         on = bool(amp)
         return Precision(on, "sdpa", False, f"{device.type}: fp32 unless --amp")
     if amp is None and model is not None and not has_attention(model):
-        on, reason = False, "CPU, a model without attention: fp32 (bf16 is no faster for its convolutions)"
+        on = cpu_has_bf16_matmul() and not cpu_has_amx()
+        reason = (
+            "CPU with AVX512-BF16 and no AMX, a model without attention: bf16 autocast (its convolutions "
+            "measured faster in bf16 there)"
+            if on
+            else "CPU with AMX or without bf16 instructions, a model without attention: fp32 (its "
+            "convolutions measured no faster in bf16 there)"
+        )
     elif amp is None:
         on = cpu_has_bf16_matmul()
         reason = (

@@ -44,13 +44,13 @@ import yaml
 from ...atomic import atomic_write_text, open_append
 from ...errors import PearError
 from ..datasets.builders import BUILTIN_DATASETS, build_dataset
-from ..datasets.vtab import TASK_ALIASES, task_info
+from ..datasets.vtab import task_info
 from ..run.locks import lock_folder, unlock
 from ..run.options import check_device
 from ..run.train import train
 from ..run.watch import require_tensorboard
 from . import slurm, suite_runs, tuning
-from .presets import PRESETS
+from .presets import PRESETS, check_preset, preset_named  # noqa: F401  (PRESETS, check_preset: public here too)
 from .results import aggregate, vtab_summary
 from .suite_exec import run_here, run_queue
 from .suite_runs import Run, check_folders, check_same_options, list_runs, run_dir  # noqa: F401  (run_dir: public)
@@ -106,7 +106,7 @@ class Suite:
         are required."""
         recipe: dict = {}
         if preset:
-            recipe = _preset(preset)["recipe"]
+            recipe = preset_named(preset)["recipe"]
             tasks = tasks or check_preset(preset, data)
             methods, out = methods or ["pear"], out or f"suites/{preset}"
         missing = [flag for flag, v in (("--tasks", tasks), ("--methods", methods), ("--out", out)) if not v]
@@ -336,28 +336,6 @@ def finish(runs: list[Run], out: str, command: str | None = None) -> list[dict]:
 def _print_vtab_means(rows: list[dict]) -> None:
     for line in vtab_summary(rows):
         print(f"suite: {line}", flush=True)
-
-
-def _preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise PearError(f"unknown --preset {name!r}; presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
-def check_preset(name: str, data: str) -> list[str]:
-    """The tasks of preset `name`; every task folder must be in `data` (one message names all missing)."""
-    tasks = _preset(name)["tasks"]
-    root = Path(data)
-    spellings = {t: [t, *(a for a, c in TASK_ALIASES.items() if c == t)] for t in tasks}
-    missing = [t for t in tasks if not any((root / s).is_dir() for s in spellings[t])]
-    if missing:
-        shown = ", ".join(" or ".join(spellings[t]) for t in missing)
-        raise PearError(
-            f"--preset {name}: {root} lacks {len(missing)} of the {len(tasks)} task folders: {shown}. "
-            f"Lay each out as {root}/<task>/{{train800,val200,train800val200,test}}.txt + images/ "
-            f"(README: VTAB-1k in one command)"
-        )
-    return tasks
 
 
 def _pending(runs: list[Run]) -> list[Run]:
