@@ -88,4 +88,4 @@ def test_a_csv_from_before_the_cpu_column_still_merges(merge_script, tmp_path):
     assert merge_script.main([str(kept), str(tmp_path / "new")]) == 0
     rows = read_csv(kept / "results.csv")
     assert [(r["seed"], r["cpu"]) for r in rows] == [(0, None), (1, "Some CPU")]
-    assert "- Runs' CPUs: Some CPU" in (kept / "results.md").read_text()
+    assert "- Runs' CPUs: Some CPU (1 of the 2 runs recorded none)\n" in (kept / "results.md").read_text()

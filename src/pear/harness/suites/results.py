@@ -225,9 +225,12 @@ def _markdown(
         ("backbone", "Backbone"),
         ("torch", "Runs' torch"),
     ):
-        values = sorted({str(r[key]) for r in rows if r[key] is not None})
+        recorded = [r for r in rows if r[key] not in (None, "")]
+        values = sorted({str(r[key]) for r in recorded})
+        unknown = len(rows) - len(recorded)  # runs made before the CPU was recorded (merged from older tables)
+        note = f" ({unknown} of the {len(rows)} runs recorded none)" if key == "cpu" and unknown else ""
         if values:
-            lines.append(f"- {what}: {', '.join(values)}")
+            lines.append(f"- {what}: {', '.join(values)}{note}")
     groups = _groups(rows)
     tasks = sorted({r["task"] for r in rows}, key=_task_key)
     methods = sorted({r["method"] for r in rows}, key=_method_key)
