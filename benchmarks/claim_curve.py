@@ -30,8 +30,23 @@ from collections import defaultdict
 from pathlib import Path
 
 DEFAULTS = {"share": "matched", "knowledge": "merge", "importance": "taylor", "gate": "none"}
-BASELINES = ("linear", "adapter@scale=1", "full", "peft-lora", "peft-lora-eq")
+SCALE: str | None = "1"  # the adapter family's output scale reported (None: the --tune runs, which name none)
+ADAPTER = "adapter@scale=1"
+BASELINES = ("linear", ADAPTER, "full", "peft-lora", "peft-lora-eq")
 ANCHOR_RATIO = ("pear@scale=1@prune_ratio=0.75", "prune@scale=1@prune_ratio=0.75")
+
+
+def family(scale: str) -> None:
+    """Report the adapter family at output scale `scale` ('1', '4', ...), or 'tuned': the runs of
+    `pear suite --tune`, whose method names carry no scale (the `tuned` column holds the choice)."""
+    global SCALE, ADAPTER, BASELINES, ANCHOR_RATIO
+    SCALE = None if scale == "tuned" else scale
+    at = "" if SCALE is None else f"@scale={SCALE}"
+    ADAPTER = f"adapter{at}"
+    BASELINES = ("linear", ADAPTER, "full", "peft-lora", "peft-lora-eq")
+    ANCHOR_RATIO = (f"pear{at}@prune_ratio=0.75", f"prune{at}@prune_ratio=0.75")
+    LABELS.pop("adapter@scale=1", None)
+    LABELS[ADAPTER] = "adapter"
 
 
 def parse(method: str) -> tuple[str, dict[str, str]]:
@@ -91,23 +106,23 @@ def adapter_bytes(table: dict, method: str, tasks: list[str]) -> float | None:
 
 
 def ratio_methods(table: dict, base: str) -> list[tuple[float, str]]:
-    """(prune ratio, method) of `base` at s = 1 with every other option at its default, by ratio."""
+    """(prune ratio, method) of `base` at scale SCALE with every other option at its default, by ratio."""
     found = []
     for m in table:
         name, opts = parse(m)
         extra = {k: v for k, v in opts.items() if k not in ("scale", "prune_ratio")}
-        if name == base and opts.get("scale") == "1" and "prune_ratio" in opts and \
+        if name == base and opts.get("scale") == SCALE and "prune_ratio" in opts and \
                 all(DEFAULTS.get(k) == v for k, v in extra.items()):
             found.append((float(opts["prune_ratio"]), m))
     return sorted(found)
 
 
 def ablations(table: dict) -> list[tuple[str, str, str]]:
-    """(component, value, method) for pear at s = 1, ratio 0.75 with one component changed."""
+    """(component, value, method) for pear at scale SCALE, ratio 0.75 with one component changed."""
     out = []
     for m in table:
         name, opts = parse(m)
-        if name != "pear" or opts.get("scale") != "1" or opts.get("prune_ratio") != "0.75":
+        if name != "pear" or opts.get("scale") != SCALE or opts.get("prune_ratio") != "0.75":
             continue
         changed = {k: v for k, v in opts.items() if k not in ("scale", "prune_ratio")}
         if len(changed) == 1:
@@ -128,13 +143,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--docs", type=Path, help="a markdown file whose block between DOCS_BEGIN and DOCS_END "
                     "becomes claim.md's tables (docs/results.md)")
+    ap.add_argument("--scale", default="1", help="the adapter family's output scale to report: a value, or 'tuned' "
+                    "for the runs of `pear suite --tune` (default 1)")
     args = ap.parse_args(argv)
+    family(args.scale)
     seeds = [int(s) for s in args.seeds.split(",")]
     table = by_method(read_rows(args.csv))
     pear, prune = ratio_methods(table, "pear"), ratio_methods(table, "prune")
     # The tasks: those on which the anchor (linear, adapter, pear and prune at 0.75) has every seed;
     # a method with fewer of them goes to the "fewer tasks" table, not into the means and the plot.
-    anchor = [m for m in ("linear", "adapter@scale=1", *ANCHOR_RATIO) if m in table] or [m for _, m in pear + prune]
+    anchor = [m for m in ("linear", ADAPTER, *ANCHOR_RATIO) if m in table] or [m for _, m in pear + prune]
     tasks = common_tasks(table, anchor, seeds)
     if args.tasks:
         tasks = [t for t in args.tasks.split(",") if t in tasks]
@@ -216,7 +234,7 @@ def headline(table, tasks, seeds, pear, prune, curve) -> list[str]:
     def row(m: str, label: str, pair: str = "") -> str:
         return f"| {label} | {fmt(*stat(seed_means(table, m, tasks, seeds)))} | {stored_bytes(table, m, tasks):,.0f} | {pair} |"
 
-    for m in ("linear", "adapter@scale=1"):
+    for m in ("linear", ADAPTER):
         if m in curve:
             lines.append(row(m, LABELS[m]))
     for r, m in pear:
@@ -235,7 +253,7 @@ def headline(table, tasks, seeds, pear, prune, curve) -> list[str]:
 def fewer_lines(table, seeds, fewer: list[str]) -> list[str]:
     """The methods not yet run with every seed on every task of the table, each on its own tasks,
     beside adapter and pear at 0.75 on the same tasks."""
-    refs = [m for m in ("adapter@scale=1", *ANCHOR_RATIO[:1]) if m in table]
+    refs = [m for m in (ADAPTER, *ANCHOR_RATIO[:1]) if m in table]
     rows = [(m, ts) for m in fewer if (ts := common_tasks(table, [m, *refs], seeds))]
     if not rows:
         return []
@@ -251,11 +269,11 @@ def fewer_lines(table, seeds, fewer: list[str]) -> list[str]:
 
 
 def ablation_lines(table, seeds) -> list[str]:
-    default = "pear@scale=1@prune_ratio=0.75"
+    default = ANCHOR_RATIO[0]
     rows = ablations(table)
     if default not in table or not rows:
         return []
-    lines = ["", "## Ablations (pear, s = 1, prune ratio 0.75; one component changed)", "",
+    lines = ["", f"## Ablations (pear, s = {SCALE or 'tuned'}, prune ratio 0.75; one component changed)", "",
              "Over the tasks on which the ablation and the default both have every seed.", "",
              "| component | value | tasks | accuracy | default (same tasks) | value - default (paired) | stored bytes |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -271,7 +289,7 @@ def ablation_lines(table, seeds) -> list[str]:
 
 def target_lines(table, tasks, seeds, pear: dict, prunes: dict) -> list[str]:
     lines = ["", "## Targets", ""]
-    adapter = "adapter@scale=1"
+    adapter = ADAPTER
     ts = common_tasks(table, [pear[0.5], adapter], seeds) if 0.5 in pear and adapter in table else []
     if ts:
         p, a = stat(seed_means(table, pear[0.5], ts, seeds))[0], stat(seed_means(table, adapter, ts, seeds))[0]
@@ -292,7 +310,7 @@ def target_lines(table, tasks, seeds, pear: dict, prunes: dict) -> list[str]:
 
 
 def knowledge_target(table, seeds) -> list[str]:
-    default = "pear@scale=1@prune_ratio=0.75"
+    default = ANCHOR_RATIO[0]
     modes = [(v, m) for c, v, m in ablations(table) if c == "knowledge"]
     if not modes or default not in table:
         return []

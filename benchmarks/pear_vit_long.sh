@@ -22,6 +22,8 @@
 #              prune (0.1, 1, 4; pear and prune at their default ratio 0.5) and alpha for the LoRAs (8, 32,
 #              128), each trained on train800 and scored on val200, seed 0: is s = 1 (and the LoRAs'
 #              default alpha) what the protocol would have chosen for the runs above?
+#   tuned      adapter, pear and prune at the scale the tune phase chose (pear suite --tune, the same
+#              folder: its tuning runs are reused), 3 seeds; tables and claim.md in tuned/
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
 #              the same tables into docs/results.md
 #
@@ -53,8 +55,11 @@ mkdir -p "$RESULTS"
 source benchmarks/keep.sh  # keep / keep_merged SUITE_FOLDER RESULTS_FOLDER
 
 ratios() {  # pear and prune at s = 1 for each prune ratio given: one --methods list
+    AT=@scale=1 ratios_at "$@"
+}
+ratios_at() {  # the same at $AT ('' for --tune's runs, which name no scale)
     local out="" r
-    for r in "$@"; do out+="${out:+,}pear@scale=1@prune_ratio=$r,prune@scale=1@prune_ratio=$r"; done
+    for r in "$@"; do out+="${out:+,}pear$AT@prune_ratio=$r,prune$AT@prune_ratio=$r"; done
     echo "$out"
 }
 
@@ -110,9 +115,15 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
             --tune-only --methods "${TUNE_METHODS:-adapter,pear,prune,peft-lora,peft-lora-eq}"
         mkdir -p "$RESULTS/tuning"
         cp "$SUITES/long_tune/tuning/choices.md" "$RESULTS/tuning/choices.md" ;;
+    tuned)  # the claim at the scale --tune chose (the tune phase's folder, runs and choices), 3 seeds ($TASKS, $RATIOS)
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" --tune \
+            --methods "adapter,$(AT= ratios_at ${RATIOS:-0.75 0.9 0.5})"
+        keep_merged "$SUITES/long_tune" "$RESULTS/tuned"
+        $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/tuned/results.csv" --scale tuned \
+            --out "$RESULTS/tuned" ;;
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" \
             --docs docs/results.md ;;  # + headline.md (the README's table) and docs/results.md's claim tables
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, report)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, report)" >&2; exit 2 ;;
     esac
 done

@@ -35,4 +35,6 @@ run TASKS=fashion_mnist,sprites_ori ABLATIONS="importance=magnitude importance=r
     bash benchmarks/pear_vit_long.sh ablations
 run TUNE_METHODS=adapter,pear bash benchmarks/pear_vit_long.sh tune
 run TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune  # each call keeps the earlier's tuning runs
+run TASKS=sprites_loc RATIOS=0.75 bash benchmarks/pear_vit_long.sh tuned  # the claim at --tune's scale, where adapters matter most
+run TASKS=sprites_loc RATIOS="0.75 0.9" bash benchmarks/pear_vit_long.sh tuned
 run bash benchmarks/pear_vit_long.sh tune  # + the LoRAs

@@ -106,3 +106,28 @@ def test_headline_table_for_the_readme(claim, tmp_path):
     assert "| **pear, ratio 0.75** | 29.00 ± 1.00 | 50,000 | +2.00 ± 0.00 |" in lines
     assert "| prune, ratio 0.75 | 27.00 ± 1.00 | 50,000 |  |" in lines
     assert lines[-1] == "| full fine-tuning | 46.00 ± 1.00 | 50,000 |  |" and "| linear probe | 6.00 ± 1.00 | 1,000 |  |" in lines
+
+
+def test_scale_tuned_reports_the_runs_of_pear_suite_tune(claim, tmp_path):
+    """--tune's runs name no scale: `--scale tuned` takes them as the family, and a later call
+    without it reports s = 1 again (the script's state is set by each call)."""
+    csv_path = tmp_path / "results.csv"
+    write(csv_path, {
+        "linear": [10, 11, 12],
+        "adapter": [50, 51, 52],
+        "pear@prune_ratio=0.75": [45, 46, 47],
+        "prune@prune_ratio=0.75": [40, 41, 42],
+        "adapter@scale=1": [40, 41, 42],  # an untuned run beside them is not the family
+        "pear@prune_ratio=0.75@share=none": [41, 42, 43],
+    })
+    claim.main([str(csv_path), "--out", str(tmp_path / "out"), "--scale", "tuned"])
+    md = (tmp_path / "out" / "claim.md").read_text()
+    assert "| 0.75 | a, b | 41.00 ± 1.00 | 36.00 ± 1.00 | 5.00 ± 0.00 |" in md
+    assert "| share | none | a, b | 37.00 ± 1.00 | matched: 41.00 ± 1.00 | -4.00 ± 0.00 |" in md
+    assert "Ablations (pear, s = tuned," in md
+    headline = (tmp_path / "out" / "headline.md").read_text()
+    assert "| adapter | 46.00 ± 1.00 |" in headline
+    write(csv_path, {"linear": [10, 11, 12], "adapter@scale=1": [40, 41, 42],
+                     "pear@scale=1@prune_ratio=0.75": [33, 35, 34], "prune@scale=1@prune_ratio=0.75": [31, 33, 32]})
+    claim.main([str(csv_path), "--out", str(tmp_path / "out1")])
+    assert "| 0.75 | a, b | 29.00 ± 1.00 | 27.00 ± 1.00 | 2.00 ± 0.00 |" in (tmp_path / "out1" / "claim.md").read_text()

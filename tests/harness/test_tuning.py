@@ -47,6 +47,12 @@ def test_who_is_tuned_by_what():
     assert tuning.tuned_by("peft-lora-eq", "peft-lora-eq") == "peft-lora-eq"
     assert tuning.tuned_by("pear-kc-none", "pear") == "pear"  # ablations use pear's choice
     assert tuning.tuned_by("linear", "linear") is None
+    # A method with @options is tuned by the method it names: not left at the default scale.
+    assert tuning.tuned_by("prune@prune_ratio=0.9", "prune") == "prune"
+    assert tuning.tuned_by("adapter@rank=4", "adapter") == "adapter"
+    assert tuning.tuned_by("pear@prune_ratio=0.9@share=none", "pear") == "pear"
+    assert tuning.tuned_by("peft-lora-eq@lora_rank=2", "peft-lora-eq") == "peft-lora-eq"
+    assert tuning.tuned_by("linear@lr=0.01", "linear") is None
     assert tuning.tune_overrides("peft-lora", 32.0) == {"lora_alpha": 32.0, "seed": 0, "select_on": "val200"}
 
 

@@ -9,7 +9,8 @@ grid, the val200 scores and the choice are written to
 
 What is tuned: the adapter output scale s for `adapter`, `pear` and `prune` (the Pear
 ablations `pear-...` use the value chosen for `pear` on the same task, so they differ
-from it in their one option only), and alpha for peft's LoRA. Test accuracy is never
+from it in their one option only; a method with @options uses its base method's, e.g.
+`prune@prune_ratio=0.9` that of `prune`), and alpha for peft's LoRA. Test accuracy is never
 read here.
 """
 
@@ -42,10 +43,13 @@ CHOICES_TABLE = "choices.md"  # OUT/tuning/choices.md: every choice, as `pear su
 
 def tuned_by(method: str, trains: str) -> str | None:
     """The suite method whose choice `method` (which trains method `trains`) uses: itself when it
-    has a grid, 'pear' for a Pear ablation, None for methods with nothing to tune (linear, full)."""
-    if method in GRIDS:
-        return method
-    return "pear" if trains == "pear" else None
+    has a grid; the method it names before its @options ('prune@prune_ratio=0.9' -> 'prune'); the
+    method it trains ('pear' for a Pear ablation such as 'pear-kc-none'); None for methods with
+    nothing to tune (linear, full)."""
+    for owner in (method, method.split("@", 1)[0], trains):
+        if owner in GRIDS:
+            return owner
+    return None
 
 
 def grid_dir(out: str | Path, task: str, method: str) -> Path:
