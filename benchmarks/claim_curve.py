@@ -177,7 +177,8 @@ def report(table, tasks, seeds, pear, prune, curve, sources, fewer=()) -> list[s
              f"Tasks averaged: {', '.join(tasks)}; seeds {', '.join(map(str, seeds))}. Each seed's value is its mean "
              "over these tasks; the table gives mean ± sample std over seeds. Stored bytes: the task checkpoint's "
              "files (adapters, head, plan), mean over runs.", "",
-             "Made by `python benchmarks/claim_curve.py " + " ".join(str(p) for p in sources) + " --out ...`.", "",
+             "Made by `python benchmarks/claim_curve.py " + " ".join(str(p) for p in sources)
+             + ("" if SCALE == "1" else f" --scale {SCALE or 'tuned'}") + " --out ...`.", "",
              "| method | mean over tasks | " + " | ".join(tasks) + " | stored bytes | adapter bytes |",
              "| --- | --- | " + " | ".join("---" for _ in tasks) + " | --- | --- |"]
     for m in curve:
