@@ -30,10 +30,12 @@ from collections import defaultdict
 from pathlib import Path
 
 DEFAULTS = {"share": "matched", "knowledge": "merge", "importance": "taylor", "gate": "none"}
-SCALE: str | None = "1"  # the adapter family's output scale reported (None: the --tune runs, which name none)
-ADAPTER = "adapter@scale=1"
-BASELINES = ("linear", ADAPTER, "full", "peft-lora", "peft-lora-eq")
-ANCHOR_RATIO = ("pear@scale=1@prune_ratio=0.75", "prune@scale=1@prune_ratio=0.75")
+# The adapter family reported, set by `family` (main's --scale): its output scale (None: the runs
+# of --tune, which name none), the adapter run, the plot's points, and pear / prune at ratio 0.75.
+SCALE: str | None
+ADAPTER: str
+BASELINES: tuple[str, ...]
+ANCHOR_RATIO: tuple[str, str]
 
 
 def family(scale: str) -> None:
@@ -45,8 +47,9 @@ def family(scale: str) -> None:
     ADAPTER = f"adapter{at}"
     BASELINES = ("linear", ADAPTER, "full", "peft-lora", "peft-lora-eq")
     ANCHOR_RATIO = (f"pear{at}@prune_ratio=0.75", f"prune{at}@prune_ratio=0.75")
-    LABELS.pop("adapter@scale=1", None)
-    LABELS[ADAPTER] = "adapter"
+
+
+family("1")
 
 
 def parse(method: str) -> tuple[str, dict[str, str]]:
@@ -221,8 +224,13 @@ def into_docs(path: Path, lines: list[str]) -> None:
     tmp.replace(path)
 
 
-LABELS = {"adapter@scale=1": "adapter", "linear": "linear probe", "full": "full fine-tuning",
+LABELS = {"adapter": "adapter", "linear": "linear probe", "full": "full fine-tuning",
           "peft-lora": "LoRA (peft)", "peft-lora-eq": "LoRA at the adapters' size"}
+
+
+def display_name(method: str) -> str:
+    """A baseline's name in the headline and the plot, whatever scale its runs name."""
+    return LABELS.get(parse(method)[0], method)
 
 
 def headline(table, tasks, seeds, pear, prune, curve) -> list[str]:
@@ -237,7 +245,7 @@ def headline(table, tasks, seeds, pear, prune, curve) -> list[str]:
 
     for m in ("linear", ADAPTER):
         if m in curve:
-            lines.append(row(m, LABELS[m]))
+            lines.append(row(m, display_name(m)))
     for r, m in pear:
         if m not in curve:
             continue
@@ -247,7 +255,7 @@ def headline(table, tasks, seeds, pear, prune, curve) -> list[str]:
             lines.append(row(prunes[r], f"prune, ratio {r:g}"))
     for m in ("full", "peft-lora", "peft-lora-eq"):
         if m in curve:
-            lines.append(row(m, LABELS[m]))
+            lines.append(row(m, display_name(m)))
     return lines
 
 
@@ -344,7 +352,7 @@ def plot(table, tasks, seeds, pear, prune, path: Path, points=BASELINES) -> None
         if m in table:
             mean, std = stat(seed_means(table, m, tasks, seeds))
             ax.errorbar([stored_bytes(table, m, tasks)], [mean], yerr=[std], fmt="^", capsize=3,
-                        label=LABELS.get(m, m))
+                        label=display_name(m))
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes per task (checkpoint files, log scale)")
     ax.set_ylabel(f"test accuracy, mean over {len(tasks)} task(s) (%)")

@@ -148,8 +148,8 @@ def choose(
     `model`: on a CPU with bf16 instructions a transformer trains in bf16 (measured: the built-in
     ViT's step 1.8-2.8x faster on an Intel Xeon with AMX and an AMD EPYC with AVX512-BF16). A
     model without attention (a CNN) does so only where the CPU has AVX512-BF16 without AMX
-    (EfficientNet-Lite0 1.69x faster on the EPYC, 0.99x on the Xeon: oneDNN's AMX path gains
-    nothing for its depthwise convolutions); None: decide as for a transformer.
+    (EfficientNet-Lite0 1.69x faster on the EPYC measured idle, 0.99x on the Xeon measured busy);
+    None: decide as for a transformer.
     `distributed`: DDP broadcasts every rank's module states as they are, so the frozen
     weights stay fp32 there."""
     if device.type == "cuda":
