@@ -27,7 +27,7 @@
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
 #              the same tables into docs/results.md
 #
-# $TASKS, $RATIOS (curve), $ABLATIONS (e.g. "knowledge=none share=top1") and $TUNE_METHODS pick a
+# $TASKS, $RATIOS (curve, tuned), WITH_ADAPTER=0 (tuned: pear and prune only), $ABLATIONS (e.g. "knowledge=none share=top1") and $TUNE_METHODS pick a
 # part of a phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
 #
 # Every adapter method trains at s = 1, the scale the recipe curve and the adequacy check used;
@@ -116,8 +116,10 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         mkdir -p "$RESULTS/tuning"
         cp "$SUITES/long_tune/tuning/choices.md" "$RESULTS/tuning/choices.md" ;;
     tuned)  # the claim at the scale --tune chose (the tune phase's folder, runs and choices), 3 seeds ($TASKS, $RATIOS)
+        tuned="$(AT= ratios_at ${RATIOS:-0.75 0.9 0.5})"
+        [ "${WITH_ADAPTER:-1}" = 1 ] && tuned="adapter,$tuned"
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" --tune \
-            --methods "adapter,$(AT= ratios_at ${RATIOS:-0.75 0.9 0.5})"
+            --methods "$tuned"
         keep_merged "$SUITES/long_tune" "$RESULTS/tuned"
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/tuned/results.csv" --scale tuned \
             --out "$RESULTS/tuned" ;;

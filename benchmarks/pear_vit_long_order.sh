@@ -36,5 +36,7 @@ run TASKS=fashion_mnist,sprites_ori ABLATIONS="importance=magnitude importance=r
 run TUNE_METHODS=adapter,pear bash benchmarks/pear_vit_long.sh tune
 run TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune  # each call keeps the earlier's tuning runs
 run TASKS=sprites_loc RATIOS=0.75 bash benchmarks/pear_vit_long.sh tuned  # the claim at --tune's scale, where adapters matter most
-run TASKS=sprites_loc RATIOS="0.75 0.9" bash benchmarks/pear_vit_long.sh tuned
+run TASKS=sprites_loc RATIOS="0.9 0.5" WITH_ADAPTER=0 bash benchmarks/pear_vit_long.sh tuned  # the rest of its curve
+run TASKS=fashion_mnist bash benchmarks/pear_vit_long.sh tuned
+run TASKS=sprites_ori bash benchmarks/pear_vit_long.sh tuned
 run bash benchmarks/pear_vit_long.sh tune  # + the LoRAs
