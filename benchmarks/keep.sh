@@ -8,6 +8,10 @@ keep() {  # keep SUITE_FOLDER RESULTS_FOLDER
     [ -d "$from"/tuning ] && (cd "$from" && find tuning -name choice.json -exec cp --parents {} "$OLDPWD/$to" \;)
     return 0
 }
+keep_choices() {  # keep_choices SUITE_FOLDER TO: each tuning/<task>/<method>/choice.json as TO/<task>/<method>/choice.json
+    mkdir -p "$2"
+    (cd "$1/tuning" && find . -name choice.json -exec cp --parents {} "$OLDPWD/$2" \;)
+}
 keep_merged() {  # keep_merged SUITE_FOLDER RESULTS_FOLDER: the suite's rows joined to those kept there
     # (benchmarks/merge_results.py), so a lost suite folder's committed runs stay in the tables.
     mkdir -p "$2"

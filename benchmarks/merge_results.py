@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pear.errors import PearError
 from pear.harness.suites.results import write_tables
-from pear.harness.suites.results_csv import merge_rows, read_csv
+from pear.harness.suites.results_csv import merge_rows, read_command, read_csv
 
 
 def merge(kept: Path, suite: Path) -> list[dict]:
@@ -25,10 +25,7 @@ def merge(kept: Path, suite: Path) -> list[dict]:
     new = read_csv(suite / "results.csv")
     rows = merge_rows(old, new)
     kept.mkdir(parents=True, exist_ok=True)
-    command = None
-    for line in (suite / "results.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("- Command: `"):
-            command = line[len("- Command: `") : -1]
+    command = read_command(suite / "results.md")
     kept_note = (
         f"Runs: {len(rows)}; {len(new)} from the latest call's suite folder, the others kept from earlier "
         f"suite folders' tables (benchmarks/merge_results.py)"

@@ -24,10 +24,12 @@
 #              default alpha) what the protocol would have chosen for the runs above?
 #   tuned      adapter, pear and prune at the scale the tune phase chose (pear suite --tune, the same
 #              folder: its tuning runs are reused), 3 seeds; tables and claim.md in tuned/
+#   reuse      the tuned table's rows for $FAMILY (default adapter,pear) on $TASKS where the tune phase chose
+#              s = 1: the adequacy and curve phases' s = 1 runs are those runs (same recipe, seeds and split)
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
 #              the same tables into docs/results.md
 #
-# $TASKS, $RATIOS (curve, tuned), WITH_ADAPTER=0 (tuned: pear and prune only), $ABLATIONS (e.g. "knowledge=none share=top1") and $TUNE_METHODS pick a
+# $TASKS, $RATIOS (curve, tuned), $FAMILY (tuned, reuse: e.g. FAMILY=pear,prune), $ABLATIONS (e.g. "knowledge=none share=top1") and $TUNE_METHODS pick a
 # part of a phase, so the runs that answer the most come first (benchmarks/pear_vit_long_order.sh).
 #
 # Every adapter method trains at s = 1, the scale the recipe curve and the adequacy check used;
@@ -44,7 +46,8 @@ PEAR=.venv/bin/pear
 DATA=${DATA:-../data}
 SUITES=${SUITES:-../suites}
 RESULTS=benchmarks/results/pear_vit_long
-TASKS=${TASKS:-fashion_mnist,sprites_loc,sprites_ori}  # e.g. TASKS=sprites_loc for the task where adapters matter most first
+ALL_TASKS=fashion_mnist,sprites_loc,sprites_ori
+TASKS=${TASKS:-$ALL_TASKS}  # e.g. TASKS=sprites_loc for the task where adapters matter most first
 EPOCHS=${EPOCHS:-30}
 BASE=(--backbone pear_vit_tiny6_patch4_32 --batch-size 32 --workers 0 --devices cpu,cpu --build)
 RECIPE=("${BASE[@]}" --epochs "$EPOCHS")
@@ -54,6 +57,10 @@ mkdir -p "$RESULTS"
 
 source benchmarks/keep.sh  # keep / keep_merged SUITE_FOLDER RESULTS_FOLDER
 
+tuned_claim() {  # claim.md, claim.png and headline.md of the tuned table
+    $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/tuned/results.csv" --scale tuned \
+        --out "$RESULTS/tuned"
+}
 ratios() {  # pear and prune at s = 1 for each prune ratio given: one --methods list
     AT=@scale=1 ratios_at "$@"
 }
@@ -113,19 +120,28 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     tune)  # the protocol's choices, before (or instead of) paying for its real runs
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" \
             --tune-only --methods "${TUNE_METHODS:-adapter,pear,prune,peft-lora,peft-lora-eq}"
-        mkdir -p "$RESULTS/tuning"
-        cp "$SUITES/long_tune/tuning/choices.md" "$RESULTS/tuning/choices.md" ;;
+        keep_choices "$SUITES/long_tune" "$RESULTS/tuning"  # each choice.json; choices.md once every task is in
+        if [ "$TASKS" = "$ALL_TASKS" ]; then cp "$SUITES/long_tune/tuning/choices.md" "$RESULTS/tuning/choices.md"; fi ;;
     tuned)  # the claim at the scale --tune chose (the tune phase's folder, runs and choices), 3 seeds ($TASKS, $RATIOS)
-        tuned="$(AT= ratios_at ${RATIOS:-0.75 0.9 0.5})"
-        [ "${WITH_ADAPTER:-1}" = 1 ] && tuned="adapter,$tuned"
+        fam=",${FAMILY:-adapter,pear,prune},"
+        tuned=""
+        [[ $fam == *,adapter,* ]] && tuned=adapter
+        for r in ${RATIOS:-0.75 0.9 0.5}; do
+            for m in pear prune; do [[ $fam == *,$m,* ]] && tuned+="${tuned:+,}$m@prune_ratio=$r"; done
+        done
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" --tune \
             --methods "$tuned"
         keep_merged "$SUITES/long_tune" "$RESULTS/tuned"
-        $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/tuned/results.csv" --scale tuned \
-            --out "$RESULTS/tuned" ;;
+        keep_choices "$SUITES/long_tune" "$RESULTS/tuning"
+        tuned_claim ;;
+    reuse)  # tuned, without training again: where --tune chose s = 1 ($FAMILY on $TASKS; the tune phase first),
+        # the s = 1 runs of the adequacy and curve phases are its runs (benchmarks/tuned_reuse.py)
+        $PY benchmarks/tuned_reuse.py "$SUITES/long_tune" "$RESULTS/tuned" "$RESULTS/adequacy/results.csv" \
+            "$RESULTS/results.csv" --tasks "$TASKS" --methods "${FAMILY:-adapter,pear}"
+        tuned_claim ;;
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" \
             --docs docs/results.md ;;  # + headline.md (the README's table) and docs/results.md's claim tables
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, report)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, reuse, report)" >&2; exit 2 ;;
     esac
 done

@@ -36,7 +36,10 @@ run TASKS=fashion_mnist,sprites_ori ABLATIONS="importance=magnitude importance=r
 run TUNE_METHODS=adapter,pear bash benchmarks/pear_vit_long.sh tune
 run TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune  # each call keeps the earlier's tuning runs
 run TASKS=sprites_loc RATIOS=0.75 bash benchmarks/pear_vit_long.sh tuned  # the claim at --tune's scale, where adapters matter most
-run TASKS=sprites_loc RATIOS="0.9 0.5" WITH_ADAPTER=0 bash benchmarks/pear_vit_long.sh tuned  # the rest of its curve
+run TASKS=sprites_loc RATIOS="0.9 0.5" FAMILY=pear,prune bash benchmarks/pear_vit_long.sh tuned  # the rest of its curve
 run TASKS=fashion_mnist bash benchmarks/pear_vit_long.sh tuned
-run TASKS=sprites_ori bash benchmarks/pear_vit_long.sh tuned
-run bash benchmarks/pear_vit_long.sh tune  # + the LoRAs
+# sprites_ori: --tune chose s = 1 for adapter and pear there, the scale of their adequacy and curve runs,
+# so only prune (s = 4) trains again; the tune phase records the other two choices for the reuse phase
+run TASKS=sprites_ori TUNE_METHODS=adapter,pear bash benchmarks/pear_vit_long.sh tune reuse
+run TASKS=sprites_ori FAMILY=prune bash benchmarks/pear_vit_long.sh tuned
+run TUNE_METHODS=adapter,pear,prune,peft-lora,peft-lora-eq bash benchmarks/pear_vit_long.sh tune  # + the LoRAs' alpha

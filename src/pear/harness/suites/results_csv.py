@@ -47,3 +47,14 @@ def merge_rows(*tables: list[dict]) -> list[dict]:
     as aggregate sorts."""
     merged = {(r["task"], r["method"], r["seed"]): r for rows in tables for r in rows}
     return sorted(merged.values(), key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
+
+
+def read_command(path: str | Path) -> str | None:
+    """The command a results.md written by write_tables names ('- Command: `...`'), if any."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("- Command: `") and line.endswith("`"):
+            return line[len("- Command: `") : -1]
+    return None
