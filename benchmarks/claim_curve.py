@@ -237,7 +237,8 @@ def headline(table, tasks, seeds, pear, prune, curve) -> list[str]:
     """The README's table (headline.md): each method of the plot, its mean over the tasks, its
     stored bytes, and at each prune ratio pear - prune, paired."""
     prunes = dict(prune)
-    lines = [f"| method | accuracy, mean over the {len(tasks)} tasks | stored bytes per task | pear − prune (paired) |",
+    over = f"mean over the {len(tasks)} tasks" if len(tasks) > 1 else f"on {tasks[0]}"
+    lines = [f"| method | accuracy, {over} | stored bytes per task | pear − prune (paired) |",
              "| --- | --- | --- | --- |"]
 
     def row(m: str, label: str, pair: str = "") -> str:

@@ -57,9 +57,9 @@ mkdir -p "$RESULTS"
 
 source benchmarks/keep.sh  # keep / keep_merged SUITE_FOLDER RESULTS_FOLDER
 
-tuned_claim() {  # claim.md, claim.png and headline.md of the tuned table
-    $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/tuned/results.csv" --scale tuned \
-        --out "$RESULTS/tuned"
+tuned_claim() {  # claim.md, claim.png and headline.md of the tuned table (full and the LoRAs: the baselines phase's)
+    $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/tuned/results.csv" "$RESULTS/results.csv" \
+        --scale tuned --out "$RESULTS/tuned"
 }
 ratios() {  # pear and prune at s = 1 for each prune ratio given: one --methods list
     AT=@scale=1 ratios_at "$@"
