@@ -380,5 +380,6 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("checkpoint file bytes per task (mean over tasks, log scale)")
     ax.set_ylabel("test accuracy, % (mean over tasks and seeds)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if points:  # rows that record no checkpoint bytes draw nothing, and name nothing
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     atomic_write_file(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
