@@ -206,7 +206,7 @@ def test_a_killed_writers_lock_never_blocks_a_resume(finished, capsys):
     assert holder.stdout.readline().strip() == "held"
     assert f"PID {holder.pid}" in _refused(_with(argv, resume=True), capsys)
     holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    holder.communicate()  # reaps it and closes its pipes
     assert (run / LOCK_FILE).read_text().strip() == str(holder.pid)  # the stale lock file is still there
     rc, err = _cli(_with(argv, resume=True), capsys)
     assert rc == 0, err
