@@ -5,12 +5,13 @@ keep() {  # keep SUITE_FOLDER RESULTS_FOLDER
     mkdir -p "$to"
     cp "$from"/results.md "$from"/results.csv "$to"/
     [ -f "$from"/accuracy_vs_bytes.png ] && cp "$from"/accuracy_vs_bytes.png "$to"/
-    [ -d "$from"/tuning ] && (cd "$from" && find tuning -name choice.json -exec cp --parents {} "$OLDPWD/$to" \;)
+    [ -d "$from"/tuning ] && keep_choices "$from" "$to/tuning"
     return 0
 }
 keep_choices() {  # keep_choices SUITE_FOLDER TO: each tuning/<task>/<method>/choice.json as TO/<task>/<method>/choice.json
-    mkdir -p "$2"
-    (cd "$1/tuning" && find . -name choice.json -exec cp --parents {} "$OLDPWD/$2" \;)
+    local to
+    to="$(mkdir -p "$2" && cd "$2" && pwd)"  # absolute: the copy runs from inside the suite folder
+    (cd "$1/tuning" && find . -name choice.json -exec cp --parents {} "$to" \;)
 }
 keep_merged() {  # keep_merged SUITE_FOLDER RESULTS_FOLDER: the suite's rows joined to those kept there
     # (benchmarks/merge_results.py), so a lost suite folder's committed runs stay in the tables.
