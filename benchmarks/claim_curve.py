@@ -29,6 +29,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from pear.errors import PearError
+from pear.harness.suites.grammar import split_name
+
 DEFAULTS = {"share": "matched", "knowledge": "merge", "importance": "taylor", "gate": "none"}
 # The adapter family reported, set by `family` (main's --scale): its output scale (None: the runs
 # of --tune, which name none), the adapter run, the plot's points, and pear / prune at ratio 0.75.
@@ -54,22 +57,29 @@ family("1")
 
 def parse(method: str) -> tuple[str, dict[str, str]]:
     """'pear@scale=1@prune_ratio=0.75' -> ('pear', {'scale': '1', 'prune_ratio': '0.75'})."""
-    base, *opts = method.split("@")
-    return base, dict(o.split("=", 1) for o in opts)
+    try:
+        return split_name(method)
+    except PearError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def read_rows(paths: list[Path]) -> list[dict]:
-    rows: list[dict] = []
-    seen: set[tuple[str, str, str]] = set()
+    """Every row of the files; a run in two of them is refused, except at --scale tuned, where a
+    run of --tune (its `tuned` cell names the choice: the LoRAs' alpha) replaces the same method's
+    fixed run (the LoRAs at their default alpha) wherever both are given."""
+    rows: dict[tuple[str, str, str], dict] = {}
     for path in paths:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 key = (row["task"], row["method"], row["seed"])
-                if key in seen:
-                    raise SystemExit(f"{path}: {key} appears in two of the files given")
-                seen.add(key)
-                rows.append(row)
-    return rows
+                if key in rows:
+                    tuned = [bool(r.get("tuned")) for r in (rows[key], row)]
+                    if SCALE is not None or tuned.count(True) != 1:
+                        raise SystemExit(f"{path}: {key} appears in two of the files given")
+                    if tuned[0]:
+                        continue
+                rows[key] = row
+    return list(rows.values())
 
 
 def by_method(rows: list[dict]) -> dict[str, dict[str, dict[int, dict]]]:
@@ -182,6 +192,7 @@ def report(table, tasks, seeds, pear, prune, curve, sources, fewer=()) -> list[s
              "files (adapters, head, plan), mean over runs.", "",
              "Made by `python benchmarks/claim_curve.py " + " ".join(str(p) for p in sources)
              + ("" if SCALE == "1" else f" --scale {SCALE or 'tuned'}") + " --out ...`.", "",
+             *tuned_lines(table, tasks, curve),
              "| method | mean over tasks | " + " | ".join(tasks) + " | stored bytes | adapter bytes |",
              "| --- | --- | " + " | ".join("---" for _ in tasks) + " | --- | --- |"]
     for m in curve:
@@ -203,6 +214,16 @@ def report(table, tasks, seeds, pear, prune, curve, sources, fewer=()) -> list[s
     lines += ablation_lines(table, seeds)
     lines += target_lines(table, tasks, seeds, dict(pear), prunes)
     return lines
+
+
+def tuned_lines(table, tasks, curve) -> list[str]:
+    """What --tune chose for each method of the table, per task (from the rows' `tuned` cells)."""
+    chosen = []
+    for m in curve:
+        per_task = [f"{t} {v}" for t in tasks if (v := next(iter(table[m][t].values())).get("tuned"))]
+        if per_task:
+            chosen.append(f"{m}: {', '.join(per_task)}")
+    return ["--tune's choices (val200): " + "; ".join(chosen) + ".", ""] if chosen else []
 
 
 DOCS_BEGIN, DOCS_END = "<!-- claim.md: made by benchmarks/claim_curve.py --docs -->", "<!-- /claim.md -->"

@@ -8,10 +8,14 @@ keep() {  # keep SUITE_FOLDER RESULTS_FOLDER
     [ -d "$from"/tuning ] && keep_choices "$from" "$to/tuning"
     return 0
 }
-keep_choices() {  # keep_choices SUITE_FOLDER TO: each tuning/<task>/<method>/choice.json as TO/<task>/<method>/choice.json
+keep_choices() {  # keep_choices SUITE_FOLDER TO: each tuning/<task>/<method>/choice.json as TO/<task>/<method>/choice.json,
+    # and TO/choices.md made again from every record kept there (those of earlier suite folders too)
     local to
     to="$(mkdir -p "$2" && cd "$2" && pwd)"  # absolute: the copy runs from inside the suite folder
+    [ "$(basename "$to")" = tuning ] || { echo "keep_choices: $2 is no folder named tuning" >&2; return 2; }
     (cd "$1/tuning" && find . -name choice.json -exec cp --parents {} "$to" \;)
+    "${PY:-.venv/bin/python}" -c 'import sys; from pear.harness.suites.tuning import write_choices_table as w; w(sys.argv[1])' \
+        "$(dirname "$to")"
 }
 keep_merged() {  # keep_merged SUITE_FOLDER RESULTS_FOLDER: the suite's rows joined to those kept there
     # (benchmarks/merge_results.py), so a lost suite folder's committed runs stay in the tables.

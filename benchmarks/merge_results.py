@@ -15,23 +15,21 @@ import sys
 from pathlib import Path
 
 from pear.errors import PearError
-from pear.harness.suites.results import write_tables
-from pear.harness.suites.results_csv import merge_rows, read_command, read_csv
+from pear.harness.suites.results_csv import merge_into, read_command, read_csv
 
 
 def merge(kept: Path, suite: Path) -> list[dict]:
     """kept/results.csv (if any) merged with suite/results.csv, written into kept."""
-    old = read_csv(kept / "results.csv") if (kept / "results.csv").is_file() else []
     new = read_csv(suite / "results.csv")
-    rows = merge_rows(old, new)
-    kept.mkdir(parents=True, exist_ok=True)
-    command = read_command(suite / "results.md")
-    kept_note = (
-        f"Runs: {len(rows)}; {len(new)} from the latest call's suite folder, the others kept from earlier "
-        f"suite folders' tables (benchmarks/merge_results.py)"
+    return merge_into(
+        kept,
+        new,
+        command=read_command(suite / "results.md"),
+        note=lambda n: (
+            f"Runs: {n}; {len(new)} from the latest call's suite folder, the others kept from earlier "
+            f"suite folders' tables (benchmarks/merge_results.py)"
+        ),
     )
-    write_tables(kept, rows, command, notes=[kept_note])
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

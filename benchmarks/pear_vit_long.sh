@@ -23,9 +23,11 @@
 #              128), each trained on train800 and scored on val200, seed 0: is s = 1 (and the LoRAs'
 #              default alpha) what the protocol would have chosen for the runs above?
 #   tuned      adapter, pear and prune at the scale the tune phase chose (pear suite --tune, the same
-#              folder: its tuning runs are reused), 3 seeds; tables and claim.md in tuned/
+#              folder: its tuning runs are reused), 3 seeds; tables and claim.md in tuned/ (FAMILY=peft-lora,
+#              peft-lora-eq: the LoRAs at the alpha it chose; claim.md then shows them in place of the default's)
+#   tuned_ablations  the ablations (as in ablations) at pear's tuned scale, 3 seeds ($TASKS, $ABLATIONS), in tuned/
 #   reuse      the tuned table's rows for $FAMILY (default adapter,pear) on $TASKS where the tune phase chose
-#              s = 1: the adequacy and curve phases' s = 1 runs are those runs (same recipe, seeds and split)
+#              s = 1: the adequacy, curve and ablations phases' s = 1 runs are those runs (same recipe, seeds, split)
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
 #              the same tables into docs/results.md
 #
@@ -120,8 +122,7 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     tune)  # the protocol's choices, before (or instead of) paying for its real runs
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" \
             --tune-only --methods "${TUNE_METHODS:-adapter,pear,prune,peft-lora,peft-lora-eq}"
-        keep_choices "$SUITES/long_tune" "$RESULTS/tuning"  # each choice.json; choices.md once every task is in
-        if [ "$TASKS" = "$ALL_TASKS" ]; then cp "$SUITES/long_tune/tuning/choices.md" "$RESULTS/tuning/choices.md"; fi ;;
+        keep_choices "$SUITES/long_tune" "$RESULTS/tuning" ;;  # each choice.json, and choices.md over all kept
     tuned)  # the claim at the scale --tune chose (the tune phase's folder, runs and choices), 3 seeds ($TASKS, $RATIOS)
         fam=",${FAMILY:-adapter,pear,prune},"
         tuned=""
@@ -129,10 +130,19 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         for r in ${RATIOS:-0.75 0.9 0.5}; do
             for m in pear prune; do [[ $fam == *,$m,* ]] && tuned+="${tuned:+,}$m@prune_ratio=$r"; done
         done
+        for m in peft-lora peft-lora-eq; do [[ $fam == *,$m,* ]] && tuned+="${tuned:+,}$m"; done
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" --tune \
             --methods "$tuned"
         keep_merged "$SUITES/long_tune" "$RESULTS/tuned"
         keep_choices "$SUITES/long_tune" "$RESULTS/tuning"
+        tuned_claim ;;
+    tuned_ablations)  # the ablations at the scale --tune chose for pear ($TASKS, $ABLATIONS), 3 seeds, in the tuned table
+        abl=""
+        for v in ${ABLATIONS:-knowledge=none knowledge=frozen knowledge=distill share=nearest share=top1 share=none \
+                 importance=magnitude importance=random}; do abl+="${abl:+,}pear@prune_ratio=0.75@$v"; done
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune" "${RECIPE[@]}" --tune \
+            --methods "$abl"
+        keep_merged "$SUITES/long_tune" "$RESULTS/tuned"
         tuned_claim ;;
     reuse)  # tuned, without training again: where --tune chose s = 1 ($FAMILY on $TASKS; the tune phase first),
         # the s = 1 runs of the adequacy and curve phases are its runs (benchmarks/tuned_reuse.py)
@@ -142,6 +152,6 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" \
             --docs docs/results.md ;;  # + headline.md (the README's table) and docs/results.md's claim tables
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, reuse, report)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, tuned_ablations, reuse, report)" >&2; exit 2 ;;
     esac
 done

@@ -42,4 +42,12 @@ run TASKS=fashion_mnist bash benchmarks/pear_vit_long.sh tuned
 # so only prune (s = 4) trains again; the tune phase records the other two choices for the reuse phase
 run TASKS=sprites_ori TUNE_METHODS=adapter,pear bash benchmarks/pear_vit_long.sh tune reuse
 run TASKS=sprites_ori FAMILY=prune bash benchmarks/pear_vit_long.sh tuned
-run TUNE_METHODS=adapter,pear,prune,peft-lora,peft-lora-eq bash benchmarks/pear_vit_long.sh tune  # + the LoRAs' alpha
+# the LoRAs' alpha, in a new long_tune folder (steps 15-21's was lost: their records are kept in tuning/,
+# and keep_choices makes choices.md from every record kept there); then sprites_loc's adapter record again
+run TUNE_METHODS=peft-lora,peft-lora-eq bash benchmarks/pear_vit_long.sh tune
+run TASKS=sprites_loc TUNE_METHODS=adapter bash benchmarks/pear_vit_long.sh tune
+run FAMILY=peft-lora,peft-lora-eq bash benchmarks/pear_vit_long.sh tuned  # the LoRAs at the alpha --tune chose
+# the ablations at pear's tuned scale: sprites_ori chose s = 1, so its s = 1 ablation runs are reused; the others train
+run TASKS=sprites_ori FAMILY=pear bash benchmarks/pear_vit_long.sh reuse
+run TASKS=fashion_mnist,sprites_loc ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" \
+    bash benchmarks/pear_vit_long.sh tuned_ablations

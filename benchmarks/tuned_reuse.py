@@ -9,7 +9,8 @@ recipe, seeds and train800val200 split), so they are not trained a second time.
 
 Reads each choice from SUITE/tuning/<task>/<method>/choice.json (the protocol's record), takes
 the fixed tables' rows of `<method>@scale=<chosen>` (with `@prune_ratio=` and nothing else),
-renames them as --tune names its runs (`pear@prune_ratio=0.75`, `tuned` = `scale=1`) and merges
+renames them as --tune names its runs (`pear@prune_ratio=0.75`, `tuned` = `scale=1`; an ablation
+keeps its setting: `pear@prune_ratio=0.75@share=top1`) and merges
 them into the tuned folder's results.csv / results.md. The `run` column keeps the fixed run's
 folder, so the table says where each row came from.
 """
@@ -22,23 +23,21 @@ from pathlib import Path
 
 from pear.errors import PearError
 from pear.harness.suites import tuning
-from pear.harness.suites.results import write_tables
-from pear.harness.suites.results_csv import merge_rows, read_command, read_csv
-
-KEPT_OPTIONS = ("prune_ratio",)  # options a reused row may name beside the tuned one
+from pear.harness.suites.grammar import split_name
+from pear.harness.suites.results_csv import merge_into, read_csv
 
 
 def tuned_name(method: str, option: str, value: str) -> str | None:
-    """'pear@scale=1@prune_ratio=0.75' -> 'pear@prune_ratio=0.75' when option=value is among its
-    options and the rest are KEPT_OPTIONS; None for any other name."""
-    base, *settings = method.split("@")
-    pairs = [s.split("=", 1) for s in settings]
-    if any(len(p) != 2 for p in pairs) or [option, value] not in pairs:
+    """'pear@scale=1@prune_ratio=0.75' -> 'pear@prune_ratio=0.75' (the name --tune gives the same run)
+    when option=value is among its settings; None for any other name. Its other settings stay: a
+    --tune run of 'pear@prune_ratio=0.75@share=top1' takes pear's choice, as this run took s = 1."""
+    try:
+        base, settings = split_name(method)
+    except PearError:
         return None
-    rest = [f"{k}={v}" for k, v in pairs if k != option]
-    if any(k not in KEPT_OPTIONS for k, _ in (r.split("=", 1) for r in rest)):
+    if settings.get(option) != value:
         return None
-    return "@".join([base, *rest])
+    return "@".join([base, *(f"{k}={v}" for k, v in settings.items() if k != option)])
 
 
 def reused_rows(suite: Path, fixed: list[dict], tasks: list[str], methods: list[str]) -> list[dict]:
@@ -74,16 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fixed = [r for path in args.fixed for r in read_csv(path)]
         reused = reused_rows(args.suite, fixed, args.tasks.split(","), args.methods.split(","))
-        kept_csv = args.tuned / "results.csv"
-        old = read_csv(kept_csv) if kept_csv.is_file() else []
-        rows = merge_rows(reused, old)  # a run --tune made itself wins over a reused one
-        command = read_command(args.tuned / "results.md")
-        note = (
-            f"Runs: {len(rows)}; {len(reused)} of them ({args.methods} on {args.tasks}) are fixed-scale runs at "
-            f"the scale --tune chose (benchmarks/tuned_reuse.py; their `run` column names the fixed run)"
+        rows = merge_into(  # a run --tune made itself wins over a reused one
+            args.tuned,
+            reused,
+            new_wins=False,
+            note=lambda n: (
+                f"Runs: {n}; {len(reused)} of them ({args.methods} on {args.tasks}) are fixed-scale runs at "
+                f"the scale --tune chose (benchmarks/tuned_reuse.py; their `run` column names the fixed run)"
+            ),
         )
-        args.tuned.mkdir(parents=True, exist_ok=True)
-        write_tables(args.tuned, rows, command, notes=[note])
     except PearError as exc:
         print(f"tuned_reuse: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-FIELDS = ["task", "method", "seed", "test_acc", "checkpoint_file_bytes", "adapter_bytes"]
+FIELDS = ["task", "method", "seed", "test_acc", "checkpoint_file_bytes", "adapter_bytes", "tuned"]
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,9 @@ def claim(load_script):
     return load_script("benchmarks/claim_curve.py")
 
 
-def write(path, accs: dict[str, list[float]], tasks=("a", "b")) -> None:
-    """accs: method -> accuracy per seed, the same on every task (task b 10 points lower)."""
+def write(path, accs: dict[str, list[float]], tasks=("a", "b"), tuned: dict[str, str] | None = None) -> None:
+    """accs: method -> accuracy per seed, the same on every task (task b 10 points lower);
+    tuned: method -> its `tuned` cell (--tune's choice), empty for the others."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
         w.writeheader()
@@ -25,7 +26,8 @@ def write(path, accs: dict[str, list[float]], tasks=("a", "b")) -> None:
                 for seed, acc in enumerate(values):
                     bytes_ = 1000 if m.startswith("linear") else 50_000
                     w.writerow({"task": t, "method": m, "seed": seed, "test_acc": acc + offset,
-                                "checkpoint_file_bytes": bytes_, "adapter_bytes": "" if m == "linear" else 40_000})
+                                "checkpoint_file_bytes": bytes_, "adapter_bytes": "" if m == "linear" else 40_000,
+                                "tuned": (tuned or {}).get(m, "")})
 
 
 def keep_rows(path, keep) -> None:
@@ -131,3 +133,26 @@ def test_scale_tuned_reports_the_runs_of_pear_suite_tune(claim, tmp_path):
                      "pear@scale=1@prune_ratio=0.75": [33, 35, 34], "prune@scale=1@prune_ratio=0.75": [31, 33, 32]})
     claim.main([str(csv_path), "--out", str(tmp_path / "out1")])
     assert "| 0.75 | a, b | 29.00 ± 1.00 | 27.00 ± 1.00 | 2.00 ± 0.00 |" in (tmp_path / "out1" / "claim.md").read_text()
+
+
+def test_at_scale_tuned_a_tuned_lora_replaces_its_default_run(claim, tmp_path):
+    """The LoRAs at --tune's alpha (tuned table) beside the same LoRAs at their default alpha (the
+    fixed table): the tuned runs are reported, and the choices are named; anything else in two files
+    is still refused."""
+    write(tmp_path / "tuned.csv", {"adapter": [50, 51, 52], "pear@prune_ratio=0.75": [45, 46, 47],
+                                   "prune@prune_ratio=0.75": [40, 41, 42], "peft-lora": [30, 31, 32]},
+          tuned={"adapter": "scale=4", "pear@prune_ratio=0.75": "scale=4", "prune@prune_ratio=0.75": "scale=4",
+                 "peft-lora": "lora_alpha=32"})
+    write(tmp_path / "fixed.csv", {"linear": [10, 11, 12], "peft-lora": [20, 21, 22], "full": [60, 60, 60]})
+    claim.main([str(tmp_path / "tuned.csv"), str(tmp_path / "fixed.csv"), "--out", str(tmp_path / "out"),
+                "--scale", "tuned"])
+    md = (tmp_path / "out" / "claim.md").read_text()
+    assert "| peft-lora | 26.00 ± 1.00 |" in md  # the tuned runs: 31 on a, 21 on b
+    assert "peft-lora: a lora_alpha=32, b lora_alpha=32" in md and "adapter: a scale=4, b scale=4" in md
+    assert "| full | 55.00 ± 0.00 |" in md
+    with pytest.raises(SystemExit, match="appears in two of the files"):  # at a fixed scale: refused
+        claim.main([str(tmp_path / "tuned.csv"), str(tmp_path / "fixed.csv"), "--out", str(tmp_path / "o2")])
+    write(tmp_path / "fixed2.csv", {"linear": [10, 11, 12]})
+    with pytest.raises(SystemExit, match="appears in two of the files"):  # two fixed runs: refused
+        claim.main([str(tmp_path / "fixed.csv"), str(tmp_path / "fixed2.csv"), "--out", str(tmp_path / "o3"),
+                    "--scale", "tuned"])

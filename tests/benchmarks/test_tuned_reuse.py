@@ -47,12 +47,14 @@ def choice(suite: Path, task: str, method: str, chosen: float) -> None:
     (folder / "choice.json").write_text(json.dumps(record))
 
 
-def test_tuned_name_keeps_the_ratio_and_refuses_other_options(reuse):
+def test_tuned_name_drops_the_tuned_setting_and_keeps_the_others(reuse):
     assert reuse.tuned_name("pear@scale=1@prune_ratio=0.75", "scale", "1") == "pear@prune_ratio=0.75"
     assert reuse.tuned_name("adapter@scale=1", "scale", "1") == "adapter"
     assert reuse.tuned_name("adapter@scale=4", "scale", "1") is None  # another scale
-    assert reuse.tuned_name("pear@scale=1@prune_ratio=0.75@share=top1", "scale", "1") is None  # an ablation
+    # an ablation is --tune's run of the same name: it takes pear's choice
+    assert reuse.tuned_name("pear@scale=1@prune_ratio=0.75@share=top1", "scale", "1") == "pear@prune_ratio=0.75@share=top1"
     assert reuse.tuned_name("linear", "scale", "1") is None
+    assert reuse.tuned_name("pear@scale", "scale", "1") is None  # no FIELD=VALUE: not a suite name
 
 
 def test_reuses_the_chosen_scale_and_keeps_the_tuned_runs(reuse, tmp_path):
@@ -64,6 +66,7 @@ def test_reuses_the_chosen_scale_and_keeps_the_tuned_runs(reuse, tmp_path):
         row("loc", "adapter@scale=1", 0, 98.0),  # another task
         row("ori", "pear@scale=1@prune_ratio=0.75", 0, 12.0),
         row("ori", "pear@scale=1@prune_ratio=0.75@share=top1", 0, 97.0),
+        row("ori", "prune@scale=1@prune_ratio=0.75@share=top1", 0, 96.0),  # prune is not reused here
     ]
     write_tables(tmp_path, fixed, "pear suite --fixed")
     tuned.mkdir()
@@ -85,6 +88,7 @@ def test_reuses_the_chosen_scale_and_keeps_the_tuned_runs(reuse, tmp_path):
         ("adapter", 1),
         ("adapter", 2),
         ("pear@prune_ratio=0.75", 0),
+        ("pear@prune_ratio=0.75@share=top1", 0),
         ("prune@prune_ratio=0.75", 0),
     ]
     assert rows[("adapter", 0)]["test_acc"] == 13.0 and rows[("adapter", 0)]["tuned"] == "scale=1"

@@ -15,6 +15,7 @@ from pear.harness import suite
 from pear.harness.results import aggregate
 from pear.harness.suite import run_suite
 from pear.harness.suite_methods import method_overrides
+from pear.harness.suites.grammar import split_name
 
 TINY = {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32,
                                                              "num_heads": 2},
@@ -80,6 +81,15 @@ def test_method_grammar_rejects(name):
 def test_method_grammar_rejects_bad_settings(name, problem):
     with pytest.raises(PearError, match=problem):
         method_overrides(name)
+
+
+def test_split_name_reads_a_name_as_written():
+    assert split_name("pear@scale=1@prune_ratio=0.75") == ("pear", {"scale": "1", "prune_ratio": "0.75"})
+    assert split_name("adapter") == ("adapter", {})
+    with pytest.raises(PearError, match="'pear@rank' has 'rank', which is not FIELD=VALUE"):
+        split_name("pear@rank")
+    with pytest.raises(PearError, match="sets rank twice"):
+        split_name("pear@rank=4@rank=8")
 
 
 def test_suite_runs_skips_resumes_and_refuses_other_options(data, tmp_path, monkeypatch):

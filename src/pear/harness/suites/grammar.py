@@ -80,6 +80,22 @@ def method_overrides(name: str) -> dict:
     raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(grammar())}")
 
 
+def split_name(name: str) -> tuple[str, dict[str, str]]:
+    """A suite method's name as written, unparsed: 'pear@scale=1@prune_ratio=0.75' ->
+    ('pear', {'scale': '1', 'prune_ratio': '0.75'}); 'adapter' -> ('adapter', {}). The values stay
+    text, as the name spells them (the tables and tuning records spell them so too). PearError for
+    a setting that is not FIELD=VALUE or a field set twice."""
+    method, *settings = name.split("@")
+    out: dict[str, str] = {}
+    for text in settings:
+        field, eq, value = text.partition("=")
+        if not eq or not field or field in out:
+            why = "sets " + field + " twice" if field in out and eq else f"has {text!r}, which is not FIELD=VALUE"
+            raise PearError(f"suite method {name!r} {why}")
+        out[field] = value
+    return method, out
+
+
 def _check_characters(name: str) -> None:
     if len(name) > MAX_NAME_LENGTH:
         raise PearError(

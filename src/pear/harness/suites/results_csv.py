@@ -1,14 +1,15 @@
 """A results.csv read back into rows (with its numbers as numbers), and the rows of several
 tables merged: how benchmarks/merge_results.py joins a new suite folder's runs to tables kept
-from an earlier one. `results.write_tables` writes them out again."""
+from an earlier one (`merge_into`, which writes them out again with `results.write_tables`)."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 from ...errors import PearError
-from .results import _COUNTS, CSV_FIELDS, _method_key, _task_key
+from .results import _COUNTS, CSV_FIELDS, _method_key, _task_key, write_tables
 
 # Columns that results.csv files written before them lack: read as empty.
 LATER_COLUMNS = ("cpu", "gpu")
@@ -47,6 +48,21 @@ def merge_rows(*tables: list[dict]) -> list[dict]:
     as aggregate sorts."""
     merged = {(r["task"], r["method"], r["seed"]): r for rows in tables for r in rows}
     return sorted(merged.values(), key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]))
+
+
+def merge_into(
+    kept: str | Path, rows: list[dict], note: Callable[[int], str], command: str | None = None, new_wins: bool = True
+) -> list[dict]:
+    """Join `rows` to the tables kept in folder `kept` (its results.csv, if any) and write them there
+    again (`write_tables`), one row per (task, method, seed): `rows` replace kept ones unless
+    new_wins is False. `note(runs)` says where the rows came from; `command` is the one results.md
+    names (default: the kept results.md's). Returns the merged rows."""
+    kept = Path(kept)
+    old = read_csv(kept / "results.csv") if (kept / "results.csv").is_file() else []
+    merged = merge_rows(old, rows) if new_wins else merge_rows(rows, old)
+    kept.mkdir(parents=True, exist_ok=True)
+    write_tables(kept, merged, command or read_command(kept / "results.md"), notes=[note(len(merged))])
+    return merged
 
 
 def read_command(path: str | Path) -> str | None:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from ...atomic import atomic_write_text, open_append
+from ...atomic import open_append
 from ...errors import PearError
 from ..datasets.builders import BUILTIN_DATASETS, build_dataset
 from ..datasets.vtab import task_info
@@ -183,9 +183,7 @@ class Suite:
         lock = hold(self.out)
         try:
             self._tune(runs, devices)
-            records = tuning.read_choices(self.out)
-            table = Path(self.out) / "tuning" / tuning.CHOICES_TABLE
-            atomic_write_text(table, "\n".join(tuning.markdown(records)).lstrip("\n") + "\n")
+            table, records = tuning.write_choices_table(self.out)
             print(f"suite: the choices are in {table}", flush=True)
         finally:
             unlock(lock)

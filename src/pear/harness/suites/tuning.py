@@ -160,3 +160,12 @@ def markdown(records: list[dict]) -> list[str]:
         )
         lines.append(f"| {r['task']} | {r['method']} | {r['option']} | {cells} | {chosen} |")
     return lines
+
+
+def write_choices_table(out: str | Path) -> tuple[Path, list[dict]]:
+    """OUT/tuning/choices.md from every choice recorded under OUT/tuning (`read_choices`): a suite's,
+    or a results folder's kept copies of them; returns its path and the records."""
+    records = read_choices(out)
+    table = Path(out) / "tuning" / CHOICES_TABLE
+    atomic_write_text(table, "\n".join(markdown(records)).lstrip("\n") + "\n")
+    return table, records
