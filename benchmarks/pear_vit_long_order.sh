@@ -51,3 +51,4 @@ run FAMILY=peft-lora,peft-lora-eq bash benchmarks/pear_vit_long.sh tuned  # the 
 run TASKS=sprites_ori FAMILY=pear bash benchmarks/pear_vit_long.sh reuse
 run TASKS=fashion_mnist,sprites_loc ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" \
     bash benchmarks/pear_vit_long.sh tuned_ablations
+run TASKS=fashion_mnist,sprites_loc ABLATIONS="share=none importance=random" bash benchmarks/pear_vit_long.sh tuned_ablations
