@@ -8,10 +8,9 @@ recipe, seeds and train800val200 split), so they are not trained a second time.
         --tasks sprites_ori --methods adapter,pear
 
 Reads each choice from SUITE/tuning/<task>/<method>/choice.json (the protocol's record), takes
-the fixed tables' rows of `<method>@scale=<chosen>` (with `@prune_ratio=` and nothing else),
-renames them as --tune names its runs (`pear@prune_ratio=0.75`, `tuned` = `scale=1`; an ablation
-keeps its setting: `pear@prune_ratio=0.75@share=top1`) and merges
-them into the tuned folder's results.csv / results.md. The `run` column keeps the fixed run's
+the fixed tables' rows of `<method>@scale=<chosen>` (with any other settings), renames them as
+--tune names its runs (`pear@prune_ratio=0.75`, `tuned` = `scale=1`; an ablation keeps its
+setting: `pear@prune_ratio=0.75@share=top1`) and merges them into the tuned folder's results.csv / results.md. The `run` column keeps the fixed run's
 folder, so the table says where each row came from.
 """
 
@@ -24,7 +23,7 @@ from pathlib import Path
 from pear.errors import PearError
 from pear.harness.suites import tuning
 from pear.harness.suites.grammar import split_name
-from pear.harness.suites.results_csv import merge_into, read_csv
+from pear.harness.suites.results_csv import merge_into, read_command, read_csv
 
 
 def tuned_name(method: str, option: str, value: str) -> str | None:
@@ -77,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tuned,
             reused,
             new_wins=False,
+            command=read_command(args.tuned / "results.md"),
             note=lambda n: (
                 f"Runs: {n}; {len(reused)} of them ({args.methods} on {args.tasks}) are fixed-scale runs at "
                 f"the scale --tune chose (benchmarks/tuned_reuse.py; their `run` column names the fixed run)"

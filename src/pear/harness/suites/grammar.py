@@ -89,9 +89,10 @@ def split_name(name: str) -> tuple[str, dict[str, str]]:
     out: dict[str, str] = {}
     for text in settings:
         field, eq, value = text.partition("=")
-        if not eq or not field or field in out:
-            why = "sets " + field + " twice" if field in out and eq else f"has {text!r}, which is not FIELD=VALUE"
-            raise PearError(f"suite method {name!r} {why}")
+        if not eq or not field:
+            raise PearError(f"suite method {name!r} has {text!r}, which is not FIELD=VALUE")
+        if field in out:
+            raise PearError(f"suite method {name!r} sets {field} twice")
         out[field] = value
     return method, out
 

@@ -56,12 +56,12 @@ def merge_into(
     """Join `rows` to the tables kept in folder `kept` (its results.csv, if any) and write them there
     again (`write_tables`), one row per (task, method, seed): `rows` replace kept ones unless
     new_wins is False. `note(runs)` says where the rows came from; `command` is the one results.md
-    names (default: the kept results.md's). Returns the merged rows."""
+    names. Returns the merged rows."""
     kept = Path(kept)
     old = read_csv(kept / "results.csv") if (kept / "results.csv").is_file() else []
     merged = merge_rows(old, rows) if new_wins else merge_rows(rows, old)
     kept.mkdir(parents=True, exist_ok=True)
-    write_tables(kept, merged, command or read_command(kept / "results.md"), notes=[note(len(merged))])
+    write_tables(kept, merged, command, notes=[note(len(merged))])
     return merged
 
 
