@@ -19,7 +19,7 @@
 #              trained on train800 and scored on val200 (the decision), 3 seeds
 #   gate_test  the gate on the test split (sprites_loc, 3 seeds)
 #   tune       VTAB's protocol, its tuning runs only (pear suite --tune --tune-only): s for adapter / pear /
-#              prune (0.1, 1, 4; pear and prune at their default ratio 0.5) and alpha for the LoRAs (8, 32,
+#              prune (0.1, 1, 4, 16; pear and prune at their default ratio 0.5) and alpha for the LoRAs (8, 32,
 #              128), each trained on train800 and scored on val200, seed 0: is s = 1 (and the LoRAs'
 #              default alpha) what the protocol would have chosen for the runs above?
 #   tuned      adapter, pear and prune at the scale the tune phase chose (pear suite --tune, the same

@@ -22,8 +22,11 @@ def test_the_table_splits_the_command_into_parts_that_add_up(profile, tiny_vtab,
     rows = dict(re.findall(r"^\| ([^|]+?) \| ([0-9.]+) \| [0-9.]+% \|$", out, re.MULTILINE))
     assert len(rows) == 13, out
     parts = {name: float(s) for name, s in rows.items() if name != "total"}
-    for name in ("data, once: PNG open + decode + RGB (PIL)", "train steps: forward + loss", "train steps: backward",
-                 "train steps: optimizer (AdamW)", "test evaluation: forward"):
-        assert parts[name] > 0, (name, out)
+    # Every part is measured; a tiny one may print as 0.00 s (the table's rounding), so the parts are
+    # checked present, and the training step, which holds most of the work, as taking time.
+    steps = ("train steps: forward + loss", "train steps: backward", "train steps: optimizer (AdamW)")
+    for name in ("data, once: PNG open + decode + RGB (PIL)", *steps, "test evaluation: forward"):
+        assert name in parts and parts[name] >= 0, (name, out)
+    assert sum(parts[name] for name in steps) > 0, out
     assert sum(parts.values()) == pytest.approx(float(rows["total"]), abs=0.07)  # 12 rows rounded to 0.01
     assert "Training loop (10 steps)" in out  # 40 train800val200 images, batch 8, 2 epochs

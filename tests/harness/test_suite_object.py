@@ -54,9 +54,11 @@ def test_a_suite_computes_its_runs_once(tiny_vtab, tmp_path, monkeypatch, capsys
     assert s.run() == rows and len(trained) == len(grid) + 4
     assert [r.cfg.pear.scale for r in s.runs if r.method == "adapter"] == [max(grid)] * 2
     capsys.readouterr()
-    assert s.list().splitlines()[0].startswith("7 runs (indices 0-6); tuning runs 0-2 first")
+    n = len(grid) + 4
+    assert s.list().splitlines()[0].startswith(f"{n} runs (indices 0-{n - 1}); tuning runs 0-{len(grid) - 1} first")
     assert len(s.aggregate(command="pear suite ...")) == 4
-    assert s.run_index(6) is None and "run 6 (toy/adapter/seed1) has already finished" in capsys.readouterr().out
+    assert s.run_index(n - 1) is None
+    assert f"run {n - 1} (toy/adapter/seed1) has already finished" in capsys.readouterr().out
     assert calls == once
 
 

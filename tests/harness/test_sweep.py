@@ -15,7 +15,7 @@ from pear.cli import main
 from pear.errors import PearError
 from pear.harness import suite, tuning
 from pear.harness.data import VTAB_TASKS
-from pear.harness.results import vtab_summary
+from pear.harness.results import aggregate, vtab_summary
 
 TINY = {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8, "depth": 2, "embed_dim": 32,
                                                              "num_heads": 2},
@@ -98,22 +98,24 @@ def test_tune_runs_come_first_and_a_tuned_run_waits_for_them(tiny_vtab, tmp_path
     assert [r.label for r in runs] == [*(f"toy/adapter@scale={v:g}/seed0" for v in grid), "toy/linear/seed0",
                                        "toy/adapter/seed0"]
     assert [r.tuning for r in runs] == [True] * len(grid) + [False, False]
-    assert suite.list_runs(runs).splitlines()[0] == "5 runs (indices 0-4); tuning runs 0-2 first: a tuned run " \
-                                                    "needs its task's tuning runs finished"
+    n = len(grid)
+    assert suite.list_runs(runs).splitlines()[0] == f"{n + 2} runs (indices 0-{n + 1}); tuning runs 0-{n - 1} " \
+                                                    "first: a tuned run needs its task's tuning runs finished"
     trained = []
     monkeypatch.setattr(suite, "train", lambda cfg: trained.append(cfg) or _fake_finish(Path(cfg.out)))
-    suite.run_index(3, **spec)  # linear: nothing to tune
-    with pytest.raises(PearError, match=r"run 4 \(toy/adapter/seed0\) trains with the scale that --tune chooses "
-                                        r"on val200, and tuning runs 0 .*, 1 .*, 2 .* have not finished"):
-        suite.run_index(4, **spec)
+    suite.run_index(n, **spec)  # linear: nothing to tune
+    waiting = ", ".join(f"{i} .*" for i in range(n))
+    with pytest.raises(PearError, match=rf"run {n + 1} \(toy/adapter/seed0\) trains with the scale that --tune "
+                                        rf"chooses on val200, and tuning runs {waiting} have not finished"):
+        suite.run_index(n + 1, **spec)
     for i, v in enumerate(grid):
         _fake_finish(tuning.tune_run_dir(tmp_path, "toy", "adapter", v), val_acc=60.0 if v == grid[1] else 40.0)
-    suite.run_index(4, **spec)
+    suite.run_index(n + 1, **spec)
     assert trained[-1].pear.scale == grid[1] and trained[-1].train_split == "train800val200"
     assert json.loads((tuning.grid_dir(tmp_path, "toy", "adapter") / tuning.CHOICE_FILE).read_text())["chosen"] \
         == grid[1]
-    with pytest.raises(PearError, match=r"--index 5 is out of range: this suite has 5 runs"):
-        suite.run_index(5, **spec)
+    with pytest.raises(PearError, match=rf"--index {n + 2} is out of range: this suite has {n + 2} runs"):
+        suite.run_index(n + 2, **spec)
 
 
 def test_aggregate_names_what_is_missing(tiny_vtab, tmp_path, monkeypatch, capsys):
@@ -146,8 +148,10 @@ def test_emit_slurm_writes_a_job_array(tiny_vtab, tmp_path, monkeypatch):
     subprocess.run(["bash", "-n", str(script)], check=True)
 
     assert main([*args, "--tune", "--emit-slurm", str(script)]) == 0
-    text = script.read_text()  # 3 scale values for pear's tuning, then 2 linear + 2 pear runs
-    assert "#SBATCH --array=0-2" in text and f"sbatch --dependency=afterok:$jid --array=3-6 {script}" in text
+    text = script.read_text()  # one run per scale value for pear's tuning, then 2 linear + 2 pear runs
+    n = len(tuning.SCALE_GRID)
+    assert f"#SBATCH --array=0-{n - 1}" in text
+    assert f"sbatch --dependency=afterok:$jid --array={n}-{n + 3} {script}" in text
 
 
 def test_vtab1k_preset_needs_every_task_folder(tmp_path, capsys):
@@ -212,15 +216,45 @@ def test_a_tuned_run_is_listed_with_its_recorded_choice(tiny_vtab, tmp_path, mon
     monkeypatch.setattr(suite, "train", _train_writing_args)
     args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "adapter", "--out", str(tmp_path),
             "--epochs", "2", "--tune"]
-    for index in range(4):  # the 3 tuning runs (the largest scale wins), then the real run
+    n = len(tuning.SCALE_GRID)
+    for index in range(n + 1):  # the tuning runs (the largest scale wins), then the real run
         assert main([*args, "--index", str(index)]) == 0
     capsys.readouterr()
     assert main([*args, "--list"]) == 0
-    assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()[1:]] == ["finished"] * 4
+    assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()[1:]] == ["finished"] * (n + 1)
     record = tuning.grid_dir(tmp_path, "toy", "adapter") / tuning.CHOICE_FILE
-    record.write_text(record.read_text().replace('"chosen": 4.0', '"chosen": 1.0'))
+    top = max(tuning.SCALE_GRID)
+    record.write_text(record.read_text().replace(f'"chosen": {top}', '"chosen": 1.0'))
     assert main([*args, "--list"]) == 2
-    assert "scale: 4.0 there, 1.0 now" in capsys.readouterr().err
+    assert f"scale: {top} there, 1.0 now" in capsys.readouterr().err
+    # The table says which value the run trained with, and that it is not the choice now.
+    assert [r["tuned"] for r in aggregate(tmp_path)] == [f"scale={top:g} (chosen now: 1)"]
+
+
+def test_a_choice_made_over_another_grid_is_made_again_once_the_new_values_have_run(tiny_vtab, tmp_path,
+                                                                                    monkeypatch):
+    """A grid widened since a choice was recorded: the record does not count (its runs wait for the new
+    values' tuning runs), and the choice is made again over the whole grid once they have finished."""
+    spec = dict(data=str(tiny_vtab), tasks=["toy"], methods=["adapter"], seeds=[0], out=str(tmp_path), base=TINY,
+                tune=True)
+    narrow, wide = (0.1, 1.0), (0.1, 1.0, 4.0)
+    monkeypatch.setitem(tuning.GRIDS, "adapter", ("scale", narrow))
+    for v in narrow:
+        _fake_finish(tuning.tune_run_dir(tmp_path, "toy", "adapter", v), val_acc=60.0 if v == 1.0 else 40.0)
+    assert tuning.choose(tmp_path, "toy", "adapter")["chosen"] == 1.0
+    monkeypatch.setitem(tuning.GRIDS, "adapter", ("scale", wide))
+    assert tuning.current_choice(tmp_path, "toy", "adapter") is None
+    assert [r.stand_in for r in suite.sweep(**spec) if not r.tuning] == ["scale"]  # no choice yet
+    monkeypatch.setattr(suite, "train", lambda cfg: pytest.fail(f"trained {cfg.out}"))
+    with pytest.raises(PearError, match=r"tuning runs 2 \(toy/adapter@scale=4/seed0\) have not finished"):
+        suite.run_index(3, **spec)
+    _fake_finish(tuning.tune_run_dir(tmp_path, "toy", "adapter", 4.0), val_acc=70.0)
+    trained = []
+    monkeypatch.setattr(suite, "train", lambda cfg: trained.append(cfg) or _fake_finish(Path(cfg.out)))
+    suite.run_index(3, **spec)
+    assert trained[-1].pear.scale == 4.0
+    record = tuning.current_choice(tmp_path, "toy", "adapter")
+    assert record is not None and record["grid"] == list(wide) and record["chosen"] == 4.0
 
 
 def test_a_config_file_with_dashed_keys_works_as_in_train(tiny_vtab, tmp_path, monkeypatch, capsys):

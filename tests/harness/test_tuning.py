@@ -28,11 +28,11 @@ def _fake_history(run: Path, val: float) -> None:
 
 
 def test_choose_takes_the_best_last_epoch_val_score_and_the_earlier_value_on_a_tie(tmp_path):
-    for value, acc in zip(tuning.SCALE_GRID, (40.0, 55.0, 55.0)):
+    for value, acc in zip(tuning.SCALE_GRID, (40.0, 55.0, 55.0, 30.0), strict=True):
         _fake_history(tuning.tune_run_dir(tmp_path, "t", "adapter", value), acc)
     record = tuning.choose(tmp_path, "t", "adapter")
     assert record["chosen"] == tuning.SCALE_GRID[1]
-    assert record["val200_acc"] == {"0.1": 40.0, "1": 55.0, "4": 55.0}
+    assert record["val200_acc"] == {"0.1": 40.0, "1": 55.0, "4": 55.0, "16": 30.0}
     assert tuning.read_choices(tmp_path) == [json.loads(json.dumps(record))]
 
 

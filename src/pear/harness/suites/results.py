@@ -46,7 +46,7 @@ def aggregate(out: str | Path, command: str | None = None, missing: Sequence[str
         key=lambda r: (_task_key(r["task"]), _method_key(r["method"]), r["seed"]),
     )
     choices = tuning.read_choices(out)
-    _mark_tuned(rows, choices)
+    _mark_tuned(rows, choices, out)
     write_tables(out, rows, command, choices, missing)
     return rows
 
@@ -72,15 +72,22 @@ def write_tables(
         _plot(rows, out / "accuracy_vs_bytes.png")
 
 
-def _mark_tuned(rows: list[dict], choices: list[dict]) -> None:
-    """Each row's `tuned` cell: the option value the protocol chose for it ('scale=1'), if any."""
-    chosen = {(c.get("task"), c.get("method")): f"{c.get('option')}={c.get('chosen'):g}" for c in choices}
+def _mark_tuned(rows: list[dict], choices: list[dict], out: Path) -> None:
+    """Each tuned row's `tuned` cell: the value of the protocol's option the run trained with ('scale=4');
+    where that is not the value chosen now (a grid widened since), it says so ('scale=4 (chosen now: 16)')."""
+    chosen = {(c.get("task"), c.get("method")): c for c in choices}
     for r in rows:
         try:
             owner = tuning.tuned_by(r["method"], method_overrides(r["method"])["method"])
         except PearError:  # a folder name that is no suite method: nothing was tuned for it
             owner = None
-        r["tuned"] = chosen.get((r["task"], owner))
+        c = chosen.get((r["task"], owner))
+        if c is None:
+            r["tuned"] = None
+            continue
+        now, had = float(c["chosen"]), tuning.trained_value(out / r["run"], c["option"])
+        value = now if had is None else had
+        r["tuned"] = f"{c['option']}={value:g}" + ("" if value == now else f" (chosen now: {now:g})")
 
 
 # What the suite reads of a run's metrics.json (`pear.jsontypes` checks a file a user may have

@@ -301,8 +301,8 @@ def _choice(run: Run, runs: list[Run], out: str) -> dict:
     assert run.tuned_by is not None, "only a tuned run has a choice to read"
     task, grid = run.tuned_by
     option, values = tuning.GRIDS[grid]
-    record = tuning.grid_dir(out, task, grid) / tuning.CHOICE_FILE
-    if not record.is_file():
+    record = tuning.current_choice(out, task, grid)
+    if record is None:
         folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}
         waiting = [f"{i} ({r.label})" for i, r in enumerate(runs) if r.dir in folders and not r.finished]
         if waiting:
@@ -312,8 +312,8 @@ def _choice(run: Run, runs: list[Run], out: str) -> dict:
                 f"first (with Slurm: submit the tuning indices, then this one with "
                 f"--dependency=afterok:JOBID)"
             )
-        tuning.choose(out, task, grid)
-    return tuning.chosen_option(tuning.read_choice(record))
+        record = tuning.choose(out, task, grid)
+    return tuning.chosen_option(record)
 
 
 def finish(runs: list[Run], out: str, command: str | None = None) -> list[dict]:

@@ -128,14 +128,14 @@ def tuning_runs(suite: Suite) -> list[Run]:
 
 
 def recorded_choices(suite: Suite) -> dict[tuple[str, str], dict]:
-    """(task, method) -> {option: value} of the choices --tune has recorded so far."""
+    """(task, method) -> {option: value} of the choices --tune has recorded so far over today's grids."""
     chosen = {}
     for t in suite.tasks:
         for m in suite.methods:
             grid = grid_of(m)
-            record = tuning.grid_dir(suite.out, t, grid) / tuning.CHOICE_FILE if grid else None
-            if record is not None and record.is_file():
-                chosen[(t, m)] = tuning.chosen_option(tuning.read_choice(record))
+            record = tuning.current_choice(suite.out, t, grid) if grid else None
+            if record is not None:
+                chosen[(t, m)] = tuning.chosen_option(record)
     return chosen
 
 

@@ -27,7 +27,9 @@ from ..files import read_mapping
 from ..run.rundir import RunDir
 
 TUNE_SEED = 0
-SCALE_GRID = (0.1, 1.0, 4.0)
+# s = 16 as well: on sprites_loc the adapters' val200 still rose from s = 4 to 16 (48.5 against 37.0), and
+# the LoRAs' alpha grid reaches a scale alpha / rank of 16 at the default rank 8.
+SCALE_GRID = (0.1, 1.0, 4.0, 16.0)
 LORA_ALPHA_GRID = (8.0, 32.0, 128.0)
 # method -> (option, grid)
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -127,6 +129,35 @@ def read_choice(path: str | Path) -> dict:
 
 def _finite(value) -> bool:
     return has_type(value, (int, float)) and math.isfinite(value)
+
+
+def current_choice(out: str | Path, task: str, method: str) -> dict | None:
+    """The checked record of (task, method) when it was chosen over today's grid; None when there is
+    none yet, or when it was chosen over another grid (a grid since widened chooses again, once the
+    runs of its new values have finished)."""
+    path = grid_dir(out, task, method) / CHOICE_FILE
+    if not path.is_file():
+        return None
+    record = read_choice(path)
+    grid = record.get("grid")
+    same = isinstance(grid, list) and [float(v) if has_type(v, (int, float)) else v for v in grid] == list(
+        GRIDS[method][1]
+    )
+    return record if same else None
+
+
+def trained_value(run: Path, option: str) -> float | None:
+    """The value of `option` (one that --tune chooses) that run folder `run` trained with, from its
+    args.yaml (top level, or its `pear` section for the adapter scale); None where the file cannot
+    tell (the suite's same-run check names a damaged one)."""
+    path = RunDir(run).args
+    try:
+        args = read_mapping(path, "run options") if path.is_file() else {}
+    except PearError:
+        return None
+    section = args.get("pear")
+    value = args.get(option, section.get(option) if isinstance(section, dict) else None)
+    return float(value) if value is not None and _finite(value) else None
 
 
 def chosen_option(record: dict) -> dict:
