@@ -104,6 +104,7 @@ def cmd_predict(args) -> int:
 def cmd_suite(args) -> int:
     """parse -> `Suite` -> one of its methods (the mode's flag)."""
     from .harness.suites.suite import Suite
+    from .harness.suites.tuning import parse_grid
 
     modes = [
         f
@@ -127,6 +128,7 @@ def cmd_suite(args) -> int:
         base=_suite_base(args),
         tune=args.tune or args.tune_only,
         preset=args.preset,
+        grids=dict(parse_grid(g) for g in args.tune_grid or ()),
     )
     if args.list:
         print(suite.list())
@@ -325,6 +327,13 @@ def _add_suite_parser(sub) -> None:
         action="store_true",
         help="--tune's tuning runs only: record each choice and write OUT/tuning/choices.md, then stop "
         "(a later --tune call trains the real runs with those choices)",
+    )
+    p.add_argument(
+        "--tune-grid",
+        action="append",
+        metavar="OPTION=V,V,...",
+        help="the values --tune tries for one option, in place of the built-in grid (scale: 0.1,1,4,16; "
+        "lora_alpha: 8,32,128); repeat it for the other option",
     )
     _add_scheduler_arguments(p.add_argument_group("on a cluster's scheduler (one run per job-array task)"))
     p.set_defaults(func=cmd_suite)

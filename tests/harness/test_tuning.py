@@ -173,3 +173,39 @@ def test_cli_tune_only_implies_tune_and_is_one_mode(data, tmp_path, monkeypatch,
     assert seen == [(True, ["cpu", "cpu"])]
     assert main([*argv, "--tune-only", "--list"]) == 2
     assert "pass one of --list, --tune-only" in capsys.readouterr().err
+
+
+def test_tune_grid_sets_the_values_tried_and_the_record_names_its_grid(tiny_vtab, tmp_path, capsys):
+    from pear.cli import main
+
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "adapter,peft-lora", "--out",
+            str(tmp_path), "--epochs", "2", "--tune", "--tune-grid", "scale=2,8,2", "--list"]
+    assert main(args) == 0
+    labels = [ln.split()[2] for ln in capsys.readouterr().out.splitlines()[1:]]
+    lora = [f"toy/peft-lora@lora_alpha={v:g}/seed0" for v in tuning.LORA_ALPHA_GRID]  # the built-in grid
+    assert labels == ["toy/adapter@scale=2/seed0", "toy/adapter@scale=8/seed0", *lora, "toy/adapter/seed0",
+                      "toy/peft-lora/seed0"]
+    grids = {"scale": (2.0, 8.0)}
+    for value, acc in ((2.0, 50.0), (8.0, 60.0)):
+        _fake_history(tuning.tune_run_dir(tmp_path, "toy", "adapter", value), acc)
+    assert tuning.choose(tmp_path, "toy", "adapter", grids)["grid"] == [2.0, 8.0]
+    assert tuning.current_choice(tmp_path, "toy", "adapter", grids)["chosen"] == 8.0
+    assert tuning.current_choice(tmp_path, "toy", "adapter") is None  # the built-in grid chooses again
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--tune", "--tune-grid", "scale"], "--tune-grid 'scale': expected OPTION=VALUE,VALUE,..."),
+    (["--tune", "--tune-grid", "scale=1,x"], "--tune-grid 'scale=1,x': expected OPTION=VALUE,VALUE,..."),
+    (["--tune", "--tune-grid", "rank=1,2"], "--tune chooses lora_alpha and scale, not 'rank'"),
+    (["--tune", "--tune-grid", "scale=0,4"], "--tune-grid scale: expected one or more finite values > 0, got [0.0, 4.0]"),
+    (["--tune", "--tune-grid", "scale=inf"], "expected one or more finite values > 0, got [inf]"),
+    (["--tune-grid", "scale=1,4"], "--tune-grid sets the values --tune tries; pass --tune (or --tune-only) with it"),
+])
+def test_a_bad_tune_grid_is_named(tiny_vtab, tmp_path, capsys, flags, named):
+    from pear.cli import main
+
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "adapter", "--out", str(tmp_path / "s"),
+            *flags, "--list"]
+    assert main(args) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

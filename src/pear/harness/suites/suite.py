@@ -64,6 +64,7 @@ class Suite:
         suite sets for each run (`suite_runs.SUITE_FIELDS`).
     tune: first choose each method's tuned option on val200 (`pear.harness.suites.tuning`); the
         real runs then use the chosen value.
+    grids: with `tune`, {option: values} tried in place of `tuning.GRIDS`' (--tune-grid scale=...).
 
     Repeated tasks, methods and seeds count once. Making a Suite checks its fields; its
     `runs` check every run's configuration, once, before any method writes anything.
@@ -76,9 +77,13 @@ class Suite:
     out: str
     base: dict = field(default_factory=dict)
     tune: bool = False
+    grids: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         tasks, methods, seeds, base = suite_runs.checked(self.tasks, self.methods, self.seeds, self.base)
+        grids = tuning.checked_grids(self.grids)
+        if grids and not self.tune:
+            raise PearError("--tune-grid sets the values --tune tries; pass --tune (or --tune-only) with it")
         for name, value in (
             ("data", str(self.data)),
             ("out", str(self.out)),
@@ -86,6 +91,7 @@ class Suite:
             ("methods", methods),
             ("seeds", seeds),
             ("base", base),
+            ("grids", grids),
         ):
             object.__setattr__(self, name, value)  # frozen: the checked values, set once
 
@@ -100,6 +106,7 @@ class Suite:
         base: dict | None = None,
         tune: bool = False,
         preset: str | None = None,
+        grids: dict | None = None,
     ) -> Suite:
         """`pear suite`'s Suite: with a `preset` (`PRESETS`), its tasks (every folder checked), method pear,
         folder suites/PRESET and recipe, under whatever is given; without one, tasks, methods and out
@@ -112,9 +119,8 @@ class Suite:
         missing = [flag for flag, v in (("--tasks", tasks), ("--methods", methods), ("--out", out)) if not v]
         if missing:
             raise PearError(f"pear suite needs {', '.join(missing)} (or --preset vtab1k)")
-        return cls(
-            data, tuple(tasks or ()), tuple(methods or ()), tuple(seeds), str(out), {**recipe, **(base or {})}, tune
-        )
+        spec = (tuple(tasks or ()), tuple(methods or ()), tuple(seeds), str(out))
+        return cls(data, *spec, {**recipe, **(base or {})}, tune, dict(grids or {}))
 
     @cached_property
     def runs(self) -> list[Run]:
@@ -204,7 +210,7 @@ class Suite:
                 f"{len(failures)} tuning runs failed; run the suite again to retry:\n  " + "\n  ".join(failures)
             )
         grids = dict.fromkeys(r.tuned_by for r in runs if r.tuned_by)
-        records = {(t, g): tuning.choose(self.out, t, g) for t, g in grids}
+        records = {(t, g): tuning.choose(self.out, t, g, self.grids) for t, g in grids}
         for c in records.values():
             print(
                 f"suite: {c['task']}/{c['method']}: {c['option']} = {c['chosen']:g} (val200 {c['val200_acc']})",
@@ -233,7 +239,7 @@ class Suite:
         lock = hold(self.out, shared=True)
         try:
             if run.tuned_by:
-                run = runs[index] = suite_runs.with_choice(self, run, _choice(run, runs, self.out))
+                run = runs[index] = suite_runs.with_choice(self, run, _choice(run, runs, self.out, self.grids))
             if run.dir.exists():
                 check_same_options(run)
             if run.finished:
@@ -296,12 +302,12 @@ def hold(out: str | Path, shared: bool = False) -> int:
     return lock_folder(Path(out), "suite folder", shared=shared)
 
 
-def _choice(run: Run, runs: list[Run], out: str) -> dict:
+def _choice(run: Run, runs: list[Run], out: str, grids: dict) -> dict:
     """{option: value} chosen for a tuned run's task, choosing it when its tuning runs have finished."""
     assert run.tuned_by is not None, "only a tuned run has a choice to read"
     task, grid = run.tuned_by
-    option, values = tuning.GRIDS[grid]
-    record = tuning.current_choice(out, task, grid)
+    option, values = tuning.GRIDS[grid][0], tuning.values_of(grid, grids)
+    record = tuning.current_choice(out, task, grid, grids)
     if record is None:
         folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}
         waiting = [f"{i} ({r.label})" for i, r in enumerate(runs) if r.dir in folders and not r.finished]
@@ -312,7 +318,7 @@ def _choice(run: Run, runs: list[Run], out: str) -> dict:
                 f"first (with Slurm: submit the tuning indices, then this one with "
                 f"--dependency=afterok:JOBID)"
             )
-        record = tuning.choose(out, task, grid)
+        record = tuning.choose(out, task, grid, grids)
     return tuning.chosen_option(record)
 
 

@@ -97,7 +97,7 @@ def real_runs(suite: Suite, chosen: dict[tuple[str, str], dict]) -> list[Run]:
                 if grid is None:
                     runs.append(Run(t, m, s, config(suite, t, m, s, {})))
                     continue
-                name, values = tuning.GRIDS[grid]
+                name, values = tuning.GRIDS[grid][0], tuning.values_of(grid, suite.grids)
                 picked = chosen.get((t, m))
                 option, stand_in = (picked, None) if picked else ({name: values[0]}, name)
                 runs.append(Run(t, m, s, config(suite, t, m, s, option), (t, grid), stand_in=stand_in))
@@ -123,7 +123,7 @@ def tuning_runs(suite: Suite) -> list[Run]:
             tuning=True,
         )
         for t, g in grids
-        for v in tuning.GRIDS[g][1]
+        for v in tuning.values_of(g, suite.grids)
     ]
 
 
@@ -133,7 +133,7 @@ def recorded_choices(suite: Suite) -> dict[tuple[str, str], dict]:
     for t in suite.tasks:
         for m in suite.methods:
             grid = grid_of(m)
-            record = tuning.current_choice(suite.out, t, grid) if grid else None
+            record = tuning.current_choice(suite.out, t, grid, suite.grids) if grid else None
             if record is not None:
                 chosen[(t, m)] = tuning.chosen_option(record)
     return chosen

@@ -54,6 +54,41 @@ def tuned_by(method: str, trains: str) -> str | None:
     return None
 
 
+def values_of(method: str, grids: dict[str, tuple[float, ...]] | None = None) -> tuple[float, ...]:
+    """The values tried for `method`'s option: a suite's own grid for that option (--tune-grid), else `GRIDS`'."""
+    option, default = GRIDS[method]
+    return tuple((grids or {}).get(option, default))
+
+
+def checked_grids(grids: dict | None) -> dict[str, tuple[float, ...]]:
+    """A suite's own grids, {option: values}: options --tune chooses, each with finite values > 0
+    (a repeated value counts once); PearError naming the option otherwise."""
+    options = sorted({option for option, _ in GRIDS.values()})
+    checked = {}
+    for option, values in dict(grids or {}).items():
+        if option not in options:
+            raise PearError(f"--tune-grid {option}=...: --tune chooses {' and '.join(options)}, not {option!r}")
+        values = tuple(dict.fromkeys(values))
+        if not values or not all(has_type(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+            raise PearError(f"--tune-grid {option}: expected one or more finite values > 0, got {list(values)}")
+        checked[option] = tuple(float(v) for v in values)
+    return checked
+
+
+def parse_grid(text: str) -> tuple[str, tuple[float, ...]]:
+    """'scale=0.1,1,4,16' -> ('scale', (0.1, 1.0, 4.0, 16.0)), as --tune-grid takes one."""
+    option, sep, values = text.partition("=")
+    try:
+        parsed = tuple(float(v) for v in values.split(","))
+    except ValueError:
+        parsed = ()
+    if not sep or not option.strip() or not parsed:
+        raise PearError(
+            f"--tune-grid {text!r}: expected OPTION=VALUE,VALUE,..., e.g. scale=0.1,1,4,16 or lora_alpha=8,32,128"
+        )
+    return option.strip(), parsed
+
+
 def grid_dir(out: str | Path, task: str, method: str) -> Path:
     return Path(out) / "tuning" / task / method
 
@@ -80,9 +115,10 @@ def val_score(run: Path) -> float:
         ) from None
 
 
-def choose(out: str | Path, task: str, method: str) -> dict:
-    """Score every grid value's finished run, pick the best and record it; returns the record."""
-    option, grid = GRIDS[method]
+def choose(out: str | Path, task: str, method: str, grids: dict | None = None) -> dict:
+    """Score every grid value's finished run (the suite's own `grids`, else `GRIDS`), pick the best
+    and record it; returns the record."""
+    option, grid = GRIDS[method][0], values_of(method, grids)
     scores = {f"{v:g}": val_score(tune_run_dir(out, task, method, v)) for v in grid}
     best = max(grid, key=lambda v: (scores[f"{v:g}"], -grid.index(v)))
     record = {
@@ -131,17 +167,17 @@ def _finite(value) -> bool:
     return has_type(value, (int, float)) and math.isfinite(value)
 
 
-def current_choice(out: str | Path, task: str, method: str) -> dict | None:
-    """The checked record of (task, method) when it was chosen over today's grid; None when there is
-    none yet, or when it was chosen over another grid (a grid since widened chooses again, once the
-    runs of its new values have finished)."""
+def current_choice(out: str | Path, task: str, method: str, grids: dict | None = None) -> dict | None:
+    """The checked record of (task, method) when it was chosen over the grid used now (`values_of`);
+    None when there is none yet, or when it was chosen over another grid (a grid since widened
+    chooses again, once the runs of its new values have finished)."""
     path = grid_dir(out, task, method) / CHOICE_FILE
     if not path.is_file():
         return None
     record = read_choice(path)
     grid = record.get("grid")
     same = isinstance(grid, list) and [float(v) if has_type(v, (int, float)) else v for v in grid] == list(
-        GRIDS[method][1]
+        values_of(method, grids)
     )
     return record if same else None
 
