@@ -72,6 +72,9 @@ def read_rows(paths: list[Path]) -> list[dict]:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 key = (row["task"], row["method"], row["seed"])
+                if "chosen now" in (row.get("tuned") or ""):  # trained over a grid since widened
+                    raise SystemExit(f"{path}: {key} trained at {row['tuned']}, not at --tune's choice now; "
+                                     f"train it again or leave it out")
                 if key in rows:
                     tuned = [bool(r.get("tuned")) for r in (rows[key], row)]
                     if SCALE is not None or tuned.count(True) != 1:

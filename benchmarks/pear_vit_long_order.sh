@@ -55,3 +55,13 @@ run TASKS=fashion_mnist,sprites_loc ABLATIONS="share=none importance=random" bas
 # the scale grid widened to 0.1 / 1 / 4 / 16 (the probe at s = 16): the tuning runs again, the task where
 # adapters matter most first; a record made over the old grid is chosen again over the new one
 run TASKS=sprites_loc,fashion_mnist TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune
+# every choice on those two tasks moved to s = 16: the tuned table as it stood (grid 0.1 / 1 / 4) kept in
+# tuned_grid3/ and its rows there taken out of tuned/ (benchmarks/regrid.py); the ablations' run folders made
+# at s = 4 moved out of the suite folder, so that its tables hold only runs of the new grid
+run bash -c 'R=benchmarks/results/pear_vit_long; PYTHONPATH=src .venv/bin/python benchmarks/regrid.py $R/tuned \
+    $R/tuning $R/tuned_grid3 --option scale --tasks fashion_mnist,sprites_loc && for t in fashion_mnist sprites_loc; do \
+    mkdir -p "$SUITES/long_tune_grid3/runs/$t" && mv "$SUITES/long_tune/runs/$t"/pear@prune_ratio=0.75@* \
+    "$SUITES/long_tune_grid3/runs/$t/"; done'
+run TASKS=sprites_loc bash benchmarks/pear_vit_long.sh tuned  # adapter, pear and prune at s = 16, 3 seeds
+run TASKS=fashion_mnist bash benchmarks/pear_vit_long.sh tuned
+run TASKS=sprites_ori TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune  # s = 16 there too

@@ -156,3 +156,9 @@ def test_at_scale_tuned_a_tuned_lora_replaces_its_default_run(claim, tmp_path):
     with pytest.raises(SystemExit, match="appears in two of the files"):  # two fixed runs: refused
         claim.main([str(tmp_path / "fixed.csv"), str(tmp_path / "fixed2.csv"), "--out", str(tmp_path / "o3"),
                     "--scale", "tuned"])
+
+
+def test_a_run_trained_at_a_value_no_longer_chosen_is_refused(claim, tmp_path):
+    write(tmp_path / "tuned.csv", {"adapter": [50, 51, 52]}, tuned={"adapter": "scale=4 (chosen now: 16)"})
+    with pytest.raises(SystemExit, match=r"trained at scale=4 \(chosen now: 16\), not at --tune's choice now"):
+        claim.main([str(tmp_path / "tuned.csv"), "--out", str(tmp_path / "out"), "--scale", "tuned"])
