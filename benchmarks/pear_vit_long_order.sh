@@ -65,6 +65,9 @@ run bash -c 'R=benchmarks/results/pear_vit_long; PYTHONPATH=src .venv/bin/python
 run TASKS=sprites_loc bash benchmarks/pear_vit_long.sh tuned  # adapter, pear and prune at s = 16, 3 seeds
 run TASKS=fashion_mnist bash benchmarks/pear_vit_long.sh tuned
 run TASKS=sprites_ori TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune  # s = 16 there too
+# at s = 16 prune led pear on sprites_loc at every ratio: our learned gate on the shared positions there
+# (it starts at 1, plain sharing), 3 seeds on the test split, a measurement beside the val200 decision at s = 1
+run TASKS=sprites_loc ABLATIONS="gate=scalar" bash benchmarks/pear_vit_long.sh tuned_ablations
 # the ablations again at pear's new tuned scale (16 on both tasks; sprites_ori's are the s = 1 runs reused)
 run TASKS=fashion_mnist,sprites_loc ABLATIONS="knowledge=none knowledge=frozen knowledge=distill share=none \
     importance=random" bash benchmarks/pear_vit_long.sh tuned_ablations
