@@ -65,6 +65,10 @@ run bash -c 'R=benchmarks/results/pear_vit_long; PYTHONPATH=src .venv/bin/python
 run TASKS=sprites_loc bash benchmarks/pear_vit_long.sh tuned  # adapter, pear and prune at s = 16, 3 seeds
 run TASKS=fashion_mnist bash benchmarks/pear_vit_long.sh tuned
 run TASKS=sprites_ori TUNE_METHODS=adapter,pear,prune bash benchmarks/pear_vit_long.sh tune  # s = 16 there too
+# sprites_ori's prune trained again only where the wider grid moved its choice (s = 4 over the old grid); adapter
+# and pear kept s = 1 there unless step 32 says otherwise, so their reused s = 1 rows stand
+run bash -c 'if ! grep -q "\"chosen\": 4.0" "$SUITES/long_tune/tuning/sprites_ori/prune/choice.json"; then
+    TASKS=sprites_ori FAMILY=prune bash benchmarks/pear_vit_long.sh tuned; fi'
 # at s = 16 prune led pear on sprites_loc at every ratio: our learned gate on the shared positions there
 # (it starts at 1, plain sharing), 3 seeds on the test split, a measurement beside the val200 decision at s = 1
 run TASKS=sprites_loc ABLATIONS="gate=scalar" bash benchmarks/pear_vit_long.sh tuned_ablations
