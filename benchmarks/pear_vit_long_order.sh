@@ -73,5 +73,7 @@ run bash -c 'if ! grep -q "\"chosen\": 4.0" "$SUITES/long_tune/tuning/sprites_or
 # (it starts at 1, plain sharing), 3 seeds on the test split, a measurement beside the val200 decision at s = 1
 run TASKS=sprites_loc ABLATIONS="gate=scalar" bash benchmarks/pear_vit_long.sh tuned_ablations
 # the ablations again at pear's new tuned scale (16 on both tasks; sprites_ori's are the s = 1 runs reused)
-run TASKS=fashion_mnist,sprites_loc ABLATIONS="knowledge=none knowledge=frozen knowledge=distill share=none \
-    importance=random" bash benchmarks/pear_vit_long.sh tuned_ablations
+# (sharing off and no checkpoint first: they answer the most)
+run TASKS=fashion_mnist,sprites_loc ABLATIONS="share=none knowledge=none" bash benchmarks/pear_vit_long.sh tuned_ablations
+run TASKS=fashion_mnist,sprites_loc ABLATIONS="knowledge=frozen knowledge=distill importance=random" \
+    bash benchmarks/pear_vit_long.sh tuned_ablations
