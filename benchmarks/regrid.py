@@ -7,7 +7,8 @@ grid chooses again, so the table never mixes runs of the two grids.
         --option scale --tasks fashion_mnist,sprites_loc
 
 Copies TUNED (results.csv, results.md, claim.md, ...) and TUNING (every choice.json, choices.md)
-into ARCHIVE (ARCHIVE/tuning for the records); refuses an ARCHIVE that exists. Then rewrites
+into ARCHIVE (ARCHIVE/tuning for the records); refuses an ARCHIVE that exists (with --archived, an
+earlier call's ARCHIVE already holds them, and nothing is copied). Then rewrites
 TUNED's tables without the rows whose `tuned` cell is OPTION=... on TASKS (adapter, pear, prune and
 the Pear ablations for --option scale): the rows the next `pear suite --tune` call trains again.
 """
@@ -24,14 +25,21 @@ from pear.harness.suites.results import write_tables
 from pear.harness.suites.results_csv import read_command, read_csv
 
 
-def regrid(tuned: Path, tuning: Path, archive: Path, option: str, tasks: list[str]) -> tuple[int, int]:
-    """Archive the tables and records, then drop the rows the new grid chooses again; returns
-    (rows dropped, rows kept)."""
-    if archive.exists():
-        raise PearError(f"{archive} exists; choose another archive folder (nothing was changed)")
+def regrid(
+    tuned: Path, tuning: Path, archive: Path, option: str, tasks: list[str], archived: bool = False
+) -> tuple[int, int]:
+    """Archive the tables and records (unless `archived`: an earlier call kept them there, and the rows
+    to drop are among them), then drop the rows the new grid chooses again; returns (rows dropped, rows kept)."""
+    if archived != archive.is_dir():
+        raise PearError(
+            f"{archive} {'is not' if archived else 'exists'}: "
+            f"{'--archived needs the archive an earlier call made' if archived else 'choose another archive folder'} "
+            f"(nothing was changed)"
+        )
     rows = read_csv(tuned / "results.csv")
-    shutil.copytree(tuned, archive)
-    shutil.copytree(tuning, archive / "tuning")
+    if not archived:
+        shutil.copytree(tuned, archive)
+        shutil.copytree(tuning, archive / "tuning")
     again = [r for r in rows if r["task"] in tasks and str(r.get("tuned") or "").startswith(f"{option}=")]
     kept = [r for r in rows if r not in again]
     note = (
@@ -49,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("archive", type=Path, help="a new folder: the tables and records as they were")
     ap.add_argument("--option", required=True, help="the option whose grid changed: scale or lora_alpha")
     ap.add_argument("--tasks", required=True, help="comma-separated tasks where the new grid trains again")
+    ap.add_argument("--archived", action="store_true", help="ARCHIVE already holds these rows: only drop them")
     args = ap.parse_args(argv)
     try:
-        dropped, kept = regrid(args.tuned, args.tuning, args.archive, args.option, args.tasks.split(","))
+        dropped, kept = regrid(
+            args.tuned, args.tuning, args.archive, args.option, args.tasks.split(","), archived=args.archived
+        )
     except PearError as exc:
         print(f"regrid: {exc}", file=sys.stderr)
         return 2

@@ -31,3 +31,8 @@ def test_the_rows_chosen_again_are_archived_and_taken_out(regrid, tmp_path):
     before = (tuned / "results.csv").read_text()
     assert regrid.main([str(tuned), str(tuning), str(archive), "--option", "scale", "--tasks", "loc"]) == 2
     assert (tuned / "results.csv").read_text() == before  # an archive that exists: nothing changed
+    # A later task on the same archive: its rows are already there, so they are only taken out.
+    assert regrid.main([str(tuned), str(tuning), str(archive), "--option", "scale", "--tasks", "ori", "--archived"]) == 0
+    assert [(r["task"], r["method"]) for r in read_csv(tuned / "results.csv")] == [("loc", "peft-lora")]
+    assert regrid.main([str(tuned), str(tuning), str(tmp_path / "none"), "--option", "scale", "--tasks", "ori",
+                        "--archived"]) == 2
