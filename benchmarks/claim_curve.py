@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pear.errors import PearError
 from pear.harness.suites.grammar import split_name
+from pear.harness.suites.results import CHOSEN_NOW
 
 DEFAULTS = {"share": "matched", "knowledge": "merge", "importance": "taylor", "gate": "none"}
 # The adapter family reported, set by `family` (main's --scale): its output scale (None: the runs
@@ -72,7 +73,7 @@ def read_rows(paths: list[Path]) -> list[dict]:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 key = (row["task"], row["method"], row["seed"])
-                if "chosen now" in (row.get("tuned") or ""):  # trained over a grid since widened
+                if CHOSEN_NOW in (row.get("tuned") or ""):  # trained over a grid since widened
                     raise SystemExit(f"{path}: {key} trained at {row['tuned']}, not at --tune's choice now; "
                                      f"train it again or leave it out")
                 if key in rows:

@@ -30,18 +30,18 @@ def regrid(
 ) -> tuple[int, int]:
     """Archive the tables and records (unless `archived`: an earlier call kept them there, and the rows
     to drop are among them), then drop the rows the new grid chooses again; returns (rows dropped, rows kept)."""
-    if archived != archive.is_dir():
-        raise PearError(
-            f"{archive} {'is not' if archived else 'exists'}: "
-            f"{'--archived needs the archive an earlier call made' if archived else 'choose another archive folder'} "
-            f"(nothing was changed)"
-        )
+    if archived and not archive.is_dir():
+        raise PearError(f"{archive} is not a folder: --archived needs the archive an earlier call made (nothing was changed)")
+    if not archived and archive.exists():
+        raise PearError(f"{archive} exists; choose another archive folder (nothing was changed)")
     rows = read_csv(tuned / "results.csv")
     if not archived:
         shutil.copytree(tuned, archive)
         shutil.copytree(tuning, archive / "tuning")
-    again = [r for r in rows if r["task"] in tasks and str(r.get("tuned") or "").startswith(f"{option}=")]
-    kept = [r for r in rows if r not in again]
+    again, kept = [], []
+    for r in rows:
+        trains_again = r["task"] in tasks and str(r.get("tuned") or "").startswith(f"{option}=")
+        (again if trains_again else kept).append(r)
     note = (
         f"Runs: {len(kept)}; the {len(again)} runs that --tune chose {option} for on {', '.join(tasks)} "
         f"over the earlier grid are in {archive.name}/ (benchmarks/regrid.py), to be trained again"

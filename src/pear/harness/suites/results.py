@@ -72,6 +72,9 @@ def write_tables(
         _plot(rows, out / "accuracy_vs_bytes.png")
 
 
+CHOSEN_NOW = "chosen now"  # in a `tuned` cell: the run trained at another value than the one chosen now
+
+
 def _mark_tuned(rows: list[dict], choices: list[dict], out: Path) -> None:
     """Each tuned row's `tuned` cell: the value of the protocol's option the run trained with ('scale=4');
     where that is not the value chosen now (a grid widened since), it says so ('scale=4 (chosen now: 16)')."""
@@ -87,7 +90,7 @@ def _mark_tuned(rows: list[dict], choices: list[dict], out: Path) -> None:
             continue
         now, had = float(c["chosen"]), tuning.trained_value(out / r["run"], c["option"])
         value = now if had is None else had
-        r["tuned"] = f"{c['option']}={value:g}" + ("" if value == now else f" (chosen now: {now:g})")
+        r["tuned"] = f"{c['option']}={value:g}" + ("" if value == now else f" ({CHOSEN_NOW}: {now:g})")
 
 
 # What the suite reads of a run's metrics.json (`pear.jsontypes` checks a file a user may have

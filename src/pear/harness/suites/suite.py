@@ -306,7 +306,7 @@ def _choice(run: Run, runs: list[Run], out: str, grids: dict) -> dict:
     """{option: value} chosen for a tuned run's task, choosing it when its tuning runs have finished."""
     assert run.tuned_by is not None, "only a tuned run has a choice to read"
     task, grid = run.tuned_by
-    option, values = tuning.GRIDS[grid][0], tuning.values_of(grid, grids)
+    option, values = tuning.grid_for(grid, grids)
     record = tuning.current_choice(out, task, grid, grids)
     if record is None:
         folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}

@@ -97,7 +97,7 @@ def real_runs(suite: Suite, chosen: dict[tuple[str, str], dict]) -> list[Run]:
                 if grid is None:
                     runs.append(Run(t, m, s, config(suite, t, m, s, {})))
                     continue
-                name, values = tuning.GRIDS[grid][0], tuning.values_of(grid, suite.grids)
+                name, values = tuning.grid_for(grid, suite.grids)
                 picked = chosen.get((t, m))
                 option, stand_in = (picked, None) if picked else ({name: values[0]}, name)
                 runs.append(Run(t, m, s, config(suite, t, m, s, option), (t, grid), stand_in=stand_in))
@@ -123,7 +123,7 @@ def tuning_runs(suite: Suite) -> list[Run]:
             tuning=True,
         )
         for t, g in grids
-        for v in tuning.values_of(g, suite.grids)
+        for v in tuning.grid_for(g, suite.grids)[1]
     ]
 
 

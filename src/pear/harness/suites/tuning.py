@@ -54,10 +54,10 @@ def tuned_by(method: str, trains: str) -> str | None:
     return None
 
 
-def values_of(method: str, grids: dict[str, tuple[float, ...]] | None = None) -> tuple[float, ...]:
-    """The values tried for `method`'s option: a suite's own grid for that option (--tune-grid), else `GRIDS`'."""
+def grid_for(method: str, grids: dict[str, tuple[float, ...]] | None = None) -> tuple[str, tuple[float, ...]]:
+    """(option, values) of `method`'s grid: a suite's own values for that option (--tune-grid), else `GRIDS`'."""
     option, default = GRIDS[method]
-    return tuple((grids or {}).get(option, default))
+    return option, tuple((grids or {}).get(option, default))
 
 
 def checked_grids(grids: dict | None) -> dict[str, tuple[float, ...]]:
@@ -69,7 +69,7 @@ def checked_grids(grids: dict | None) -> dict[str, tuple[float, ...]]:
         if option not in options:
             raise PearError(f"--tune-grid {option}=...: --tune chooses {' and '.join(options)}, not {option!r}")
         values = tuple(dict.fromkeys(values))
-        if not values or not all(has_type(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+        if not values or not all(_finite(v) and v > 0 for v in values):
             raise PearError(f"--tune-grid {option}: expected one or more finite values > 0, got {list(values)}")
         checked[option] = tuple(float(v) for v in values)
     return checked
@@ -118,7 +118,7 @@ def val_score(run: Path) -> float:
 def choose(out: str | Path, task: str, method: str, grids: dict | None = None) -> dict:
     """Score every grid value's finished run (the suite's own `grids`, else `GRIDS`), pick the best
     and record it; returns the record."""
-    option, grid = GRIDS[method][0], values_of(method, grids)
+    option, grid = grid_for(method, grids)
     scores = {f"{v:g}": val_score(tune_run_dir(out, task, method, v)) for v in grid}
     best = max(grid, key=lambda v: (scores[f"{v:g}"], -grid.index(v)))
     record = {
@@ -168,18 +168,14 @@ def _finite(value) -> bool:
 
 
 def current_choice(out: str | Path, task: str, method: str, grids: dict | None = None) -> dict | None:
-    """The checked record of (task, method) when it was chosen over the grid used now (`values_of`);
+    """The checked record of (task, method) when it was chosen over the grid used now (`grid_for`);
     None when there is none yet, or when it was chosen over another grid (a grid since widened
     chooses again, once the runs of its new values have finished)."""
     path = grid_dir(out, task, method) / CHOICE_FILE
     if not path.is_file():
         return None
     record = read_choice(path)
-    grid = record.get("grid")
-    same = isinstance(grid, list) and [float(v) if has_type(v, (int, float)) else v for v in grid] == list(
-        values_of(method, grids)
-    )
-    return record if same else None
+    return record if record.get("grid") == list(grid_for(method, grids)[1]) else None
 
 
 def trained_value(run: Path, option: str) -> float | None:
