@@ -80,3 +80,11 @@ run TASKS=sprites_loc ABLATIONS="gate=scalar" bash benchmarks/pear_vit_long.sh t
 run TASKS=fashion_mnist,sprites_loc ABLATIONS="share=none knowledge=none" bash benchmarks/pear_vit_long.sh tuned_ablations
 run TASKS=fashion_mnist,sprites_loc ABLATIONS="knowledge=frozen knowledge=distill importance=random" \
     bash benchmarks/pear_vit_long.sh tuned_ablations
+# sprites_ori at pear's new choice (s = 4): its reused s = 1 ablation runs no longer match, so all of them train
+# (the knowledge modes first: they answer the checkpoint's target)
+run TASKS=sprites_ori ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" \
+    bash benchmarks/pear_vit_long.sh tuned_ablations
+run TASKS=sprites_ori ABLATIONS="share=nearest share=top1 share=none importance=magnitude importance=random" \
+    bash benchmarks/pear_vit_long.sh tuned_ablations
+run TASKS=fashion_mnist,sprites_loc ABLATIONS="share=nearest share=top1 importance=magnitude" \
+    bash benchmarks/pear_vit_long.sh tuned_ablations
