@@ -26,6 +26,8 @@
 #              folder: its tuning runs are reused), 3 seeds; tables and claim.md in tuned/ (FAMILY=peft-lora,
 #              peft-lora-eq: the LoRAs at the alpha it chose; claim.md then shows them in place of the default's)
 #   tuned_ablations  the ablations (as in ablations) at pear's tuned scale, 3 seeds ($TASKS, $ABLATIONS), in tuned/
+#   probe64    adapter, pear and prune at s = 64 on val200 (seed 0): does the scale grid stop too early?
+#   tune_ratio pear's and prune's scale tuned apart at each ratio (--tune-each prune_ratio), tuning runs only
 #   reuse      the tuned table's rows for $FAMILY (default adapter,pear) on $TASKS where the tune phase chose
 #              s = 1: the adequacy, curve and ablations phases' s = 1 runs are those runs (same recipe, seeds, split)
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
@@ -144,6 +146,16 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
             --methods "$abl"
         keep_merged "$SUITES/long_tune" "$RESULTS/tuned"
         tuned_claim ;;
+    probe64)  # is s = 16 chosen because the grid stops there? adapter, pear and prune at s = 64, train800 -> val200,
+        # seed 0 ($TASKS): the val200 score beside tuning/'s at 16 (a grid of one value: its "choice" is no decision)
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0 --out "$SUITES/long_probe64" "${RECIPE[@]}" \
+            --tune-only --tune-grid scale=64 --methods adapter,pear,prune
+        keep_choices "$SUITES/long_probe64" "$RESULTS/probe_s64/tuning" ;;
+    tune_ratio)  # pear's and prune's scale chosen apart at each of $RATIOS (--tune-each prune_ratio; default 0.75 0.9),
+        # where the tune phase chose it at ratio 0.5 for every ratio: the tuning runs only, in long_tune_ratio
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune_ratio" "${RECIPE[@]}" \
+            --tune-only --tune-each prune_ratio --methods "$(AT= ratios_at ${RATIOS:-0.75 0.9})"
+        keep_choices "$SUITES/long_tune_ratio" "$RESULTS/tuned_ratio/tuning" ;;
     reuse)  # tuned, without training again: where --tune chose s = 1 ($FAMILY on $TASKS; the tune phase first),
         # the s = 1 runs of the adequacy and curve phases are its runs (benchmarks/tuned_reuse.py)
         $PY benchmarks/tuned_reuse.py "$SUITES/long_tune" "$RESULTS/tuned" "$RESULTS/adequacy/results.csv" \
@@ -152,6 +164,6 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" \
             --docs docs/results.md ;;  # + headline.md (the README's table) and docs/results.md's claim tables
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, tuned_ablations, reuse, report)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, tuned_ablations, probe64, tune_ratio, reuse, report)" >&2; exit 2 ;;
     esac
 done

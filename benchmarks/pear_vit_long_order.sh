@@ -80,6 +80,10 @@ run TASKS=sprites_loc ABLATIONS="gate=scalar" bash benchmarks/pear_vit_long.sh t
 run TASKS=fashion_mnist,sprites_loc ABLATIONS="share=none knowledge=none" bash benchmarks/pear_vit_long.sh tuned_ablations
 run TASKS=fashion_mnist,sprites_loc ABLATIONS="knowledge=frozen knowledge=distill importance=random" \
     bash benchmarks/pear_vit_long.sh tuned_ablations
+# every choice on fashion_mnist and sprites_loc is the grid's top (16), made at ratio 0.5: s = 64 on val200, and the
+# scale chosen apart at ratios 0.75 and 0.9, where the claim's targets are
+run TASKS=sprites_loc,fashion_mnist bash benchmarks/pear_vit_long.sh probe64
+run TASKS=sprites_loc,fashion_mnist bash benchmarks/pear_vit_long.sh tune_ratio
 # sprites_ori at pear's new choice (s = 4): its reused s = 1 ablation runs no longer match, so all of them train
 # (the knowledge modes first: they answer the checkpoint's target)
 run TASKS=sprites_ori ABLATIONS="knowledge=none knowledge=frozen knowledge=distill" \

@@ -129,6 +129,7 @@ def cmd_suite(args) -> int:
         tune=args.tune or args.tune_only,
         preset=args.preset,
         grids=dict(parse_grid(g) for g in args.tune_grid or ()),
+        tune_each=[f for text in args.tune_each or () for f in text.split(",")],
     )
     if args.list:
         print(suite.list())
@@ -334,6 +335,14 @@ def _add_suite_parser(sub) -> None:
         metavar="OPTION=V,V,...",
         help="the values --tune tries for one option, in place of the built-in grid (scale: 0.1,1,4,16; "
         "lora_alpha: 8,32,128); repeat it for the other option",
+    )
+    p.add_argument(
+        "--tune-each",
+        action="append",
+        metavar="FIELD",
+        help="--tune chooses apart for each value of this Pear option that a method's name sets, e.g. "
+        "prune_ratio: pear@prune_ratio=0.9 gets a choice of its own in place of pear's (its ablations "
+        "pear@prune_ratio=0.9@... use that choice); comma-separated or repeated",
     )
     _add_scheduler_arguments(p.add_argument_group("on a cluster's scheduler (one run per job-array task)"))
     p.set_defaults(func=cmd_suite)

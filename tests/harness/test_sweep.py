@@ -276,3 +276,45 @@ def test_list_and_emit_slurm_refuse_tasks_training_refuses(tiny_vtab, tmp_path, 
     assert main(argv) == 2
     assert f"task {named} is not a folder name" in capsys.readouterr().err
     assert not (tmp_path / "s.sbatch").exists()
+
+
+def _train_scoring_by_ratio(cfg) -> None:
+    """Stands in for `train`: at prune ratio 0.9 the smallest scale scores best on val200, else the largest."""
+    _train_writing_args(cfg)
+    scale = cfg.pear.scale
+    val = 50.0 - scale if cfg.pear.prune_ratio > 0.8 else 50.0 + scale
+    (Path(cfg.out) / "history.json").write_text(json.dumps([{"epoch": 0, "val_acc": val}]))
+
+
+def test_tune_each_chooses_apart_for_each_ratio_a_name_sets(tiny_vtab, tmp_path, monkeypatch, capsys):
+    """--tune-each prune_ratio: prune@prune_ratio=0.9 has a choice of its own, and a Pear ablation at that
+    ratio uses pear's choice at that ratio; the table says the value each run trained with."""
+    monkeypatch.setattr(suite, "train", _train_scoring_by_ratio)
+    methods = ["prune", "prune@prune_ratio=0.9", "pear@prune_ratio=0.9@knowledge=none"]
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", ",".join(methods), "--out",
+            str(tmp_path), "--epochs", "2", "--tune"]
+    assert main([*args, "--tune-each", "prune_ratio", "--list"]) == 0
+    labels = [ln.split()[2] for ln in capsys.readouterr().out.splitlines()[1:]]
+    owners, grid = ["prune", "prune@prune_ratio=0.9", "pear@prune_ratio=0.9"], tuning.SCALE_GRID
+    assert labels == [f"toy/{o}@scale={v:g}/seed0" for o in owners for v in grid] + [f"toy/{m}/seed0" for m in methods]
+    assert main([*args, "--tune-each", "prune_ratio"]) == 0
+    low, high = f"scale={min(grid):g}", f"scale={max(grid):g}"
+    assert {r["method"]: r["tuned"] for r in aggregate(tmp_path)} == dict(zip(methods, [high, low, low]))
+    assert tuning.current_choice(tmp_path, "toy", "prune@prune_ratio=0.9")["chosen"] == min(grid)
+    # Without --tune-each those runs would train at prune's and pear's choice: the folder does not mix them.
+    capsys.readouterr()
+    assert main([*args, "--list"]) == 2
+    assert f"scale: {min(grid)} there, {max(grid)} now" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--tune", "--tune-each", "scale"], "--tune-each scale: --tune chooses scale itself"),
+    (["--tune", "--tune-each", "prune_ratio,nope"], "--tune-each 'nope': expected one of the Pear options"),
+    (["--tune-each", "prune_ratio"], "--tune-each says what --tune chooses apart; pass --tune"),
+])
+def test_a_bad_tune_each_is_named(tiny_vtab, tmp_path, capsys, flags, named):
+    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "pear", "--out", str(tmp_path / "s"),
+            *flags, "--list"]
+    assert main(args) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

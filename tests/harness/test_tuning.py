@@ -209,3 +209,17 @@ def test_a_bad_tune_grid_is_named(tiny_vtab, tmp_path, capsys, flags, named):
     assert main(args) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_field_tuned_apart_joins_the_owner_and_the_most_specific_record_owns_a_run():
+    assert tuning.tuned_by("prune@prune_ratio=0.9", "prune", {"prune_ratio": 0.9}) == "prune@prune_ratio=0.9"
+    assert tuning.tuned_by("pear-r0.75", "pear", {"prune_ratio": 0.75}) == "pear@prune_ratio=0.75"
+    assert tuning.tuned_by("pear@blocks=0+6", "pear", {"blocks": [0, 6]}) == "pear@blocks=0+6"
+    assert tuning.tuned_by("linear", "linear", {"prune_ratio": 0.9}) is None
+    assert tuning.grid_for("prune@prune_ratio=0.9") == ("scale", tuning.SCALE_GRID)
+    records = [{"task": "t", "method": "prune", "chosen": 16.0}, {"task": "t", "method": "prune@prune_ratio=0.9",
+                                                                    "chosen": 4.0}]
+    at = {"method": "prune", "prune_ratio": 0.9, "knowledge": "none"}
+    assert tuning.owner_record(records, "t", "prune@prune_ratio=0.9@knowledge=none", at)["chosen"] == 4.0
+    assert tuning.owner_record(records, "t", "prune@prune_ratio=0.75", {**at, "prune_ratio": 0.75})["chosen"] == 16.0
+    assert tuning.owner_record(records, "u", "prune", {"method": "prune"}) is None

@@ -73,10 +73,9 @@ def method_overrides(name: str) -> dict:
                 return {"method": "pear", field: parse(name[len(prefix) :])}
             except ValueError:
                 break
-    if "@" in name and "/" not in name:
-        method, *settings = name.split("@")
-        if method in METHODS or method in METHOD_ALIASES:
-            return {"method": method, **_settings(name, method, settings)}
+    method = name.partition("@")[0]
+    if "@" in name and "/" not in name and (method in METHODS or method in METHOD_ALIASES):
+        return {"method": method, **_settings(name, method, split_name(name)[1])}
     raise PearError(f"unknown suite method {name!r}; expected one of: {', '.join(grammar())}")
 
 
@@ -111,29 +110,26 @@ def _check_characters(name: str) -> None:
         )
 
 
-def _settings(name: str, method: str, settings: list[str]) -> dict:
-    """The FIELD=VALUE settings of `name`, each field once and only fields `method` uses."""
+def _settings(name: str, method: str, settings: dict[str, str]) -> dict:
+    """The FIELD=VALUE settings of `name` (`split_name`'s), parsed, and only fields `method` uses."""
     out: dict = {}
-    for text in settings:
-        field, value = _setting(name, text)
-        if field in out:
-            raise PearError(f"suite method {name!r} sets {field} twice; set each field once")
+    for field, value in settings.items():
         used = TRAINING_METHODS.get(canonical_method(method)).options  # None: every Pear option
+        if field not in PEAR_FIELDS:
+            raise PearError(
+                f"suite method {name!r}: {f'{field}={value}'!r} is not FIELD=VALUE with FIELD one of "
+                f"{', '.join(PEAR_FIELDS)}"
+            )
         if used is not None and field not in used:
             takes = f"takes only {', '.join(used)}" if used else "has no Pear options"
             raise PearError(f"suite method {name!r}: method {method} {takes}, so {field} would change nothing")
-        out[field] = value
+        out[field] = _parsed(name, field, value)
     return out
 
 
-def _setting(name: str, text: str) -> tuple[str, object]:
-    """'rank=4' -> ('rank', 4), parsed as `pear train --rank 4` would be."""
-    field, eq, value = text.partition("=")
-    if not eq or field not in PEAR_FIELDS:
-        raise PearError(
-            f"suite method {name!r}: {text!r} is not FIELD=VALUE with FIELD one of {', '.join(PEAR_FIELDS)}"
-        )
+def _parsed(name: str, field: str, value: str) -> object:
+    """'4' for field rank -> 4, parsed as `pear train --rank 4` would be."""
     try:
-        return field, value_parser(PearConfig, field)(value)
+        return value_parser(PearConfig, field)(value)
     except ValueError:
         raise PearError(f"suite method {name!r}: {value!r} is not a valid {field}") from None

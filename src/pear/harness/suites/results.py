@@ -77,14 +77,15 @@ CHOSEN_NOW = "chosen now"  # in a `tuned` cell: the run trained at another value
 
 def _mark_tuned(rows: list[dict], choices: list[dict], out: Path) -> None:
     """Each tuned row's `tuned` cell: the value of the protocol's option the run trained with ('scale=4');
-    where that is not the value chosen now (a grid widened since), it says so ('scale=4 (chosen now: 16)')."""
-    chosen = {(c.get("task"), c.get("method")): c for c in choices}
+    where that is not the value chosen now (a grid widened since, or a field tuned apart since), it says
+    so ('scale=4 (chosen now: 16)')."""
     for r in rows:
         try:
-            owner = tuning.tuned_by(r["method"], method_overrides(r["method"])["method"])
+            overrides = method_overrides(r["method"])
         except PearError:  # a folder name that is no suite method: nothing was tuned for it
-            owner = None
-        c = chosen.get((r["task"], owner))
+            r["tuned"] = None
+            continue
+        c = tuning.owner_record(choices, r["task"], r["method"], overrides)
         if c is None:
             r["tuned"] = None
             continue

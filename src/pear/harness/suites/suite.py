@@ -65,6 +65,8 @@ class Suite:
     tune: first choose each method's tuned option on val200 (`pear.harness.suites.tuning`); the
         real runs then use the chosen value.
     grids: with `tune`, {option: values} tried in place of `tuning.GRIDS`' (--tune-grid scale=...).
+    tune_each: with `tune`, the Pear options (prune_ratio, ...) whose every value a method's name
+        sets is tuned apart (--tune-each; `suite_runs.grid_of`).
 
     Repeated tasks, methods and seeds count once. Making a Suite checks its fields; its
     `runs` check every run's configuration, once, before any method writes anything.
@@ -78,12 +80,15 @@ class Suite:
     base: dict = field(default_factory=dict)
     tune: bool = False
     grids: dict = field(default_factory=dict)
+    tune_each: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         tasks, methods, seeds, base = suite_runs.checked(self.tasks, self.methods, self.seeds, self.base)
         grids = tuning.checked_grids(self.grids)
-        if grids and not self.tune:
-            raise PearError("--tune-grid sets the values --tune tries; pass --tune (or --tune-only) with it")
+        each = tuning.checked_apart(self.tune_each)
+        if (grids or each) and not self.tune:
+            flag = "--tune-grid sets the values --tune tries" if grids else "--tune-each says what --tune chooses apart"
+            raise PearError(f"{flag}; pass --tune (or --tune-only) with it")
         for name, value in (
             ("data", str(self.data)),
             ("out", str(self.out)),
@@ -92,6 +97,7 @@ class Suite:
             ("seeds", seeds),
             ("base", base),
             ("grids", grids),
+            ("tune_each", each),
         ):
             object.__setattr__(self, name, value)  # frozen: the checked values, set once
 
@@ -107,6 +113,7 @@ class Suite:
         tune: bool = False,
         preset: str | None = None,
         grids: dict | None = None,
+        tune_each: list[str] | None = None,
     ) -> Suite:
         """`pear suite`'s Suite: with a `preset` (`PRESETS`), its tasks (every folder checked), method pear,
         folder suites/PRESET and recipe, under whatever is given; without one, tasks, methods and out
@@ -120,7 +127,7 @@ class Suite:
         if missing:
             raise PearError(f"pear suite needs {', '.join(missing)} (or --preset vtab1k)")
         spec = (tuple(tasks or ()), tuple(methods or ()), tuple(seeds), str(out))
-        return cls(data, *spec, {**recipe, **(base or {})}, tune, dict(grids or {}))
+        return cls(data, *spec, {**recipe, **(base or {})}, tune, dict(grids or {}), tuple(tune_each or ()))
 
     @cached_property
     def runs(self) -> list[Run]:

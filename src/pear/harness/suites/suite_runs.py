@@ -71,9 +71,12 @@ def checked(tasks, methods, seeds, base: dict | None) -> tuple[tuple, tuple, tup
     return tasks, methods, seeds, base
 
 
-def grid_of(method: str) -> str | None:
-    """The grid (`tuning.GRIDS`) whose val200 choice suite method `method` trains with under --tune."""
-    return tuning.tuned_by(method, method_overrides(method)["method"])
+def grid_of(suite: Suite, method: str) -> str | None:
+    """The tuning owner (`tuning.tuned_by`: a `tuning.GRIDS` method, with the fields of the suite's
+    `tune_each` that `method` sets) whose val200 choice suite method `method` trains with under --tune."""
+    overrides = method_overrides(method)
+    apart = {f: overrides[f] for f in suite.tune_each if f in overrides}
+    return tuning.tuned_by(method, overrides["method"], apart)
 
 
 def planned(suite: Suite) -> list[Run]:
@@ -93,7 +96,7 @@ def real_runs(suite: Suite, chosen: dict[tuple[str, str], dict]) -> list[Run]:
     for s in suite.seeds:
         for t in suite.tasks:
             for m in suite.methods:
-                grid = grid_of(m) if suite.tune else None
+                grid = grid_of(suite, m) if suite.tune else None
                 if grid is None:
                     runs.append(Run(t, m, s, config(suite, t, m, s, {})))
                     continue
@@ -111,13 +114,13 @@ def with_choice(suite: Suite, run: Run, option: dict) -> Run:
 
 def tuning_runs(suite: Suite) -> list[Run]:
     """The protocol's train800 -> val200 runs: one per grid value of each (task, tuned method)."""
-    grids = list(dict.fromkeys((t, g) for t in suite.tasks for m in suite.methods if (g := grid_of(m))))
+    grids = list(dict.fromkeys((t, g) for t in suite.tasks for m in suite.methods if (g := grid_of(suite, m))))
     _check_tunable(suite, [g for _, g in grids])
     seed = tuning.TUNE_SEED
     return [
         Run(
             t,
-            f"{g}@{tuning.GRIDS[g][0]}={v:g}",
+            f"{g}@{tuning.grid_for(g)[0]}={v:g}",
             seed,
             config(suite, t, g, seed, tuning.tune_overrides(g, v), tuning.tune_run_dir(suite.out, t, g, v)),
             tuning=True,
@@ -132,7 +135,7 @@ def recorded_choices(suite: Suite) -> dict[tuple[str, str], dict]:
     chosen = {}
     for t in suite.tasks:
         for m in suite.methods:
-            grid = grid_of(m)
+            grid = grid_of(suite, m)
             record = tuning.current_choice(suite.out, t, grid, suite.grids) if grid else None
             if record is not None:
                 chosen[(t, m)] = tuning.chosen_option(record)
@@ -141,13 +144,13 @@ def recorded_choices(suite: Suite) -> dict[tuple[str, str], dict]:
 
 def _check_tunable(suite: Suite, grids: list[str]) -> None:
     """--tune chooses each grid's option: neither the suite's options nor a method name may set it."""
-    fixed = sorted({tuning.GRIDS[g][0] for g in grids} & set(suite.base))
+    fixed = sorted({tuning.grid_for(g)[0] for g in grids} & set(suite.base))
     if fixed:
         raise PearError(f"--tune chooses {', '.join(fixed)} on val200; do not also set it for every run")
     for m in suite.methods:
         overrides = method_overrides(m)
-        grid = grid_of(m)
-        option = tuning.GRIDS[grid][0] if grid else None
+        grid = grid_of(suite, m)
+        option = tuning.grid_for(grid)[0] if grid else None
         if option in overrides:
             raise PearError(
                 f"--tune chooses {option} on val200, but suite method {m!r} sets it; drop "
@@ -221,7 +224,7 @@ def list_runs(runs: list[Run]) -> str:
     lines = []
     for i, run in enumerate(runs):
         state = "finished" if run.finished else ("started" if run.dir.exists() else "pending")
-        note = f"  ({tuning.GRIDS[run.tuned_by[1]][0]}: the val200 choice)" if run.tuned_by else ""
+        note = f"  ({tuning.grid_for(run.tuned_by[1])[0]}: the val200 choice)" if run.tuned_by else ""
         lines.append(f"{i:5d}  {state:8s}  {run.label}  {run.dir}{note}")
     tuned = sum(r.tuning for r in runs)
     head = f"{len(runs)} runs (indices 0-{len(runs) - 1})"

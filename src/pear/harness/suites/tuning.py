@@ -10,20 +10,25 @@ grid, the val200 scores and the choice are written to
 What is tuned: the adapter output scale s for `adapter`, `pear` and `prune` (the Pear
 ablations `pear-...` use the value chosen for `pear` on the same task, so they differ
 from it in their one option only; a method with @options uses its base method's, e.g.
-`prune@prune_ratio=0.9` that of `prune`), and alpha for peft's LoRA. Test accuracy is never
-read here.
+`prune@prune_ratio=0.9` that of `prune`), and alpha for peft's LoRA. With `--tune-each FIELD`
+the values of FIELD that a method's name sets are tuned apart: `prune@prune_ratio=0.9` then has a
+choice of its own (its tuning runs under tuning/<task>/prune@prune_ratio=0.9/), and
+`pear@prune_ratio=0.9@knowledge=none` uses the choice of `pear@prune_ratio=0.9`. Test accuracy
+is never read here.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...atomic import atomic_write_text
 from ...errors import PearError
 from ...jsontypes import has_type, wrong_types
 from ..files import read_mapping
+from ..run.options import PEAR_FIELDS
 from ..run.rundir import RunDir
 
 TUNE_SEED = 0
@@ -43,20 +48,52 @@ CHOICE_FILE = "choice.json"
 CHOICES_TABLE = "choices.md"  # OUT/tuning/choices.md: every choice, as `pear suite --tune --tune-only` leaves them
 
 
-def tuned_by(method: str, trains: str) -> str | None:
+def tuned_by(method: str, trains: str, apart: dict | None = None) -> str | None:
     """The suite method whose choice `method` (which trains method `trains`) uses: itself when it
     has a grid; the method it names before its @options ('prune@prune_ratio=0.9' -> 'prune'); the
     method it trains ('pear' for a Pear ablation such as 'pear-kc-none'); None for methods with
-    nothing to tune (linear, full)."""
-    for owner in (method, method.split("@", 1)[0], trains):
-        if owner in GRIDS:
-            return owner
-    return None
+    nothing to tune (linear, full). `apart`: {field: value} of the fields tuned apart
+    (`pear suite --tune-each`) that `method` sets; they join the name, so that each of their values
+    has a choice of its own ('prune@prune_ratio=0.9' with prune_ratio apart -> itself)."""
+    owner = next((m for m in (method.split("@", 1)[0], trains) if m in GRIDS), None)
+    if owner is None:
+        return None
+    return owner + "".join(f"@{field}={spell(value)}" for field, value in (apart or {}).items())
+
+
+def spell(value: object) -> str:
+    """A setting's value as a method name spells it: 0.75 -> '0.75', [0, 6] -> '0+6'."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(spell(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def grid_key(owner: str) -> str:
+    """The `GRIDS` method of a tuning owner ('prune@prune_ratio=0.9' -> 'prune')."""
+    return owner.split("@", 1)[0]
+
+
+def owner_record(choices: list[dict], task: str, method: str, overrides: dict) -> dict | None:
+    """The recorded choice (of `choices`) that a run of suite method `method` on `task` trained with:
+    its owner's (`tuned_by`), the most specific one where some were tuned apart (`--tune-each`): of
+    the records whose fields tuned apart `method` also sets to the same values (`overrides`, its
+    parsed options, `grammar.method_overrides`), the one with the most such fields. None when none
+    was recorded."""
+    owner = tuned_by(method, overrides["method"])
+    spelled = {field: spell(value) for field, value in overrides.items()}
+    found = []
+    for c in choices:
+        key, _, rest = str(c.get("method")).partition("@")
+        apart = dict(text.partition("=")[::2] for text in rest.split("@")) if rest else {}
+        if c.get("task") == task and key == owner and all(spelled.get(f) == v for f, v in apart.items()):
+            found.append((len(apart), c))
+    return max(found, key=lambda pair: pair[0])[1] if found else None
 
 
 def grid_for(method: str, grids: dict[str, tuple[float, ...]] | None = None) -> tuple[str, tuple[float, ...]]:
-    """(option, values) of `method`'s grid: a suite's own values for that option (--tune-grid), else `GRIDS`'."""
-    option, default = GRIDS[method]
+    """(option, values) of `method`'s grid (a tuning owner, `tuned_by`): a suite's own values for that
+    option (--tune-grid), else `GRIDS`'."""
+    option, default = GRIDS[grid_key(method)]
     return option, tuple((grids or {}).get(option, default))
 
 
@@ -73,6 +110,20 @@ def checked_grids(grids: dict | None) -> dict[str, tuple[float, ...]]:
             raise PearError(f"--tune-grid {option}: expected one or more finite values > 0, got {list(values)}")
         checked[option] = tuple(float(v) for v in values)
     return checked
+
+
+def checked_apart(fields: Sequence[str]) -> tuple[str, ...]:
+    """The Pear options a suite tunes apart (--tune-each), each once; PearError naming one that is no
+    Pear option, or one that --tune chooses itself."""
+    fields = tuple(dict.fromkeys(f.strip() for f in fields))
+    for f in fields:
+        if f in {option for option, _ in GRIDS.values()}:
+            raise PearError(
+                f"--tune-each {f}: --tune chooses {f} itself; name an option a method sets, e.g. prune_ratio"
+            )
+        if f not in PEAR_FIELDS:
+            raise PearError(f"--tune-each {f!r}: expected one of the Pear options {', '.join(PEAR_FIELDS)}")
+    return fields
 
 
 def parse_grid(text: str) -> tuple[str, tuple[float, ...]]:
@@ -94,13 +145,13 @@ def grid_dir(out: str | Path, task: str, method: str) -> Path:
 
 
 def tune_run_dir(out: str | Path, task: str, method: str, value: float) -> Path:
-    option, _ = GRIDS[method]
+    option, _ = GRIDS[grid_key(method)]
     return grid_dir(out, task, method) / f"{option}={value:g}"
 
 
 def tune_overrides(method: str, value: float) -> dict:
     """The options of the tuning run for one grid value: train800, scored on val200."""
-    option, _ = GRIDS[method]
+    option, _ = GRIDS[grid_key(method)]
     return {option: value, "seed": TUNE_SEED, "select_on": "val200"}
 
 
@@ -150,7 +201,8 @@ def read_choice(path: str | Path) -> dict:
             + [(f"val200_acc[{k!r}]", v) for k, v in record["val200_acc"].items()]
             if not _finite(v)
         ]
-        if record["method"] not in GRIDS or record["option"] != GRIDS[record["method"]][0]:
+        key = grid_key(record["method"])
+        if key not in GRIDS or record["option"] != GRIDS[key][0]:
             problems.append(
                 f"method and option are {record['method']!r} and {record['option']!r}, which --tune "
                 f"does not tune (it tunes {', '.join(f'{m}: {o}' for m, (o, _) in GRIDS.items())})"
@@ -211,7 +263,8 @@ def markdown(records: list[dict]) -> list[str]:
         "## Tuning (val200)",
         "",
         f"Each value trained on train800 (seed {TUNE_SEED}) and scored on val200 after its last epoch; the "
-        "best value (bold) trained every seed on train800val200. Pear ablations use `pear`'s choice.",
+        "best value (bold) trained every seed on train800val200. Pear ablations use `pear`'s choice (with "
+        "--tune-each, a method named with that option, such as `pear@prune_ratio=0.9`, has one of its own).",
         "",
         "| task | method | option | val200 accuracy per value (%) | chosen |",
         "| --- | --- | --- | --- | --- |",
