@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -255,6 +256,32 @@ def test_a_choice_made_over_another_grid_is_made_again_once_the_new_values_have_
     assert trained[-1].pear.scale == 4.0
     record = tuning.current_choice(tmp_path, "toy", "adapter")
     assert record is not None and record["grid"] == list(wide) and record["chosen"] == 4.0
+
+
+def test_a_recorded_choice_stands_without_its_tuning_runs(tiny_vtab, tmp_path, monkeypatch, capsys):
+    """Tuning run folders deleted (to save disk, or a suite folder made anew with the records kept):
+    the choice stands, nothing tunes again, the indices stay, and nothing is named as missing."""
+    spec = dict(data=str(tiny_vtab), tasks=["toy"], methods=["adapter"], seeds=[0], out=str(tmp_path), base=TINY,
+                tune=True)
+    grid = tuning.GRIDS["adapter"][1]
+    for v in grid:
+        _fake_finish(tuning.tune_run_dir(tmp_path, "toy", "adapter", v), val_acc=60.0 if v == grid[1] else 40.0)
+    assert tuning.choose(tmp_path, "toy", "adapter")["chosen"] == grid[1]
+    for v in grid:
+        shutil.rmtree(tuning.tune_run_dir(tmp_path, "toy", "adapter", v))
+    trained = []
+    monkeypatch.setattr(suite, "train", lambda cfg: trained.append(cfg) or _fake_finish(Path(cfg.out)))
+    capsys.readouterr()
+    suite.run_suite(**{**spec, "seeds": [0, 1]})
+    assert [(Path(c.out).parent.name, c.pear.scale) for c in trained] == [("adapter", grid[1])] * 2
+    printed = capsys.readouterr().out
+    assert f"tuning, {len(grid)} runs, 0 finished, {len(grid)} not needed (their choice is recorded), 0 to run" \
+        in printed and "not finished" not in printed
+    runs = suite.sweep(**spec)
+    assert [r.settled for r in runs] == [True] * len(grid) + [False]
+    assert [ln.split()[1] for ln in suite.list_runs(runs).splitlines()[1:]] == ["recorded"] * len(grid) + ["finished"]
+    assert suite.run_index(0, **spec) is None and len(trained) == 2  # a tuning index: not needed
+    assert "Not finished" not in (tmp_path / "results.md").read_text()
 
 
 def test_a_config_file_with_dashed_keys_works_as_in_train(tiny_vtab, tmp_path, monkeypatch, capsys):

@@ -207,8 +207,10 @@ class Suite:
         and return the real runs, each tuned one with its task's choice."""
         tuning_runs = [r for r in runs if r.tuning]
         todo = _pending(tuning_runs)
+        settled = sum(r.settled and not r.finished for r in tuning_runs)
         print(
-            f"suite: tuning, {len(tuning_runs)} runs, {len(tuning_runs) - len(todo)} finished, {len(todo)} to run",
+            f"suite: tuning, {len(tuning_runs)} runs, {len(tuning_runs) - len(todo) - settled} finished, "
+            f"{settled} not needed (their choice is recorded), {len(todo)} to run",
             flush=True,
         )
         failures = _execute(todo, devices, Path(self.out))
@@ -217,7 +219,10 @@ class Suite:
                 f"{len(failures)} tuning runs failed; run the suite again to retry:\n  " + "\n  ".join(failures)
             )
         grids = dict.fromkeys(r.tuned_by for r in runs if r.tuned_by)
-        records = {(t, g): tuning.choose(self.out, t, g, self.grids) for t, g in grids}
+        records = {
+            (t, g): tuning.current_choice(self.out, t, g, self.grids) or tuning.choose(self.out, t, g, self.grids)
+            for t, g in grids
+        }
         for c in records.values():
             print(
                 f"suite: {c['task']}/{c['method']}: {c['option']} = {c['chosen']:g} (val200 {c['val200_acc']})",
@@ -246,11 +251,14 @@ class Suite:
         lock = hold(self.out, shared=True)
         try:
             if run.tuned_by:
-                run = runs[index] = suite_runs.with_choice(self, run, _choice(run, runs, self.out, self.grids))
+                run = runs[index] = suite_runs.with_choice(
+                    self, run, suite_runs.choice_of(run, runs, self.out, self.grids)
+                )
             if run.dir.exists():
                 check_same_options(run)
-            if run.finished:
-                print(f"suite: run {index} ({run.label}) has already finished", flush=True)
+            if run.done:
+                done = "has already finished" if run.finished else "is not needed: its choice is recorded"
+                print(f"suite: run {index} ({run.label}) {done}", flush=True)
                 return None
             print(f"suite: run {index}: {run.label}{' (resuming)' if run.dir.exists() else ''}", flush=True)
             # Always --resume: a process started for this index at the same moment may have just made
@@ -309,31 +317,11 @@ def hold(out: str | Path, shared: bool = False) -> int:
     return lock_folder(Path(out), "suite folder", shared=shared)
 
 
-def _choice(run: Run, runs: list[Run], out: str, grids: dict) -> dict:
-    """{option: value} chosen for a tuned run's task, choosing it when its tuning runs have finished."""
-    assert run.tuned_by is not None, "only a tuned run has a choice to read"
-    task, grid = run.tuned_by
-    option, values = tuning.grid_for(grid, grids)
-    record = tuning.current_choice(out, task, grid, grids)
-    if record is None:
-        folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}
-        waiting = [f"{i} ({r.label})" for i, r in enumerate(runs) if r.dir in folders and not r.finished]
-        if waiting:
-            raise PearError(
-                f"run {runs.index(run)} ({run.label}) trains with the {option} that --tune chooses on "
-                f"val200, and tuning runs {', '.join(waiting)} have not finished yet; run those indices "
-                f"first (with Slurm: submit the tuning indices, then this one with "
-                f"--dependency=afterok:JOBID)"
-            )
-        record = tuning.choose(out, task, grid, grids)
-    return tuning.chosen_option(record)
-
-
 def finish(runs: list[Run], out: str, command: str | None = None) -> list[dict]:
     """Aggregate whatever has finished and name the runs that have not (on stdout and in results.md),
     after `check_folders`."""
     check_folders(runs)
-    missing = [f"{i} {r.label}" for i, r in enumerate(runs) if not r.finished]
+    missing = [f"{i} {r.label}" for i, r in enumerate(runs) if not r.done]
     rows = aggregate(out, command=command, missing=missing)
     print(
         f"suite: aggregated {len(runs) - len(missing)} of {len(runs)} runs into {Path(out) / 'results.md'}", flush=True
@@ -350,12 +338,12 @@ def _print_vtab_means(rows: list[dict]) -> None:
 
 
 def _pending(runs: list[Run]) -> list[Run]:
-    """The runs without metrics.json (those with a folder resume), after checking that every
+    """The runs not done (`Run.done`; those with a folder resume), after checking that every
     existing folder was made with the same options."""
     check_folders(runs)
     todo = []
     for run in runs:
-        if not run.finished:
+        if not run.done:
             run.cfg.resume = run.dir.exists()
             todo.append(run)
     return todo

@@ -40,6 +40,7 @@ class Run:
     tuned_by: tuple[str, str] | None = None  # (task, grid method) whose val200 choice this run trains with
     tuning: bool = False  # one of --tune's train800 -> val200 runs
     stand_in: str | None = None  # the tuned option, while cfg holds a stand-in for the value not chosen yet
+    settled: bool = False  # a tuning run whose (task, method) has its choice recorded: not needed again
 
     @property
     def dir(self) -> Path:
@@ -52,6 +53,11 @@ class Run:
     @property
     def finished(self) -> bool:
         return RunDir(self.dir).metrics.is_file()
+
+    @property
+    def done(self) -> bool:
+        """Finished, or a tuning run that a recorded choice has made unneeded (`tuning_runs`)."""
+        return self.settled or self.finished
 
 
 def run_dir(out: str | Path, task: str, method: str, seed: int) -> Path:
@@ -112,11 +118,35 @@ def with_choice(suite: Suite, run: Run, option: dict) -> Run:
     return dataclasses.replace(run, cfg=config(suite, run.task, run.method, run.seed, option), stand_in=None)
 
 
+def choice_of(run: Run, runs: list[Run], out: str, grids: dict) -> dict:
+    """{option: value} chosen for a tuned run's task, choosing it when its tuning runs have finished."""
+    assert run.tuned_by is not None, "only a tuned run has a choice to read"
+    task, grid = run.tuned_by
+    option, values = tuning.grid_for(grid, grids)
+    record = tuning.current_choice(out, task, grid, grids)
+    if record is None:
+        folders = {tuning.tune_run_dir(out, task, grid, v) for v in values}
+        waiting = [f"{i} ({r.label})" for i, r in enumerate(runs) if r.dir in folders and not r.finished]
+        if waiting:
+            raise PearError(
+                f"run {runs.index(run)} ({run.label}) trains with the {option} that --tune chooses on "
+                f"val200, and tuning runs {', '.join(waiting)} have not finished yet; run those indices "
+                f"first (with Slurm: submit the tuning indices, then this one with "
+                f"--dependency=afterok:JOBID)"
+            )
+        record = tuning.choose(out, task, grid, grids)
+    return tuning.chosen_option(record)
+
+
 def tuning_runs(suite: Suite) -> list[Run]:
-    """The protocol's train800 -> val200 runs: one per grid value of each (task, tuned method)."""
+    """The protocol's train800 -> val200 runs: one per grid value of each (task, tuned method). Where
+    the choice of (task, method) is recorded over today's grid (`tuning.current_choice`), its runs are
+    `settled`: the record stands without them (their folders may be deleted to save disk; delete
+    choice.json to choose again), and the indices stay the same."""
     grids = list(dict.fromkeys((t, g) for t in suite.tasks for m in suite.methods if (g := grid_of(suite, m))))
     _check_tunable(suite, [g for _, g in grids])
     seed = tuning.TUNE_SEED
+    recorded = {(t, g) for t, g in grids if tuning.current_choice(suite.out, t, g, suite.grids) is not None}
     return [
         Run(
             t,
@@ -124,6 +154,7 @@ def tuning_runs(suite: Suite) -> list[Run]:
             seed,
             config(suite, t, g, seed, tuning.tune_overrides(g, v), tuning.tune_run_dir(suite.out, t, g, v)),
             tuning=True,
+            settled=(t, g) in recorded,
         )
         for t, g in grids
         for v in tuning.grid_for(g, suite.grids)[1]
@@ -218,12 +249,15 @@ def check_same_options(run: Run) -> None:
 
 
 def list_runs(runs: list[Run]) -> str:
-    """One line per run: index, state (finished / started / pending), label, folder; after
+    """One line per run: index, state (finished / recorded: a tuning run whose choice is recorded /
+    started / pending), label, folder; after
     `check_folders`."""
     check_folders(runs)
     lines = []
     for i, run in enumerate(runs):
-        state = "finished" if run.finished else ("started" if run.dir.exists() else "pending")
+        state = (
+            "finished" if run.finished else "recorded" if run.settled else "started" if run.dir.exists() else "pending"
+        )
         note = f"  ({tuning.grid_for(run.tuned_by[1])[0]}: the val200 choice)" if run.tuned_by else ""
         lines.append(f"{i:5d}  {state:8s}  {run.label}  {run.dir}{note}")
     tuned = sum(r.tuning for r in runs)
