@@ -28,6 +28,7 @@
 #   tuned_ablations  the ablations (as in ablations) at pear's tuned scale, 3 seeds ($TASKS, $ABLATIONS), in tuned/
 #   probe64    adapter, pear and prune at s = 64 on val200 (seed 0): does the scale grid stop too early?
 #   tune_ratio pear's and prune's scale tuned apart at each ratio (--tune-each prune_ratio), tuning runs only
+#   tuned_ratio  $METHODS at 3 seeds at the scale tune_ratio chose for them (where it differs from the tune phase's)
 #   reuse      the tuned table's rows for $FAMILY (default adapter,pear) on $TASKS where the tune phase chose
 #              s = 1: the adequacy, curve and ablations phases' s = 1 runs are those runs (same recipe, seeds, split)
 #   report     claim.md / claim.png / headline.md (benchmarks/claim_curve.py): the curve, pear - prune, targets;
@@ -156,6 +157,11 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
         $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune_ratio" "${RECIPE[@]}" \
             --tune-only --tune-each prune_ratio --methods "$(AT= ratios_at ${RATIOS:-0.75 0.9})"
         keep_choices "$SUITES/long_tune_ratio" "$RESULTS/tuned_ratio/tuning" ;;
+    tuned_ratio)  # the runs at tune_ratio's choices where they differ from the tune phase's ($TASKS, $METHODS, e.g.
+        # METHODS=pear@prune_ratio=0.9), 3 seeds, in long_tune_ratio; tables in tuned_ratio/
+        $PEAR suite --data "$DATA" --tasks "$TASKS" --seeds 0,1,2 --out "$SUITES/long_tune_ratio" "${RECIPE[@]}" \
+            --tune --tune-each prune_ratio --methods "${METHODS:?tuned_ratio needs METHODS}"
+        keep "$SUITES/long_tune_ratio" "$RESULTS/tuned_ratio" ;;
     reuse)  # tuned, without training again: where --tune chose s = 1 ($FAMILY on $TASKS; the tune phase first),
         # the s = 1 runs of the adequacy and curve phases are its runs (benchmarks/tuned_reuse.py)
         $PY benchmarks/tuned_reuse.py "$SUITES/long_tune" "$RESULTS/tuned" "$RESULTS/adequacy/results.csv" \
@@ -164,6 +170,6 @@ for phase in ${@:-epochs adequacy claim curve baselines ablations}; do
     report)  # the headline: claim.md and claim.png from the adequacy and long tables kept here
         $PY benchmarks/claim_curve.py "$RESULTS/adequacy/results.csv" "$RESULTS/results.csv" --out "$RESULTS" \
             --docs docs/results.md ;;  # + headline.md (the README's table) and docs/results.md's claim tables
-    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, tuned_ablations, probe64, tune_ratio, reuse, report)" >&2; exit 2 ;;
+    *) echo "unknown phase $phase (epochs, adequacy, claim, precision, curve, baselines, ablations, gate, gate_test, tune, tuned, tuned_ablations, probe64, tune_ratio, tuned_ratio, reuse, report)" >&2; exit 2 ;;
     esac
 done
