@@ -332,16 +332,3 @@ def test_tune_each_chooses_apart_for_each_ratio_a_name_sets(tiny_vtab, tmp_path,
     capsys.readouterr()
     assert main([*args, "--list"]) == 2
     assert f"scale: {min(grid)} there, {max(grid)} now" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("flags, named", [
-    (["--tune", "--tune-each", "scale"], "--tune-each scale: --tune chooses scale itself"),
-    (["--tune", "--tune-each", "prune_ratio,nope"], "--tune-each 'nope': expected one of the Pear options"),
-    (["--tune-each", "prune_ratio"], "--tune-each says what --tune chooses apart; pass --tune"),
-])
-def test_a_bad_tune_each_is_named(tiny_vtab, tmp_path, capsys, flags, named):
-    args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "pear", "--out", str(tmp_path / "s"),
-            *flags, "--list"]
-    assert main(args) == 2
-    assert named in capsys.readouterr().err
-    assert not (tmp_path / "s").exists()

@@ -153,6 +153,7 @@ _MISSING = object()
     ({"chosen": None}, "chosen is None"), ({"chosen": True}, "chosen is True"),
     ({"val200_acc": {"0.1": "high"}}, "val200_acc['0.1'] is 'high'"), ({"val200_acc": [1]}, "val200_acc is [1]"),
     ({"task": ["toy"]}, "task is ['toy']"), ({"option": 5}, "option is 5"),
+    ({"method": "pear@prune_ratio"}, "'prune_ratio', which is not FIELD=VALUE"),
 ])
 def test_a_damaged_choice_file_is_named(tmp_path, changes, named):
     path = _record(tmp_path, **changes)
@@ -200,8 +201,11 @@ def test_tune_grid_sets_the_values_tried_and_the_record_names_its_grid(tiny_vtab
     (["--tune", "--tune-grid", "scale=0,4"], "--tune-grid scale: expected one or more finite values > 0, got [0.0, 4.0]"),
     (["--tune", "--tune-grid", "scale=inf"], "expected one or more finite values > 0, got [inf]"),
     (["--tune-grid", "scale=1,4"], "--tune-grid sets the values --tune tries; pass --tune (or --tune-only) with it"),
+    (["--tune", "--tune-each", "scale"], "--tune-each scale: --tune chooses scale itself"),
+    (["--tune", "--tune-each", "prune_ratio,nope"], "--tune-each 'nope': expected one of the Pear options"),
+    (["--tune-each", "prune_ratio"], "--tune-each says what --tune chooses apart; pass --tune"),
 ])
-def test_a_bad_tune_grid_is_named(tiny_vtab, tmp_path, capsys, flags, named):
+def test_a_bad_tune_grid_or_tune_each_is_named(tiny_vtab, tmp_path, capsys, flags, named):
     from pear.cli import main
 
     args = ["suite", "--data", str(tiny_vtab), "--tasks", "toy", "--methods", "adapter", "--out", str(tmp_path / "s"),

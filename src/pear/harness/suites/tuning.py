@@ -30,6 +30,7 @@ from ...jsontypes import has_type, wrong_types
 from ..files import read_mapping
 from ..run.options import PEAR_FIELDS
 from ..run.rundir import RunDir
+from .grammar import split_name
 
 TUNE_SEED = 0
 # s = 16 as well: on sprites_loc the adapters' val200 still rose from s = 4 to 16 (48.5 against 37.0), and
@@ -83,9 +84,8 @@ def owner_record(choices: list[dict], task: str, method: str, overrides: dict) -
     spelled = {field: spell(value) for field, value in overrides.items()}
     found = []
     for c in choices:
-        key, _, rest = str(c.get("method")).partition("@")
-        apart = dict(text.partition("=")[::2] for text in rest.split("@")) if rest else {}
-        if c.get("task") == task and key == owner and all(spelled.get(f) == v for f, v in apart.items()):
+        key, apart = split_name(c["method"])  # checked by read_choice
+        if c["task"] == task and key == owner and all(spelled.get(f) == v for f, v in apart.items()):
             found.append((len(apart), c))
     return max(found, key=lambda pair: pair[0])[1] if found else None
 
@@ -201,6 +201,10 @@ def read_choice(path: str | Path) -> dict:
             + [(f"val200_acc[{k!r}]", v) for k, v in record["val200_acc"].items()]
             if not _finite(v)
         ]
+        try:
+            split_name(record["method"])
+        except PearError as exc:
+            problems.append(str(exc))
         key = grid_key(record["method"])
         if key not in GRIDS or record["option"] != GRIDS[key][0]:
             problems.append(
